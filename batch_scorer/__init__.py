@@ -1,0 +1,15 @@
+"""batch-scorer: deploy scikit-learn models to a database.
+
+The public Python API (the CLI is a thin layer over it)::
+
+    from batch_scorer import load_config, run, init_db, validate, runs
+"""
+
+from __future__ import annotations
+
+from batch_scorer.api import init_db, run, runs, validate
+from batch_scorer.config import Config, load_config
+from batch_scorer.errors import BatchScorerError
+from batch_scorer.pipeline import RunResult
+
+__all__ = ["BatchScorerError", "Config", "RunResult", "init_db", "load_config", "run", "runs", "validate"]

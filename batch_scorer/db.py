@@ -1,0 +1,153 @@
+"""Engines: building them from a URL, masking passwords, dialect facts.
+
+Whoever calls :func:`create_engine` disposes of the engine (``with
+engine_for(cfg) as engine:`` does it for you). One-shot CLI processes use
+``NullPool`` so no connection outlives its use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from batch_scorer.errors import ConfigError, DatabaseError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a URL with its password replaced by ``***``."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return mask_text(str(url))
+    return parsed.render_as_string(hide_password=True)
+
+
+def mask_text(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove passwords from free text (error messages may echo a URL or DSN)."""
+    text = _PASSWORD_IN_TEXT.sub(r"\1***\3", text)
+    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Pick the driver so users never have to: ``postgresql://`` means psycopg 3."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise ConfigError(f"database.url is not a valid SQLAlchemy URL: {mask_text(str(exc))}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_engine(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, **kw: Any) -> Engine:
+    """Build an engine for a batch-scorer process. The caller must ``dispose()`` it."""
+    parsed = normalize_url(url)
+    kw.setdefault("poolclass", NullPool)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = sa.create_engine(
+                parsed, connect_args={"timeout": busy_timeout_s}, **kw
+            )
+            _configure_sqlite(engine, busy_timeout_s)
+        else:
+            engine = sa.create_engine(parsed, **kw)
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise ConfigError(
+            f"cannot use database URL {mask_url(parsed)}: {exc}. "
+            "Supported: sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://..."
+        ) from None
+    return engine
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
+    # pysqlite's own transaction handling would defer BEGIN; we issue BEGIN
+    # ourselves so that writes take the lock up front (BEGIN IMMEDIATE) and wait
+    # busy_timeout for it, instead of failing half-way on lock upgrade.
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        # WAL: readers (BI tools) never block the writer and never see a
+        # half-written transaction.
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextlib.contextmanager
+def engine_for(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> Iterator[Engine]:
+    """Create an engine, check it answers, and dispose of it afterwards."""
+    engine = create_engine(url, busy_timeout_s)
+    try:
+        check_connection(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def check_connection(engine: Engine) -> None:
+    """Open and close one connection; raise DatabaseError naming the masked URL."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot connect to the database at {describe(engine)}: "
+            f"{mask_text(first_line(exc))}. Check that the server is up, the host, port and "
+            "database name, and that the password is in the environment variable the URL names."
+        ) from None
+
+
+def describe(engine: Engine) -> str:
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite file {url.database}"
+    host = url.host or "localhost"
+    port = f":{url.port}" if url.port else ""
+    return f"{mask_url(url)} (host {host}{port})"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without SQLAlchemy's background link."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_postgres(engine: Engine | sa.Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def is_sqlite(engine: Engine | sa.Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def begin_write(engine: Engine) -> Any:
+    """A write transaction: ``BEGIN IMMEDIATE`` on SQLite, a plain BEGIN elsewhere."""
+    if is_sqlite(engine):
+        return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
+    return engine.begin()

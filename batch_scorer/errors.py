@@ -1,0 +1,61 @@
+"""The one exception hierarchy of batch-scorer.
+
+Library code raises these; the CLI (``batch_scorer.cli``) turns each into one
+``Error: ...`` paragraph and the exit code it carries. Nothing else maps
+exceptions to exit codes.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+
+
+class BatchScorerError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = EXIT_RUN_FAILED
+
+
+class ConfigError(BatchScorerError):
+    """Raised by ``config`` for an invalid, unreadable or incomplete config file."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class UsageError(BatchScorerError):
+    """Raised by the API for bad arguments: unknown job, impossible dates."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ModelError(BatchScorerError):
+    """Raised by ``model`` for a missing, mis-pinned, corrupt or unusable model file."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class SourceError(BatchScorerError):
+    """Raised by ``source``/``sink`` when tables or columns do not match the job."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class DatabaseError(BatchScorerError):
+    """Raised by ``db`` when the database cannot be reached or fails; the URL is masked."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class RunFailed(BatchScorerError):
+    """Raised by ``pipeline`` when a run started but failed; its ledger row says why."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class LockHeld(BatchScorerError):
+    """Raised by ``ledger`` when another run of the job holds the job's lock."""
+
+    exit_code = EXIT_LOCKED

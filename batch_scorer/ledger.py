@@ -1,0 +1,256 @@
+"""The ``scoring_runs`` ledger and the per-job lock.
+
+The lock: ``pg_try_advisory_lock`` on PostgreSQL (held by a dedicated session for
+the whole run, so it dies with the process), a row in ``job_locks`` on SQLite
+(taken over when its process is gone). Whoever holds a job's lock knows every
+other ``running`` row of that job is stale and marks it ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batch_scorer.db import begin_write, is_postgres
+from batch_scorer.errors import LockHeld
+from batch_scorer.schema import job_locks, scoring_runs, utcnow
+
+log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
+ERROR_MAX_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``scoring_runs``."""
+
+    run_id: int
+    job: str
+    model_version: str
+    as_of: date
+    trigger: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    rows_read: int
+    rows_scored: int
+    rows_rejected: int
+    error: str | None
+    host: str
+    pid: int
+
+
+def start_run(
+    engine: Engine,
+    *,
+    job: str,
+    model_version: str,
+    model_sha256: str,
+    model_sklearn_version: str,
+    as_of: date,
+    trigger: str,
+    output_table: str,
+) -> int:
+    """Insert a ``running`` row and commit it at once, so observers see the run."""
+    with begin_write(engine) as conn:
+        result = conn.execute(
+            scoring_runs.insert().values(
+                job=job,
+                model_version=model_version,
+                model_sha256=model_sha256,
+                model_sklearn_version=model_sklearn_version,
+                as_of=as_of,
+                trigger=trigger,
+                status="running",
+                started_at=utcnow(),
+                host=HOST,
+                pid=os.getpid(),
+                output_table=output_table,
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def finish_run(
+    conn: Connection,
+    run_id: int,
+    status: str,
+    *,
+    rows_read: int = 0,
+    rows_scored: int = 0,
+    rows_rejected: int = 0,
+    error: str | None = None,
+) -> None:
+    """Close a run's row inside the caller's transaction (the publish, for success)."""
+    conn.execute(
+        scoring_runs.update()
+        .where(scoring_runs.c.run_id == run_id)
+        .values(
+            status=status,
+            finished_at=utcnow(),
+            rows_read=rows_read,
+            rows_scored=rows_scored,
+            rows_rejected=rows_rejected,
+            error=error[:ERROR_MAX_CHARS] if error else None,
+        )
+    )
+
+
+def fail_run(engine: Engine, run_id: int, error: str, **counts: int) -> None:
+    """Mark a run ``failed`` in its own transaction."""
+    with begin_write(engine) as conn:
+        finish_run(conn, run_id, "failed", error=error, **counts)
+
+
+def mark_abandoned(engine: Engine, job: str) -> int:
+    """Call while holding the job's lock: any ``running`` row of the job is stale."""
+    with begin_write(engine) as conn:
+        result = conn.execute(
+            scoring_runs.update()
+            .where(scoring_runs.c.job == job, scoring_runs.c.status == "running")
+            .values(
+                status="abandoned",
+                finished_at=utcnow(),
+                error="the process stopped without finishing (found stale by a later run)",
+            )
+        )
+    if result.rowcount:
+        log.warning("job %s: marked %d stale running run(s) as abandoned", job, result.rowcount)
+    return int(result.rowcount or 0)
+
+
+def list_runs(engine: Engine, job: str | None = None, limit: int = 20) -> list[RunRecord]:
+    """The latest runs, newest first."""
+    stmt = sa.select(*(scoring_runs.c[f] for f in RunRecord.__dataclass_fields__))
+    if job:
+        stmt = stmt.where(scoring_runs.c.job == job)
+    stmt = stmt.order_by(scoring_runs.c.run_id.desc()).limit(limit)
+    with engine.connect() as conn:
+        return [RunRecord(**row._mapping) for row in conn.execute(stmt)]
+
+
+def succeeded_as_ofs(engine: Engine, job: str, model_version: str) -> set[date]:
+    """The as_of dates that have a succeeded run of ``job`` with this model version."""
+    stmt = sa.select(scoring_runs.c.as_of).where(
+        scoring_runs.c.job == job,
+        scoring_runs.c.model_version == model_version,
+        scoring_runs.c.status == "succeeded",
+    )
+    with engine.connect() as conn:
+        return {_as_date(v) for v in conn.execute(stmt).scalars()}
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _holder_text(engine: Engine, job: str) -> str:
+    stmt = (
+        sa.select(
+            scoring_runs.c.run_id, scoring_runs.c.host, scoring_runs.c.pid,
+            scoring_runs.c.started_at, scoring_runs.c.as_of,
+        )
+        .where(scoring_runs.c.job == job, scoring_runs.c.status == "running")
+        .order_by(scoring_runs.c.run_id.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        return "another process (its run is just starting)"
+    return (
+        f"run {row.run_id} (as_of {row.as_of}, pid {row.pid} on host {row.host}, "
+        f"started {row.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+
+
+def lock_key(engine: Engine, job: str) -> int:
+    """A signed 64-bit advisory-lock key for this job in this database schema."""
+    with engine.connect() as conn:
+        schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+    digest = hashlib.sha256(f"batch-scorer:{schema}:{job}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def job_lock(engine: Engine, job: str) -> Iterator[None]:
+    """Hold the job's lock for the block, or raise :class:`LockHeld` naming the holder."""
+    if is_postgres(engine):
+        with _advisory_lock(engine, job):
+            yield
+    else:
+        with _row_lock(engine, job):
+            yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Engine, job: str) -> Iterator[None]:
+    key = lock_key(engine, job)
+    conn = engine.connect()
+    try:
+        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+        conn.commit()
+        if not got:
+            raise LockHeld(
+                f"job {job!r} is already being scored by {_holder_text(engine, job)}; "
+                "this run was skipped. Wait for it to finish (batch-scorer runs --job "
+                f"{job})."
+            )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    finally:
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            conn.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _row_lock(engine: Engine, job: str) -> Iterator[None]:
+    me = os.getpid()
+    with begin_write(engine) as conn:
+        row = conn.execute(sa.select(job_locks).where(job_locks.c.job == job)).first()
+        if row is not None:
+            stale = row.host == HOST and not _pid_alive(row.pid)
+            if not stale:
+                raise LockHeld(
+                    f"job {job!r} is already being scored by {_holder_text(engine, job)} "
+                    f"(lock row held by pid {row.pid} on host {row.host}); this run was "
+                    "skipped. If that process is gone from another host, delete its row: "
+                    f"DELETE FROM job_locks WHERE job = '{job}'."
+                )
+            log.warning("job %s: taking over the lock of dead process %d", job, row.pid)
+            conn.execute(sa.delete(job_locks).where(job_locks.c.job == job))
+        conn.execute(job_locks.insert().values(job=job, host=HOST, pid=me, acquired_at=utcnow()))
+    try:
+        yield
+    finally:
+        with begin_write(engine) as conn:
+            conn.execute(
+                sa.delete(job_locks).where(
+                    job_locks.c.job == job, job_locks.c.host == HOST, job_locks.c.pid == me
+                )
+            )

@@ -1,0 +1,223 @@
+"""One run of one job, end to end (DESIGN.md "The flow of one run").
+
+resolve (config, model, columns) -> lock -> ledger row -> stream, check, score,
+write -> publish with the ledger row -> summary line. Any failure after the
+ledger row exists marks it ``failed`` and leaves nothing visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batch_scorer import ledger
+from batch_scorer.checks import Rejections, split_null_keys
+from batch_scorer.config import Config, JobConfig
+from batch_scorer.db import first_line, mask_text
+from batch_scorer.errors import BatchScorerError, RunFailed
+from batch_scorer.model import LoadedModel, load_model, prediction_kind, score_chunk
+from batch_scorer.schema import create_tool_tables, rejected_rows, utcnow
+from batch_scorer.sink import RunStamp, open_writer, output_frame, prepare_output_table
+from batch_scorer.source import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run did; ``status`` is ``succeeded``, ``failed``, ``skipped`` or ``invalid``."""
+
+    job: str
+    status: str
+    as_of: date | None = None
+    run_id: int | None = None
+    model_version: str | None = None
+    rows_read: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    output_table: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    """A job with its model loaded and its source's columns checked."""
+
+    job: JobConfig
+    model: LoadedModel
+    columns: SourceColumns
+    read_columns: list[str]
+
+
+def default_as_of(cfg: Config, now: datetime | None = None) -> date:
+    """Today in the configured timezone."""
+    tz = ZoneInfo(cfg.timezone)
+    return (now or utcnow()).astimezone(tz).date()
+
+
+def resolve_job(cfg: Config, engine: Engine, name: str, as_of: date) -> ResolvedJob:
+    """Load the model (pin checked first) and check the source has its columns."""
+    job = cfg.job(name)
+    model = load_model(
+        job.name,
+        job.model.path,
+        pinned_sha256=job.model.sha256,
+        version=job.model.version,
+        features=job.features,
+        allow_version_mismatch=job.allow_version_mismatch,
+    )
+    with engine.connect() as conn:
+        columns = probe_columns(conn, job, as_of)
+    check_columns(job, model.features, columns)
+    return ResolvedJob(job, model, columns, needed_columns(job, model.features))
+
+
+def run_job(
+    cfg: Config,
+    engine: Engine,
+    name: str,
+    as_of: date | None = None,
+    trigger: str = "manual",
+    on_progress: ProgressFn | None = None,
+) -> RunResult:
+    """Score one job for one as_of. Raises :class:`BatchScorerError` subclasses."""
+    as_of = as_of or default_as_of(cfg)
+    create_tool_tables(engine)
+    resolved = resolve_job(cfg, engine, name, as_of)
+    job, model = resolved.job, resolved.model
+    with ledger.job_lock(engine, job.name):
+        ledger.mark_abandoned(engine, job.name)
+        run_id = ledger.start_run(
+            engine,
+            job=job.name,
+            model_version=model.version,
+            model_sha256=model.sha256,
+            model_sklearn_version=model.pickled_sklearn_version,
+            as_of=as_of,
+            trigger=trigger,
+            output_table=job.output.table,
+        )
+        return _execute(cfg, engine, resolved, as_of, run_id, on_progress)
+
+
+def _execute(
+    cfg: Config,
+    engine: Engine,
+    resolved: ResolvedJob,
+    as_of: date,
+    run_id: int,
+    on_progress: ProgressFn | None,
+) -> RunResult:
+    job, model = resolved.job, resolved.model
+    started = time.monotonic()
+    stamp = RunStamp(job.name, as_of, model.version, run_id, utcnow())
+    counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
+    rejections = Rejections()
+    writer = None
+    try:
+        table = prepare_output_table(
+            engine,
+            job.output.table,
+            [(k, resolved.columns.types[k]) for k in job.source.key],
+            [(c, resolved.columns.types[c]) for c in job.output.pass_through],
+            prediction_kind(model),
+            job.name,
+        )
+        writer = open_writer(engine, table, stamp)
+        with engine.connect() as read_conn:
+            for chunk in read_chunks(read_conn, job, as_of, resolved.read_columns, cfg.chunk_size(job)):
+                counts["rows_read"] += len(chunk)
+                good, null_keys = split_null_keys(chunk, job.source.key)
+                if len(null_keys):
+                    rejections.add(null_keys, job.source.key, "NULL in a key column")
+                if len(good):
+                    prediction, score = score_chunk(model, good)
+                    writer.write(
+                        output_frame(stamp, good, job.source.key, job.output.pass_through, prediction, score)
+                    )
+                    counts["rows_scored"] += len(good)
+                if on_progress is not None:
+                    on_progress(counts["rows_read"])
+        counts["rows_rejected"] = len(rejections)
+        _check_outcome(cfg, job, as_of, counts, rejections)
+
+        def finish(conn: Connection) -> None:
+            _record_rejections(conn, run_id, job.name, rejections)
+            ledger.finish_run(conn, run_id, "succeeded", **counts)
+
+        writer.publish(finish)
+        writer = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        reason = _error_text(exc)
+        try:
+            ledger.fail_run(engine, run_id, reason, **counts)
+        except sa.exc.SQLAlchemyError:
+            log.exception("job %s: could not record run %d as failed", job.name, run_id)
+        log.error("job %s: run %d failed: %s", job.name, run_id, reason)
+        if isinstance(exc, BatchScorerError) or not isinstance(exc, Exception):
+            raise
+        raise RunFailed(f"job {job.name!r}: run {run_id} failed: {reason}") from exc
+    seconds = time.monotonic() - started
+    log.info(
+        "job %s run %d as_of %s model %s: %d rows read, %d scored, %d rejected, %.1fs -> %s",
+        job.name, run_id, as_of, model.version, counts["rows_read"], counts["rows_scored"],
+        counts["rows_rejected"], seconds, job.output.table,
+    )
+    return RunResult(
+        job=job.name,
+        status="succeeded",
+        as_of=as_of,
+        run_id=run_id,
+        model_version=model.version,
+        seconds=seconds,
+        output_table=job.output.table,
+        **counts,
+    )
+
+
+def _check_outcome(
+    cfg: Config, job: JobConfig, as_of: date, counts: dict[str, int], rejections: Rejections
+) -> None:
+    if counts["rows_read"] == 0 and not job.allow_empty:
+        raise RunFailed(
+            f"job {job.name!r}: the source returned no rows for as_of {as_of}; published "
+            "predictions were left as they are. If an empty result is expected, set "
+            "allow_empty: true on the job."
+        )
+    limit = cfg.max_rejected_fraction(job)
+    if counts["rows_read"] and len(rejections) / counts["rows_read"] > limit:
+        reasons = "; ".join(f"{r} ({n})" for r, n in rejections.top_reasons())
+        raise RunFailed(
+            f"job {job.name!r}: {len(rejections)} of {counts['rows_read']} rows could not be "
+            f"scored, above max_rejected_fraction {limit}; nothing was published. Top "
+            f"reasons: {reasons}."
+        )
+
+
+def _record_rejections(conn: Connection, run_id: int, job: str, rejections: Rejections) -> None:
+    if rejections.rows:
+        conn.execute(
+            rejected_rows.insert(),
+            [{"run_id": run_id, "job": job, "key": k, "reason": r} for k, r in rejections.rows],
+        )
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT/SIGTERM); rolled back"
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        return mask_text(f"{type(exc).__name__}: {first_line(exc)}")
+    return mask_text(str(exc) or type(exc).__name__)

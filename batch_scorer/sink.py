@@ -1,0 +1,243 @@
+"""Writing a run's predictions and publishing them all at once.
+
+Writing and publishing are separate steps (DESIGN.md: a future scale-out driver
+publishes what workers wrote). Until :meth:`Writer.publish` commits, no reader
+sees any row of the run:
+
+* SQLite: chunks go to a TEMP staging table (private to the connection, and
+  gone if the process dies); publish is one ``BEGIN IMMEDIATE`` transaction that
+  deletes the rows a re-run replaces, copies the staging rows in, and closes
+  the ledger row.
+* PostgreSQL: chunks go straight into the output table inside one open
+  transaction (MVCC hides them); publish deletes the replaced rows, closes the
+  ledger row and commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batch_scorer.errors import SourceError
+from batch_scorer.schema import ensure_output, output_table
+
+log = logging.getLogger(__name__)
+
+FinishFn = Callable[[Connection], None]
+
+
+@dataclass(frozen=True)
+class RunStamp:
+    """The constants every output row of one run carries."""
+
+    job: str
+    as_of: date
+    model_version: str
+    run_id: int
+    scored_at: datetime
+
+
+class Writer(Protocol):
+    """What a run writes through; see the module docstring for the two kinds."""
+
+    def write(self, rows: pd.DataFrame) -> None: ...
+
+    def publish(self, finish: FinishFn) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+_KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    "text": sa.Text(),
+    "integer": sa.BigInteger(),
+    "boolean": sa.Boolean(),
+    "float": sa.Float(53),
+}
+
+
+def _family(t: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(t, sa.Boolean):
+        return "boolean"
+    if isinstance(t, sa.Integer):
+        return "integer"
+    if isinstance(t, sa.Float | sa.Numeric):
+        return "float"
+    if isinstance(t, sa.String):
+        return "text"
+    return "other"
+
+
+def prepare_output_table(
+    engine: Engine,
+    name: str,
+    keys: Sequence[tuple[str, sa.types.TypeEngine[Any]]],
+    pass_through: Sequence[tuple[str, sa.types.TypeEngine[Any]]],
+    prediction_kind: str,
+    job: str,
+) -> sa.Table:
+    """Create the output table (and its view) if missing; check it fits the job if not.
+
+    Returns the job's view of the table: the tool's own column types (e.g. UTC
+    timestamps) and the source's types for keys and pass-through columns.
+    """
+    wanted = output_table(name, keys, pass_through, _KIND_TYPES[prediction_kind])
+    ensure_output(engine, wanted, [k for k, _ in keys])
+    actual = sa.Table(wanted.name, sa.MetaData(), schema=wanted.schema, autoload_with=engine)
+    missing = [c.name for c in wanted.columns if c.name not in actual.c]
+    if missing:
+        raise SourceError(
+            f"job {job!r}: output table {name!r} exists but lacks column(s) {missing}. "
+            "Jobs that share an output table must fit its columns: add them "
+            "(ALTER TABLE ... ADD COLUMN, as the table owner) or give the job its own "
+            "output.table."
+        )
+    have = _family(actual.c.prediction.type)
+    fits = have in (prediction_kind, "text", "other") or (
+        have == "float" and prediction_kind in ("integer", "boolean")
+    )
+    if not fits:
+        raise SourceError(
+            f"job {job!r}: output table {name!r} has a {have} prediction column, but this "
+            f"model predicts {prediction_kind} values. Give the job its own output.table."
+        )
+    return wanted
+
+
+def output_frame(
+    stamp: RunStamp,
+    rows: pd.DataFrame,
+    keys: Sequence[str],
+    pass_through: Sequence[str],
+    prediction: np.ndarray,
+    score: np.ndarray | None,
+) -> pd.DataFrame:
+    """The output rows of one scored chunk, columns in the output table's order."""
+    n = len(rows)
+    cols: dict[str, Any] = {"job": [stamp.job] * n}
+    for k in keys:
+        cols[k] = rows[k].to_numpy()
+    cols.update(
+        as_of=[stamp.as_of] * n,
+        model_version=[stamp.model_version] * n,
+        run_id=np.full(n, stamp.run_id, dtype="int64"),
+        scored_at=[stamp.scored_at] * n,
+        prediction=prediction,
+        score=score if score is not None else np.full(n, np.nan),
+    )
+    for c in pass_through:
+        cols[c] = rows[c].to_numpy()
+    return pd.DataFrame(cols)
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Plain Python values (None for NULL/NaN/NaT), one dict per row, for executemany."""
+    names = list(frame.columns)
+    lists = [_python_values(frame[name]) for name in names]
+    return [dict(zip(names, vals, strict=True)) for vals in zip(*lists, strict=True)]
+
+
+def _python_values(series: pd.Series) -> list[Any]:
+    if series.dtype.kind == "f":
+        arr = series.to_numpy()
+        out = arr.astype(object)
+        out[~np.isfinite(arr)] = None
+        return out.tolist()
+    obj = series.astype(object)
+    return obj.where(series.notna(), None).tolist()
+
+
+class _SqliteWriter:
+    def __init__(self, engine: Engine, table: sa.Table, stamp: RunStamp) -> None:
+        self._table = table
+        self._stamp = stamp
+        self._conn = engine.connect()
+        self._staging = sa.Table(
+            f"bs_staging_{stamp.run_id}",
+            sa.MetaData(),
+            *(sa.Column(c.name, c.type) for c in table.columns),
+            prefixes=["TEMPORARY"],
+        )
+        self._staging.create(self._conn)
+        self._conn.commit()
+
+    def write(self, rows: pd.DataFrame) -> None:
+        if len(rows):
+            self._conn.execute(self._staging.insert(), records(rows))
+        self._conn.commit()
+
+    def publish(self, finish: FinishFn) -> None:
+        conn = self._conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            conn.execute(_replace_delete(self._table, self._stamp))
+            names = [c.name for c in self._table.columns]
+            conn.execute(
+                self._table.insert().from_select(names, sa.select(*self._staging.c))
+            )
+            finish(conn)
+        self._close()
+
+    def abort(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            if self._conn.in_transaction():
+                self._conn.rollback()
+            self._staging.drop(self._conn, checkfirst=True)
+            self._conn.commit()
+        except sa.exc.SQLAlchemyError:
+            log.debug("dropping the staging table failed; it dies with the connection")
+        finally:
+            self._conn.close()
+
+
+class _TransactionWriter:
+    """Rows go into the output table inside one transaction that publish commits."""
+
+    def __init__(self, engine: Engine, table: sa.Table, stamp: RunStamp) -> None:
+        self._table = table
+        self._stamp = stamp
+        self._conn = engine.connect()
+        self._tx = self._conn.begin()
+
+    def write(self, rows: pd.DataFrame) -> None:
+        if len(rows):
+            self._conn.execute(self._table.insert(), records(rows))
+
+    def publish(self, finish: FinishFn) -> None:
+        self._conn.execute(_replace_delete(self._table, self._stamp))
+        finish(self._conn)
+        self._tx.commit()
+        self._conn.close()
+
+    def abort(self) -> None:
+        try:
+            if self._tx.is_active:
+                self._tx.rollback()
+        finally:
+            self._conn.close()
+
+
+def _replace_delete(table: sa.Table, stamp: RunStamp) -> sa.Delete:
+    """The rows a re-run of the same job, as_of and model version replaces."""
+    return sa.delete(table).where(
+        table.c.job == stamp.job,
+        table.c.as_of == stamp.as_of,
+        table.c.model_version == stamp.model_version,
+        table.c.run_id != stamp.run_id,
+    )
+
+
+def open_writer(engine: Engine, table: sa.Table, stamp: RunStamp) -> Writer:
+    """The writer for this database."""
+    if engine.dialect.name == "sqlite":
+        return _SqliteWriter(engine, table, stamp)
+    return _TransactionWriter(engine, table, stamp)
