@@ -93,8 +93,9 @@ def run_job(
 ) -> RunResult:
     """Score one job for one as_of. Raises :class:`BatchScorerError` subclasses."""
     as_of = as_of or default_as_of(cfg)
-    create_tool_tables(engine)
+    # Resolve first: a bad job (config, model, columns) must write nothing.
     resolved = resolve_job(cfg, engine, name, as_of)
+    create_tool_tables(engine)
     job, model = resolved.job, resolved.model
     with ledger.job_lock(engine, job.name):
         ledger.mark_abandoned(engine, job.name)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY_SECONDS = 10.0
+# Plain log lines every N seconds off a terminal; tests set a small value.
+LOG_EVERY_SECONDS = float(os.environ.get("BATCH_SCORER_PROGRESS_SECONDS", "10"))
 
 
 @contextlib.contextmanager
