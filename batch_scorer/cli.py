@@ -206,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        command.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        # With standalone_mode=False click returns ctx.exit()'s code instead of exiting.
+        rv = command.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -232,4 +233,8 @@ def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> in
             err=True,
         )
         return EXIT_RUN_FAILED
-    return 0
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    main()
