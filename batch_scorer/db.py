@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,6 +63,7 @@ def create_engine(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
     kw.setdefault("poolclass", NullPool)
     try:
         if parsed.get_backend_name() == "sqlite":
+            _make_parent_folder(parsed)
             engine = sa.create_engine(
                 parsed, connect_args={"timeout": busy_timeout_s}, **kw
             )
@@ -74,6 +76,14 @@ def create_engine(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
             "Supported: sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://..."
         ) from None
     return engine
+
+
+def _make_parent_folder(url: URL) -> None:
+    # A fresh clone has no data/ folder; SQLite would fail with "unable to open".
+    db = url.database
+    if db and db != ":memory:" and not db.startswith("file:"):
+        with contextlib.suppress(OSError):
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
@@ -115,10 +125,16 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
+        if is_sqlite(engine):
+            advice = "Check that the file's folder exists and is writable."
+        else:
+            advice = (
+                "Check that the server is up, the host, port and database name, and that "
+                "the password is in the environment variable the URL names."
+            )
         raise DatabaseError(
             f"cannot connect to the database at {describe(engine)}: "
-            f"{mask_text(first_line(exc))}. Check that the server is up, the host, port and "
-            "database name, and that the password is in the environment variable the URL names."
+            f"{mask_text(first_line(exc))}. {advice}"
         ) from None
 
 

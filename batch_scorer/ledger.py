@@ -108,9 +108,20 @@ def finish_run(
 
 
 def fail_run(engine: Engine, run_id: int, error: str, **counts: int) -> None:
-    """Mark a run ``failed`` in its own transaction."""
+    """Mark a run ``failed`` in its own transaction (on a new connection: the run's own
+    may be dead). Only a ``running`` row changes: if the publish did commit before
+    the failure (e.g. a signal during COMMIT), the ledger keeps saying ``succeeded``."""
     with begin_write(engine) as conn:
-        finish_run(conn, run_id, "failed", error=error, **counts)
+        conn.execute(
+            scoring_runs.update()
+            .where(scoring_runs.c.run_id == run_id, scoring_runs.c.status == "running")
+            .values(
+                status="failed",
+                finished_at=utcnow(),
+                error=error[:ERROR_MAX_CHARS],
+                **counts,
+            )
+        )
 
 
 def mark_abandoned(engine: Engine, job: str) -> int:
@@ -236,11 +247,11 @@ def _row_lock(engine: Engine, job: str) -> Iterator[None]:
         if row is not None:
             stale = row.host == HOST and not _pid_alive(row.pid)
             if not stale:
+                advice = f"DELETE FROM job_locks WHERE job = '{job}'"  # noqa: S608 - advice text, not executed
                 raise LockHeld(
                     f"job {job!r} is already being scored by {_holder_text(engine, job)} "
                     f"(lock row held by pid {row.pid} on host {row.host}); this run was "
-                    "skipped. If that process is gone from another host, delete its row: "
-                    f"DELETE FROM job_locks WHERE job = '{job}'."
+                    f"skipped. If that process is gone from another host, delete its row: {advice}."
                 )
             log.warning("job %s: taking over the lock of dead process %d", job, row.pid)
             conn.execute(sa.delete(job_locks).where(job_locks.c.job == job))

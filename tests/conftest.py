@@ -77,3 +77,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(autouse=True)
+def _reset_cli_logging() -> Iterator[None]:
+    """In-process CLI calls configure the package logger; undo it so caplog works."""
+    yield
+    import logging
+
+    logger = logging.getLogger("batch_scorer")
+    logger.handlers[:] = []
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

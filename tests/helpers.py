@@ -6,6 +6,7 @@ against a real SQLite file or the real PostgreSQL server.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -23,8 +24,6 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-import sys
 
 from batch_scorer.cli import cli, invoke
 from batch_scorer.db import create_engine

@@ -10,7 +10,17 @@ import joblib
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from tests.helpers import AS_OF, cli_run, features_frame, job, load_table, query, save_model, train, write_config
+from tests.helpers import (
+    AS_OF,
+    cli_run,
+    features_frame,
+    job,
+    load_table,
+    query,
+    save_model,
+    train,
+    write_config,
+)
 
 
 def _nothing_written(url: str) -> None:

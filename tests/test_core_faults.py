@@ -14,7 +14,16 @@ from pathlib import Path
 import joblib
 import pytest
 
-from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
+from tests.helpers import (
+    AS_OF,
+    features_frame,
+    job,
+    load_table,
+    query,
+    save_model,
+    train,
+    write_config,
+)
 
 BIG = 120_000
 
