@@ -160,3 +160,13 @@ def test_api_works_from_a_notebook(tmp_path: Path, sqlite_url: str) -> None:
     assert [r.status for r in results] == ["succeeded"]
     assert results[0].rows_scored == 30
     assert [r.status for r in api.runs(str(cfg))] == ["succeeded"]
+
+
+@pytest.mark.parametrize("driver", ["postgresql", "postgresql+psycopg2", "postgresql+psycopg"])
+def test_plain_and_explicit_postgresql_drivers_work(tmp_path: Path, pg_url: str, driver: str) -> None:
+    url = driver + pg_url[pg_url.index("://"):]
+    cfg, model, frame = _setup(tmp_path, url, "binary", n=80, pass_through=["region"])
+    result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 0, result.output
+    out = _published(pg_url).sort_values("entity_id")
+    np.testing.assert_allclose(out["score"], model.predict_proba(frame[FEATURES])[:, 1], rtol=1e-9)
