@@ -12,6 +12,7 @@ import difflib
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -122,6 +123,9 @@ class SourceConfig(_Strict):
 class OutputConfig(_Strict):
     table: str = "predictions"
     pass_through: list[str] = Field(default_factory=list)
+    # score column: true = the model must have predict_proba (else exit 2 before
+    # anything is written); false = leave it NULL; auto = when the model has one.
+    score: bool | Literal["auto"] = "auto"
 
     @field_validator("table")
     @classmethod
@@ -249,6 +253,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(cfg_path)!r} must be a mapping of keys at the top level")
     _warn_literal_password(raw)
+    _warn_if_writable_by_others(cfg_path)
     return config_from_dict(raw, base_dir=cfg_path.resolve().parent, source_file=cfg_path)
 
 
@@ -382,6 +387,21 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
     if not db_path.is_absolute():
         db_path = base / db_path
     return parsed.set(database=str(db_path)).render_as_string(hide_password=False)
+
+
+def _warn_if_writable_by_others(path: Path) -> None:
+    # The config names the model files that get unpickled (which runs code), so
+    # whoever can write it can run code as this user. Warn, don't refuse.
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning(
+            "config file %s is writable by group or others; anyone who can write it can "
+            "point a job at any model file and run code as this user (chmod go-w it)",
+            path,
+        )
 
 
 def _warn_literal_password(raw: Mapping[str, Any]) -> None:

@@ -11,7 +11,8 @@ import hashlib
 import logging
 import stat
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import sklearn
 from sklearn.base import is_classifier, is_regressor
 
 from batch_scorer.errors import ModelError
+from batch_scorer.feature_types import coerce_features, fitted_kinds
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class LoadedModel:
     has_proba: bool
     classes: tuple[Any, ...] | None
     pickled_sklearn_version: str
+    # What each feature was at fit time ('numeric'/'text'), where the model tells;
+    # see batch_scorer.feature_types.
+    feature_kinds: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -125,6 +130,7 @@ def load_model(
         has_proba=callable(getattr(estimator, "predict_proba", None)),
         classes=classes,
         pickled_sklearn_version=pickled_with,
+        feature_kinds=fitted_kinds(estimator, feats),
     )
 
 
@@ -174,31 +180,13 @@ def _features(
 
 
 def prepare_features(model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame | np.ndarray:
-    """Select the model's columns by name and give them types sklearn accepts."""
-    frame = rows.loc[:, list(model.features)]
-    converted = {}
-    for name in frame.columns:
-        col = frame[name]
-        if col.dtype == object:
-            sample = col.dropna()
-            if len(sample) and _all_numeric_objects(sample):
-                converted[name] = pd.to_numeric(col, errors="coerce").astype("float64")
-        elif isinstance(col.dtype, pd.BooleanDtype):
-            converted[name] = col.astype(object).where(col.notna(), np.nan)
-        elif pd.api.types.is_extension_array_dtype(col.dtype) and pd.api.types.is_numeric_dtype(
-            col.dtype
-        ):
-            converted[name] = col.astype("float64")
-    if converted:
-        frame = frame.assign(**converted)
+    """Select the model's columns by name and give them the types it was fitted on.
+
+    Values that cannot be converted (text in a numeric column) become NaN here;
+    ``checks.score_checked`` rejects those rows before they get this far.
+    """
+    frame, _ = coerce_features(rows.loc[:, list(model.features)], model.feature_kinds)
     return frame if model.by_name else frame.to_numpy()
-
-
-def _all_numeric_objects(sample: pd.Series) -> bool:
-    from decimal import Decimal
-
-    head = sample.iloc[: min(len(sample), 50)]
-    return all(isinstance(v, Decimal | int | float) and not isinstance(v, bool) for v in head)
 
 
 def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:

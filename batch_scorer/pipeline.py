@@ -7,6 +7,7 @@ ledger row exists marks it ``failed`` and leaves nothing visible.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,12 +18,12 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer import ledger
-from batch_scorer.checks import Rejections, split_null_keys
+from batch_scorer import ledger, sink
+from batch_scorer.checks import Rejections, check_score_contract, score_checked
 from batch_scorer.config import Config, JobConfig
-from batch_scorer.db import first_line, mask_text
+from batch_scorer.db import begin_write, first_line, mask_text
 from batch_scorer.errors import BatchScorerError, RunFailed
-from batch_scorer.model import LoadedModel, load_model, prediction_kind, score_chunk
+from batch_scorer.model import LoadedModel, load_model, prediction_kind
 from batch_scorer.schema import create_tool_tables, rejected_rows, utcnow
 from batch_scorer.sink import RunStamp, open_writer, output_frame, prepare_output_table
 from batch_scorer.source import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
@@ -77,6 +78,7 @@ def resolve_job(cfg: Config, engine: Engine, name: str, as_of: date) -> Resolved
         features=job.features,
         allow_version_mismatch=job.allow_version_mismatch,
     )
+    check_score_contract(job.name, job.output.score, model)
     with engine.connect() as conn:
         columns = probe_columns(conn, job, as_of)
     check_columns(job, model.features, columns)
@@ -124,7 +126,9 @@ def _execute(
     started = time.monotonic()
     stamp = RunStamp(job.name, as_of, model.version, run_id, utcnow())
     counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
-    rejections = Rejections()
+    # Rejected rows are saved as they accumulate (bounded memory), and kept
+    # for a failed run too: they are how you debug it (README "Bad rows").
+    rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, job.name, rows))
     writer = None
     try:
         table = prepare_output_table(
@@ -139,21 +143,28 @@ def _execute(
         with engine.connect() as read_conn:
             for chunk in read_chunks(read_conn, job, as_of, resolved.read_columns, cfg.chunk_size(job)):
                 counts["rows_read"] += len(chunk)
-                good, null_keys = split_null_keys(chunk, job.source.key)
-                if len(null_keys):
-                    rejections.add(null_keys, job.source.key, "NULL in a key column")
-                if len(good):
-                    prediction, score = score_chunk(model, good)
-                    writer.write(
-                        output_frame(stamp, good, job.source.key, job.output.pass_through, prediction, score)
-                    )
-                    counts["rows_scored"] += len(good)
+                # NULL keys, unconvertible values, rows the model raises on
+                # (found by bisection) and non-finite scores are rejected here.
+                checked = score_checked(
+                    model, chunk, job.source.key, job_name=job.name,
+                    want_score=job.output.score is not False,
+                    max_rejected_fraction=cfg.max_rejected_fraction(job),
+                )
+                rejections.extend(checked.rejected)
+                if len(checked.rows):
+                    writer.write(output_frame(
+                        stamp, checked.rows, job.source.key, job.output.pass_through,
+                        checked.prediction, checked.score,
+                    ))
+                    counts["rows_scored"] += len(checked.rows)
                 if on_progress is not None:
                     on_progress(counts["rows_read"])
         counts["rows_rejected"] = len(rejections)
         _check_outcome(cfg, job, as_of, counts, rejections)
 
         def finish(conn: Connection) -> None:
+            # Inside the publish transaction, before anything is visible.
+            _check_duplicate_keys(conn, table, stamp, job, as_of)
             _record_rejections(conn, run_id, job.name, rejections)
             ledger.finish_run(conn, run_id, "succeeded", **counts)
 
@@ -163,7 +174,10 @@ def _execute(
         if writer is not None:
             writer.abort()
         reason = _error_text(exc)
+        counts["rows_rejected"] = len(rejections)
         try:
+            if rejections.rows and not isinstance(exc, sa.exc.SQLAlchemyError | KeyboardInterrupt):
+                _save_rejections(engine, run_id, job.name, rejections.rows)
             ledger.fail_run(engine, run_id, reason, **counts)
         except sa.exc.SQLAlchemyError:
             log.exception("job %s: could not record run %d as failed", job.name, run_id)
@@ -205,6 +219,28 @@ def _check_outcome(
             f"job {job.name!r}: {len(rejections)} of {counts['rows_read']} rows could not be "
             f"scored, above max_rejected_fraction {limit}; nothing was published. Top "
             f"reasons: {reasons}."
+        )
+
+
+def _check_duplicate_keys(
+    conn: Connection, table: sa.Table, stamp: RunStamp, job: JobConfig, as_of: date
+) -> None:
+    dupes = sink.find_duplicate_keys(conn, table, stamp, job.source.key)
+    if dupes.count:
+        examples = ", ".join(f"{json.dumps(k, default=str)} ({n} rows)" for k, n in dupes.examples)
+        raise RunFailed(
+            f"job {job.name!r}: the source has {dupes.count} key(s) that occur more than once "
+            f"for as_of {as_of} ({dupes.rows} rows), e.g. {examples}; nothing was published. "
+            f"Each {', '.join(job.source.key)} must appear once per as_of: deduplicate the "
+            "source (e.g. in the query) or add the missing column to source.key."
+        )
+
+
+def _save_rejections(engine: Engine, run_id: int, job: str, rows: list[tuple[str, str]]) -> None:
+    with begin_write(engine) as conn:
+        conn.execute(
+            rejected_rows.insert(),
+            [{"run_id": run_id, "job": job, "key": k, "reason": r} for k, r in rows],
         )
 
 

@@ -55,6 +55,50 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class DuplicateKeys:
+    """Keys that occur more than once in one run: how many, and a few examples."""
+
+    count: int
+    rows: int
+    examples: list[tuple[dict[str, Any], int]]
+
+
+def find_duplicate_keys(
+    conn: Connection, table: sa.Table, stamp: RunStamp, keys: Sequence[str], limit: int = 5
+) -> DuplicateKeys:
+    """Keys that occur more than once among the rows ``stamp.run_id`` wrote to ``table``.
+
+    Generic SQL (``GROUP BY`` the key columns ``HAVING count(*) > 1``), so it works
+    for every writer: the pipeline runs it on the output table inside the publish
+    transaction, where the run's rows are visible to it and to no one else. The
+    filter on job/as_of/model_version lets the database use the ``ix_<table>_run``
+    index; the keys stay in the database, not in Python memory.
+    """
+    cols = [table.c[k] for k in keys]
+    dup = (
+        sa.select(*cols, sa.func.count().label("n"))
+        .where(
+            table.c.job == stamp.job,
+            table.c.as_of == stamp.as_of,
+            table.c.model_version == stamp.model_version,
+            table.c.run_id == stamp.run_id,
+        )
+        .group_by(*cols)
+        .having(sa.func.count() > 1)
+    )
+    sub = dup.subquery()
+    count, rows = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sub.c.n), 0)).select_from(sub)
+    ).one()
+    examples = []
+    if count:
+        for row in conn.execute(dup.order_by(*cols).limit(limit)):
+            values = tuple(row)
+            examples.append(({k: values[i] for i, k in enumerate(keys)}, int(values[-1])))
+    return DuplicateKeys(int(count), int(rows or 0), examples)
+
+
 _KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "text": sa.Text(),
     "integer": sa.BigInteger(),

@@ -1,0 +1,134 @@
+"""Database types reach the model as the types it was fitted on: PostgreSQL
+``numeric`` (Decimal), nullable integers, booleans, dates and text categories."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from batch_scorer.feature_types import NUMERIC, TEXT, coerce_features, fitted_kinds
+from tests.baddata_support import published
+from tests.helpers import AS_OF, cli_run, job, load_table, save_model, write_config
+
+FEATURES = ["amount", "visits", "active", "plan", "signup"]
+
+
+def signup_days(X: pd.DataFrame) -> np.ndarray:
+    """Days since 2020 from a datetime64 column (fails on Python date objects)."""
+    return (X["signup"] - pd.Timestamp("2020-01-01")).dt.days.to_numpy(dtype=float).reshape(-1, 1)
+
+
+def _training(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "amount": rng.normal(100, 30, n).round(2),  # float64
+            "visits": rng.integers(0, 20, n),  # int64
+            "active": rng.random(n) < 0.5,  # bool
+            "plan": rng.choice(["basic", "pro", "team"], n).astype(object),  # str
+            "signup": pd.to_datetime("2021-01-01") + pd.to_timedelta(rng.integers(0, 1500, n), unit="D"),
+        }
+    )
+
+
+def _model() -> Pipeline:
+    frame = _training(400, seed=1)
+    y = ((frame["amount"] > 100) ^ frame["active"]).astype(int)
+    prep = ColumnTransformer(
+        [
+            ("num", Pipeline([("imp", SimpleImputer()), ("sc", StandardScaler())]), ["amount", "visits", "active"]),
+            (
+                "cat",
+                Pipeline(
+                    [("imp", SimpleImputer(strategy="constant", fill_value="missing")),
+                     ("oh", OneHotEncoder(handle_unknown="ignore"))]
+                ),
+                ["plan"],
+            ),
+            ("date", FunctionTransformer(signup_days), ["signup"]),
+        ]
+    )
+    return Pipeline([("prep", prep), ("m", LogisticRegression(max_iter=500))]).fit(frame[FEATURES], y)
+
+
+def _source(n: int) -> pd.DataFrame:
+    """What the database holds: numeric(12,2), integer and boolean with NULLs, text with NULLs, dates."""
+    frame = _training(n, seed=7)
+    source = pd.DataFrame(
+        {
+            "entity_id": np.arange(1, n + 1),
+            "snapshot_date": [AS_OF] * n,
+            "amount": [Decimal(f"{v:.2f}") for v in frame["amount"]],
+            "visits": frame["visits"].astype(object),
+            "active": frame["active"].astype(object),
+            "plan": frame["plan"],
+            "signup": [ts.date() for ts in frame["signup"]],
+        }
+    )
+    source.loc[[3, 40], "visits"] = None
+    source.loc[[5, 41], "active"] = None
+    source.loc[[7], "plan"] = None
+    return source
+
+
+def test_database_types_reach_the_model_as_the_types_it_was_fitted_on(tmp_path: Path, db_url: str) -> None:
+    model = _model()
+    source = _source(150)
+    load_table(
+        db_url, source,
+        amount=sa.Numeric(12, 2), visits=sa.Integer(), active=sa.Boolean(), plan=sa.Text(), signup=sa.Date(),
+    )
+    save_model(model, tmp_path / "models" / "m.joblib")
+    cfg = write_config(tmp_path, db_url, {"j": job(pass_through=["amount", "signup"])})
+
+    result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
+
+    assert result.exit_code == 0, result.output
+    assert "150 rows scored, 0 rejected" in result.output
+    # The frame the model would see in a notebook: floats with NaN, datetime64, str.
+    expected = pd.DataFrame(
+        {
+            "amount": source["amount"].astype(float),
+            "visits": pd.to_numeric(source["visits"]).astype(float),
+            "active": source["active"].map({True: 1.0, False: 0.0}).astype(float),
+            "plan": source["plan"],
+            "signup": pd.to_datetime(source["signup"]),
+        }
+    )
+    out = published(db_url).sort_values("entity_id")
+    np.testing.assert_allclose(out["score"].astype(float), model.predict_proba(expected)[:, 1], rtol=1e-9)
+    assert list(out["prediction"]) == list(model.predict(expected))
+    # Pass-through columns keep the source's values, not the model's view of them.
+    assert [Decimal(str(v)).quantize(Decimal("0.01")) for v in out["amount"]] == list(source["amount"])
+    assert [str(v)[:10] for v in out["signup"]] == [d.isoformat() for d in source["signup"]]
+
+
+def test_fitted_kinds_are_read_from_encoders_imputers_and_numeric_estimators() -> None:
+    kinds = fitted_kinds(_model(), FEATURES)
+    assert kinds == {"amount": NUMERIC, "visits": NUMERIC, "active": NUMERIC, "plan": TEXT}
+
+
+def test_text_categories_from_numeric_or_date_columns_become_their_text_form() -> None:
+    frame = pd.DataFrame({"code": [7, None, 12], "day": [AS_OF, AS_OF, None]}, dtype=object)
+    out, reasons = coerce_features(frame, {"code": TEXT, "day": TEXT})
+    assert reasons is None
+    assert list(out["code"]) == ["7", None, "12"]
+    assert list(out["day"]) == ["2026-03-31", "2026-03-31", None]
+
+
+def test_text_in_a_numeric_column_marks_only_that_row_and_never_echoes_the_value() -> None:
+    frame = pd.DataFrame({"x": ["1.5", " 2 ", "", None, "secret-value", "NaN"]}, dtype=object)
+    out, reasons = coerce_features(frame, {"x": NUMERIC})
+    assert out["x"].tolist()[:2] == [1.5, 2.0]
+    assert np.isnan(out["x"].tolist()[2:4]).all()
+    assert reasons is not None
+    assert list(reasons) == [None, None, None, None, "column 'x': not a number", None]
