@@ -25,7 +25,7 @@ from tests.helpers import (
     write_config,
 )
 
-BIG = 120_000
+BIG = 50_000
 
 
 def _start(cfg: Path, *args: str) -> subprocess.Popen[str]:
@@ -74,7 +74,7 @@ def _run_until_not_locked(cfg: Path, *args: str) -> subprocess.CompletedProcess[
 def _big_job(tmp_path: Path, url: str) -> Path:
     load_table(url, features_frame(BIG, seed=9))
     save_model(train("forest"), tmp_path / "models" / "m.joblib")
-    return write_config(tmp_path, url, {"j": job(chunk_size=2_000, pass_through=["note"])})
+    return write_config(tmp_path, url, {"j": job(chunk_size=1_000, pass_through=["note"])})
 
 
 def test_killed_run_leaves_no_rows_and_next_run_marks_it_abandoned(tmp_path: Path, db_url: str) -> None:
