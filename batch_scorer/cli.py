@@ -21,6 +21,7 @@ from batch_scorer.db import mask_text
 from batch_scorer.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, BatchScorerError
 from batch_scorer.pipeline import RunResult
 from batch_scorer.progress import row_progress
+from batch_scorer.signals import Interrupted, interruptible
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -117,7 +118,8 @@ def run(ctx: click.Context, jobs: tuple[str, ...], all_jobs: bool, as_of: date |
     Example:
         batch-scorer run churn --as-of 2026-03-31
     """
-    with row_progress("scoring") as progress:
+    # SIGTERM (cron, systemd, kill) and Ctrl-C roll the run back and mark it failed.
+    with interruptible(), row_progress("scoring") as progress:
         results = api.run(
             _config(ctx), jobs, all_jobs=all_jobs, as_of=as_of, trigger=trigger, on_progress=progress
         )
@@ -213,7 +215,10 @@ def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> in
     except click.ClickException as exc:
         exc.show()
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns KeyboardInterrupt (and our SIGTERM Interrupted) into Abort.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(exc.__cause__)
         click.echo("Aborted.", err=True)
         return EXIT_RUN_FAILED
     except BatchScorerError as exc:
@@ -221,9 +226,8 @@ def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> in
             raise
         click.echo(f"Error: {mask_text(str(exc))}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if debug:
             raise
@@ -234,6 +238,13 @@ def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> in
         )
         return EXIT_RUN_FAILED
     return rv if isinstance(rv, int) else 0
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Exit 128 + the signal number, as a shell reports a process ended by it."""
+    signame = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+    click.echo(f"Interrupted by {signame}; a run in progress was rolled back.", err=True)
+    return exc.exit_code if isinstance(exc, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ class _Strict(BaseModel):
 class DatabaseConfig(_Strict):
     url: str = "sqlite:///data/batch_scorer.db"
     busy_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Transient errors (connection lost, serialization failure, deadlock) re-run
+    # the whole run up to `retries` more times; see batch_scorer/retry.py.
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)
 
 
 class Defaults(_Strict):

@@ -22,9 +22,11 @@ from batch_scorer import ledger, sink
 from batch_scorer.checks import Rejections, check_score_contract, score_checked
 from batch_scorer.config import Config, JobConfig
 from batch_scorer.db import begin_write, first_line, mask_text
-from batch_scorer.errors import BatchScorerError, RunFailed
+from batch_scorer.errors import BatchScorerError, DatabaseError, RunFailed
 from batch_scorer.model import LoadedModel, load_model, prediction_kind
+from batch_scorer.retry import RetryPolicy, is_sqlite_locked, with_retries
 from batch_scorer.schema import create_tool_tables, rejected_rows, utcnow
+from batch_scorer.signals import Interrupted
 from batch_scorer.sink import RunStamp, open_writer, output_frame, prepare_output_table
 from batch_scorer.source import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
 
@@ -97,7 +99,42 @@ def run_job(
     as_of = as_of or default_as_of(cfg)
     # Resolve first: a bad job (config, model, columns) must write nothing.
     resolved = resolve_job(cfg, engine, name, as_of)
-    create_tool_tables(engine)
+    policy = RetryPolicy(cfg.database.retries, cfg.database.retry_backoff_seconds)
+    try:
+        create_tool_tables(engine)
+        # The unit of retry is the whole run: a failed attempt has rolled back
+        # and recorded its own ledger row; the next one starts a new row.
+        return with_retries(
+            lambda _attempt: _locked_run(cfg, engine, resolved, as_of, trigger, on_progress),
+            policy,
+            f"job {resolved.job.name}",
+        )
+    except sa.exc.OperationalError as exc:
+        if is_sqlite_locked(exc):
+            raise DatabaseError(
+                f"job {resolved.job.name!r}: {_sqlite_locked_text(engine)}"
+            ) from exc
+        raise
+
+
+def _sqlite_locked_text(engine: Engine) -> str:
+    return (
+        f"the SQLite database {engine.url.database} is locked by another writer: this run "
+        "waited database.busy_timeout_seconds for the write lock and gave up. Another "
+        "process (a sqlite3 shell, a tool with an open write transaction) holds a write "
+        "transaction; let it finish, or raise database.busy_timeout_seconds."
+    )
+
+
+def _locked_run(
+    cfg: Config,
+    engine: Engine,
+    resolved: ResolvedJob,
+    as_of: date,
+    trigger: str,
+    on_progress: ProgressFn | None,
+) -> RunResult:
+    """One attempt: take the job's lock, open a ledger row, execute the run."""
     job, model = resolved.job, resolved.model
     with ledger.job_lock(engine, job.name):
         ledger.mark_abandoned(engine, job.name)
@@ -172,7 +209,10 @@ def _execute(
         writer = None
     except BaseException as exc:
         if writer is not None:
-            writer.abort()
+            try:
+                writer.abort()
+            except Exception:  # noqa: BLE001 - the connection may be dead; never mask exc
+                log.debug("job %s: aborting the writer failed", job.name, exc_info=True)
         reason = _error_text(exc)
         counts["rows_rejected"] = len(rejections)
         try:
@@ -253,8 +293,12 @@ def _record_rejections(conn: Connection, run_id: int, job: str, rejections: Reje
 
 
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted):
+        return f"interrupted by {exc.signame}; rolled back, nothing published"
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (SIGINT/SIGTERM); rolled back"
+        return "interrupted (SIGINT); rolled back, nothing published"
+    if is_sqlite_locked(exc):
+        return "database is locked by another writer (gave up after database.busy_timeout_seconds)"
     if isinstance(exc, sa.exc.SQLAlchemyError):
         return mask_text(f"{type(exc).__name__}: {first_line(exc)}")
     return mask_text(str(exc) or type(exc).__name__)
