@@ -9,14 +9,16 @@ function of (model, rows) like ``model.score_chunk``, which it wraps:
    rejects its row;
 3. the rest are scored in one ``predict`` call. If the model raises, the chunk
    is split in halves, recursively, until the failing rows are isolated
-   (bisection: about ``2 * bad * log2(rows)`` calls); each failing row is then
-   tried against a known-good row, one column at a time, to name the column;
+   (bisection: about ``2 * log2(rows)`` calls per bad row); each failing row is
+   then tried against a known-good row, one column at a time, to name the
+   column, and the other rows holding that same value in that column are
+   rejected with it (a new category costs one search, however many rows have it);
 4. rows whose prediction or score is not finite (NaN, inf) are rejected.
 
-The work is bounded: bisection stops once a chunk has more bad rows than
-twice ``max_rejected_fraction`` of it (at least :data:`MIN_BAD_ROWS_PER_CHUNK`),
-and the run fails: such a source does not have "a few bad rows", it does not
-fit the model.
+The work is bounded: the search stops once a chunk needed more searches for
+a failing row than twice ``max_rejected_fraction`` of its rows (at least
+:data:`MIN_BAD_ROWS_PER_CHUNK`), and the run fails: such a source does not
+have "a few bad rows", it does not fit the model.
 
 Reasons name the column, never the value: values may be personal data, and
 reasons end up in ``rejected_rows``, logs and error messages. The key of a
@@ -155,7 +157,7 @@ def score_checked(
 
     max_bad = max(MIN_BAD_ROWS_PER_CHUNK, math.ceil(2 * max_rejected_fraction * len(good)))
     try:
-        ok_idx, prediction, score, failures = _bisect(model, features, max_bad)
+        ok_idx, prediction, score, failures, stopped = _isolate(model, features, max_bad)
     except ModelError as exc:
         who = f"job {job_name!r}: " if job_name else ""
         raise ModelError(
@@ -163,12 +165,11 @@ def score_checked(
             "(and predict_proba of shape rows x classes): check what was saved to the model "
             "file, e.g. a multi-output model where a single output is expected."
         ) from exc
-    if len(failures) > max_bad:
-        _too_many(model, features, ok_idx, failures, job_name, len(rows), rejected)
+    if stopped:
+        _too_many(failures, job_name, len(rows), rejected)
     if failures:
-        fail_idx = np.array([i for i, _ in failures])
-        fail_reasons = _diagnose(model, features, ok_idx, failures)
-        rejected += list(zip(key_texts(good.iloc[fail_idx], keys), fail_reasons, strict=True))
+        fail_idx = np.fromiter(failures, dtype=int, count=len(failures))
+        rejected += list(zip(key_texts(good.iloc[fail_idx], keys), failures.values(), strict=True))
 
     non_finite = np.zeros(len(ok_idx), dtype=bool)
     why = np.full(len(ok_idx), None, dtype=object)
@@ -189,104 +190,139 @@ def score_checked(
     return Checked(scored, prediction, score if want_score else None, rejected)
 
 
-def _bisect(
+def _isolate(
     model: LoadedModel, features: pd.DataFrame, max_bad: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[tuple[int, str]]]:
-    """Score ``features``; on failure split it until the failing rows are single.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[int, str], bool]:
+    """Score ``features``; where the model raises, split until the failing rows are single.
 
-    Returns the positions that scored (in order), their prediction and score, and
-    ``(position, exception class name)`` per failing row. Stops after ``max_bad + 1``
-    failing rows.
+    Returns the positions that scored (ascending), their prediction and score, and
+    ``{position: reason}`` for the rows that failed. A failing row is tried on a
+    known-good row one column at a time; when one column's value alone makes the
+    model raise, every other pending row with that same value in that column is
+    rejected at once (a new category in 5,000 rows costs one search, not 5,000).
+    Stops (last item True) after more than ``max_bad`` searches for a failing row;
+    rows rejected along with a searched one cost nothing and do not count.
     """
     ok: list[np.ndarray] = []
     preds: list[np.ndarray] = []
     scores: list[np.ndarray] = []
-    failures: list[tuple[int, str]] = []
     has_score = True
+    failures: dict[int, str] = {}
+    undiagnosed: list[tuple[int, str]] = []
+    diagnosis = _Diagnosis(model, features)
     stack = [np.arange(len(features))]
-    while stack and len(failures) <= max_bad:
+    searched = 0
+    while stack and searched <= max_bad:
         idx = stack.pop()
+        if not len(idx):
+            continue
         part = features if len(idx) == len(features) else features.iloc[idx]
         try:
             prediction, score = score_chunk(model, part)
         except ModelError:
             raise  # wrong output shape: the model is broken, not the rows
-        except Exception as exc:  # noqa: BLE001 - any model error on data is the rows' fault
-            if len(idx) == 1:
-                failures.append((int(idx[0]), type(exc).__name__))
-            else:
+        except Exception as exc:  # noqa: BLE001 - a model error on data is the rows' fault
+            if len(idx) > 1:
                 mid = len(idx) // 2
                 stack += [idx[mid:], idx[:mid]]  # left half popped first: keeps source order
+                continue
+            pos, exc_name = int(idx[0]), type(exc).__name__
+            searched += 1
+            column = diagnosis.blame(pos)
+            if column is None:
+                undiagnosed.append((pos, exc_name))
+                continue
+            reason = _column_reason(column, exc_name)
+            failures[pos] = reason
+            same = diagnosis.same_value(column, pos)
+            for i, seg in enumerate(stack):
+                hit = same[seg]
+                if hit.any():
+                    failures.update((int(p), reason) for p in seg[hit])
+                    stack[i] = seg[~hit]
             continue
         ok.append(idx)
+        diagnosis.found_good(int(idx[0]))
         preds.append(np.asarray(prediction))
         if score is None:
             has_score = False
         else:
             scores.append(np.asarray(score))
+    for pos, exc_name in undiagnosed:  # failed before any good row was known
+        column = diagnosis.blame(pos)
+        failures[pos] = _column_reason(column, exc_name) if column else f"the model raised {exc_name} on this row"
+    stopped = searched > max_bad
     if not ok:
-        return np.empty(0, dtype=int), np.empty(0), None, failures
+        return np.empty(0, dtype=int), np.empty(0), None, failures, stopped
     order = np.concatenate(ok)
     prediction = np.concatenate(preds) if len(preds) > 1 else preds[0]
     score = (np.concatenate(scores) if len(scores) > 1 else scores[0]) if has_score else None
-    return order, prediction, score, failures
+    return order, prediction, score, failures, stopped
 
 
-def _diagnose(
-    model: LoadedModel,
-    features: pd.DataFrame,
-    ok_idx: np.ndarray,
-    failures: list[tuple[int, str]],
-) -> list[str]:
-    """A reason per failing row, naming the column whose value alone breaks a good row."""
-    reasons = []
-    calls = 0
-    blamed: list[str] = []  # columns blamed so far are tried first: usually one culprit
-    reference = features.iloc[[int(ok_idx[0])]].reset_index(drop=True) if len(ok_idx) else None
-    for pos, exc_name in failures:
-        column = None
-        if reference is not None and calls < DIAGNOSE_CALLS_PER_CHUNK:
-            order = blamed + [c for c in features.columns if c not in blamed]
-            for name in order:
-                if calls >= DIAGNOSE_CALLS_PER_CHUNK:
-                    break
-                probe = reference.copy()
-                probe[name] = features[name].iloc[[pos]].to_numpy()
-                calls += 1
-                try:
-                    score_chunk(model, probe)
-                except Exception:  # noqa: BLE001 - this column's value is what fails
-                    column = str(name)
-                    break
-        if column is not None:
-            if column not in blamed:
-                blamed.insert(0, column)
-            reasons.append(f"column {column!r}: the model rejected the value ({exc_name})")
-        else:
-            reasons.append(f"the model raised {exc_name} on this row")
-    return reasons
+def _column_reason(column: str, exc_name: str) -> str:
+    return f"column {column!r}: the model rejected the value ({exc_name})"
 
 
-def _too_many(
-    model: LoadedModel,
-    features: pd.DataFrame,
-    ok_idx: np.ndarray,
-    failures: list[tuple[int, str]],
-    job_name: str,
-    chunk_rows: int,
-    rejected: list[RejectedRow],
-) -> None:
-    reasons = Counter(_diagnose(model, features, ok_idx, failures[:MIN_BAD_ROWS_PER_CHUNK]))
+class _Diagnosis:
+    """Names the column that makes a row fail: its value put into a known-good row
+    makes the model raise. Bounded by :data:`DIAGNOSE_CALLS_PER_CHUNK` calls."""
+
+    def __init__(self, model: LoadedModel, features: pd.DataFrame) -> None:
+        self.model = model
+        self.features = features
+        self.reference: pd.DataFrame | None = None
+        self.blamed: list[str] = []  # tried first: usually one culprit column
+        self.calls = 0
+
+    def found_good(self, pos: int) -> None:
+        if self.reference is None:
+            self.reference = self.features.iloc[[pos]].reset_index(drop=True)
+
+    def blame(self, pos: int) -> str | None:
+        if self.reference is None:
+            return None
+        columns = [str(c) for c in self.features.columns]
+        for name in self.blamed + [c for c in columns if c not in self.blamed]:
+            if self.calls >= DIAGNOSE_CALLS_PER_CHUNK:
+                return None
+            probe = self.reference.copy()
+            probe[name] = self.features[name].iloc[[pos]].to_numpy()
+            self.calls += 1
+            try:
+                score_chunk(self.model, probe)
+            except Exception:  # noqa: BLE001 - this column's value is what fails
+                if name in self.blamed:
+                    self.blamed.remove(name)
+                self.blamed.insert(0, name)
+                return name
+        return None
+
+    def same_value(self, column: str, pos: int) -> np.ndarray:
+        """Mask of the rows whose ``column`` holds the same value as row ``pos``."""
+        col = self.features[column]
+        value = col.iloc[pos]
+        try:
+            same = col.isna() if pd.isna(value) else col == value
+            return np.asarray(same.fillna(False), dtype=bool)
+        except (TypeError, ValueError):
+            mask = np.zeros(len(col), dtype=bool)
+            mask[pos] = True
+            return mask
+
+
+def _too_many(failures: dict[int, str], job_name: str, chunk_rows: int, rejected: list[RejectedRow]) -> None:
+    reasons = Counter(failures.values())
     reasons.update(r for _, r in rejected)
     top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
     who = f"job {job_name!r}: " if job_name else ""
     raise RunFailed(
-        f"{who}the model failed on more than {len(failures) - 1} rows of one chunk of "
-        f"{chunk_rows}, so the search for the bad rows was stopped; nothing was published. "
-        f"Reasons among the rows examined: {top}. A source where this many rows fail usually "
-        "has a column of another type than the model was fitted on, or categories it has "
-        "never seen; fix the source or re-train the model (max_rejected_fraction sets how "
-        "many bad rows a run tolerates)."
+        f"{who}the model failed on {len(failures)} or more rows of one chunk of {chunk_rows}, "
+        f"so the search for the bad rows was stopped; nothing was published. Reasons among "
+        f"the rows examined: {top}. A source where this many rows fail usually has a column "
+        "of another type than the model was fitted on, or categories it has never seen; fix "
+        "the source or re-train the model (max_rejected_fraction sets how many bad rows a "
+        "run tolerates)."
     )
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from batch_scorer.db import mask_text
 from batch_scorer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -378,10 +379,11 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
     """Make a relative ``sqlite:///file`` path absolute against ``base``."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is not a number
         raise ConfigError(
-            f"database.url is not a valid SQLAlchemy URL ({exc}); "
-            "examples: sqlite:///data/demo.db, postgresql://user@host/db"
+            f"database.url is not a valid SQLAlchemy URL ({mask_text(str(exc))}); "
+            "examples: sqlite:///data/demo.db, postgresql://user@host:5432/db "
+            "(%-encode special characters in a password)"
         ) from None
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return url
@@ -415,10 +417,12 @@ def _warn_literal_password(raw: Mapping[str, Any]) -> None:
         return
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return
     if parsed.password:
+        # The example avoids user:...@ so the log masking filter leaves it readable.
         log.warning(
             "config.yaml holds a literal database password; put it in an environment "
-            "variable instead, e.g. url: postgresql://user:${PGPASSWORD}@host/db"
+            "variable instead: url: ${DATABASE_URL}, or leave the password out of the URL "
+            "and export PGPASSWORD (PostgreSQL drivers read it)"
         )

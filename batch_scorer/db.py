@@ -50,7 +50,7 @@ def normalize_url(url: str | URL) -> URL:
     """Pick the driver so users never have to: ``postgresql://`` means psycopg 3."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is not a number
         raise ConfigError(f"database.url is not a valid SQLAlchemy URL: {mask_text(str(exc))}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")

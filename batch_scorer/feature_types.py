@@ -196,7 +196,9 @@ def _text(value: Any) -> Any:
         return str(int(value))
     if isinstance(value, Decimal | float | np.floating):
         number = float(value)
-        return str(int(number)) if number.is_integer() else str(value)
+        if number.is_integer():
+            return str(int(number))
+        return format(value.normalize(), "f") if isinstance(value, Decimal) else str(number)
     if isinstance(value, dt.date):  # date and datetime
         return value.isoformat()
     return str(value)

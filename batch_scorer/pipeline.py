@@ -119,8 +119,9 @@ def run_job(
 
 def _sqlite_locked_text(engine: Engine) -> str:
     return (
-        f"the SQLite database {engine.url.database} is locked by another writer: this run "
-        "waited database.busy_timeout_seconds for the write lock and gave up. Another "
+        f"database is locked by another writer: this run waited "
+        f"database.busy_timeout_seconds for the write lock on the SQLite file "
+        f"{engine.url.database} and gave up. Another "
         "process (a sqlite3 shell, a tool with an open write transaction) holds a write "
         "transaction; let it finish, or raise database.busy_timeout_seconds."
     )

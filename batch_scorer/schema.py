@@ -18,6 +18,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from batch_scorer.db import first_line
+from batch_scorer.errors import DatabaseError
+from batch_scorer.retry import is_insufficient_privilege
+
 log = logging.getLogger(__name__)
 
 RESERVED_OUTPUT_COLUMNS = (
@@ -206,14 +210,31 @@ def create_tool_tables(bind: Engine | Connection) -> None:
 
 
 def _create_all(bind: Engine | Connection, md: sa.MetaData, tables: Iterable[sa.Table]) -> None:
+    tables = list(tables)
     try:
-        md.create_all(bind, tables=list(tables), checkfirst=True)
-    except SQLAlchemyError:
+        md.create_all(bind, tables=tables, checkfirst=True)
+    except SQLAlchemyError as exc:
         # Two processes creating the same table at once: the loser's CREATE
         # fails; what matters is that the table now exists.
         insp = sa.inspect(bind)
         if not all(insp.has_table(t.name, schema=t.schema) for t in tables):
+            if is_insufficient_privilege(exc):
+                raise _needs_init_db(bind, [t.fullname for t in tables], exc) from exc
             raise
+
+
+def _needs_init_db(bind: Engine | Connection, names: Sequence[str], exc: Exception) -> DatabaseError:
+    # A least-privilege scorer role (sql/roles_postgresql.sql) may not CREATE:
+    # the schema owner creates everything once with `batch-scorer init-db`.
+    user = bind.engine.url.username or "the database user"
+    them = "it" if len(names) == 1 else "them"
+    exist = "does" if len(names) == 1 else "do"
+    return DatabaseError(
+        f"{', '.join(names)} {exist} not exist and {user} may not create {them} "
+        f"(permission denied: {first_line(exc)}). Tables and views are created by "
+        "`batch-scorer init-db` run as the schema owner (README: Least privilege); "
+        "run it, or re-run it after adding a job with a new output table."
+    )
 
 
 def ensure_output(bind: Engine, table: sa.Table, keys: Sequence[str]) -> None:
@@ -229,8 +250,10 @@ def ensure_output(bind: Engine, table: sa.Table, keys: Sequence[str]) -> None:
     try:
         with bind.begin() as conn:
             conn.exec_driver_sql(sql)
-    except SQLAlchemyError:
+    except SQLAlchemyError as exc:
         if view_table not in sa.inspect(bind).get_view_names(schema=schema):
+            if is_insufficient_privilege(exc):
+                raise _needs_init_db(bind, [view], exc) from exc
             raise
 
 

@@ -155,7 +155,10 @@ def test_a_chunk_where_most_rows_fail_stops_early_with_the_reasons(tmp_path: Pat
     counting = _CountingEstimator(strict_model())
     model = _loaded(tmp_path, counting)
     rows = features_frame(5000, seed=5)
-    rows.loc[rows.index[100:], "color"] = UNSEEN  # a new category everywhere: not "a few bad rows"
+    # A different unknown value in most rows (say, IDs in a category column): each
+    # needs its own search, so the search gives up instead of running ~2 log2(n) calls
+    # for each of 4,900 rows.
+    rows.loc[rows.index[100:], "color"] = [f"{UNSEEN}-{i}" for i in range(4900)]
 
     with pytest.raises(RunFailed) as caught:
         score_checked(model, rows, ["entity_id"], job_name="j", max_rejected_fraction=0.01)
@@ -166,6 +169,21 @@ def test_a_chunk_where_most_rows_fail_stops_early_with_the_reasons(tmp_path: Pat
     assert UNSEEN not in message
     limit = max(MIN_BAD_ROWS_PER_CHUNK, math.ceil(2 * 0.01 * 5000))
     assert counting.calls <= 4 * (limit + 1) * math.ceil(math.log2(5000)), counting.calls
+
+
+def test_rows_sharing_a_rejected_value_are_rejected_together_in_few_calls(tmp_path: Path) -> None:
+    counting = _CountingEstimator(strict_model())
+    model = _loaded(tmp_path, counting)
+    rows = features_frame(20_000, seed=5)
+    bad_rows = list(range(3, 20_000, 50))  # 400 rows with the same new category
+    rows.loc[bad_rows, "color"] = UNSEEN
+
+    checked = score_checked(model, rows, ["entity_id"], max_rejected_fraction=0.05)
+
+    assert sorted(json.loads(k)["entity_id"] - 1 for k, _ in checked.rejected) == bad_rows
+    assert {r for _, r in checked.rejected} == {"column 'color': the model rejected the value (ValueError)"}
+    assert len(checked.rows) == 20_000 - 400
+    assert counting.calls <= 2 * math.ceil(math.log2(20_000)) + len(FEATURES) + 2, counting.calls
 
 
 def test_above_max_rejected_fraction_the_run_fails_and_publishes_nothing(tmp_path: Path, db_url: str) -> None:
