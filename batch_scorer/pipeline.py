@@ -216,9 +216,14 @@ def _execute(
                 log.debug("job %s: aborting the writer failed", job.name, exc_info=True)
         reason = _error_text(exc)
         counts["rows_rejected"] = len(rejections)
-        try:
-            if rejections.rows and not isinstance(exc, sa.exc.SQLAlchemyError | KeyboardInterrupt):
+        # Keep a failed run's rejected rows for debugging, unless the database
+        # or the user (a signal) is why it failed: then only the ledger row.
+        if rejections.rows and isinstance(exc, BatchScorerError) and not isinstance(exc, DatabaseError):
+            try:
                 _save_rejections(engine, run_id, job.name, rejections.rows)
+            except sa.exc.SQLAlchemyError:
+                log.warning("job %s: could not record the rejected rows of run %d", job.name, run_id)
+        try:
             ledger.fail_run(engine, run_id, reason, **counts)
         except sa.exc.SQLAlchemyError:
             log.exception("job %s: could not record run %d as failed", job.name, run_id)
