@@ -118,3 +118,12 @@ def terminate(base_url: str, pid: int) -> bool:
             return bool(conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar())
     finally:
         engine.dispose()
+
+
+def ok(cfg: Path, *args: str) -> str:
+    """Run a CLI command in-process (set-up steps need no real process); assert exit 0."""
+    from tests.helpers import cli_run
+
+    result = cli_run(cfg, *args)
+    assert result.exit_code == 0, result.output
+    return result.output

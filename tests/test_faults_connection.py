@@ -24,7 +24,7 @@ ROWS = 30_000
 # 1,000 rows, so the test can kill the session while rows are still coming.
 SLOW_QUERY = """
 SELECT entity_id, x1, x2, x3, color FROM features
-WHERE snapshot_date = :as_of AND (entity_id % 1000 <> 0 OR pg_sleep(0.1)::text = '')
+WHERE snapshot_date = :as_of AND (entity_id % 1000 <> 0 OR pg_sleep(0.05)::text = '')
 """
 
 
@@ -59,7 +59,7 @@ def _is_target(session: dict[str, Any], target: str) -> bool:
     # The session still running the source query (the server is still sending rows).
     return (
         session["state"] == "active" and not session["has_xid"] and "features" in sql
-        and float(session["running_s"]) > 0.5  # type: ignore[arg-type]
+        and float(session["running_s"]) > 0.3  # type: ignore[arg-type]
     )
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from batch_scorer.db import create_engine
 from tests.conftest import schema_url
-from tests.faults_support import Run
+from tests.faults_support import Run, ok
 from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
 
 ROLES_SQL = Path(__file__).resolve().parent.parent / "sql" / "roles_postgresql.sql"
@@ -99,24 +99,34 @@ def _config(tmp_path: Path, dep: Deployment, role: str) -> Path:
                         {"j": job(table=f"{dep.feature_schema}.features", pass_through=["region"])})
 
 
-def test_scorer_role_runs_the_job_after_owner_init_db(tmp_path: Path, deployment: Deployment) -> None:
+def test_scorer_role_runs_the_job_and_bi_role_can_only_select_predictions(
+    tmp_path: Path, deployment: Deployment
+) -> None:
     dep = deployment
-    init = Run(_config(tmp_path, dep, dep.owner), "init-db")
-    assert init.finish() == 0, init.stderr
+    ok(_config(tmp_path, dep, dep.owner), "init-db")
     dep.apply_roles_sql()  # again: grants BI the output table and view init-db made
 
     run = Run(_config(tmp_path, dep, dep.scorer), "run", "j", "--as-of", AS_OF.isoformat())
     assert run.finish() == 0, run.stderr
     assert query(dep.url, "SELECT count(*) FROM predictions") == [(ROWS,)]
     assert query(dep.url, "SELECT status FROM scoring_runs") == [("succeeded",)]
-    # Everything the run touched belongs to the owner: the scorer created nothing.
+    # Everything in the tool's schema belongs to the owner: the scorer created nothing.
     owners = query(dep.url, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = :s",
                    s=dep.schema)
     assert owners == [(dep.owner,)]
-    # A re-run (replace) works with the same privileges.
-    again = Run(_config(tmp_path, dep, dep.scorer), "run", "j", "--as-of", AS_OF.isoformat())
-    assert again.finish() == 0, again.stderr
-    assert query(dep.url, "SELECT count(*), min(run_id) FROM predictions") == [(ROWS, 2)]
+
+    bi = dep.as_role(dep.reader)
+    assert query(bi, "SELECT count(*) FROM predictions") == [(ROWS,)]
+    assert query(bi, "SELECT count(*) FROM predictions_latest") == [(ROWS,)]
+    assert _denied(bi, "INSERT INTO predictions (job, entity_id, as_of, model_version, run_id, "
+                       "scored_at) VALUES ('x', 1, '2026-01-01', 'v', 1, now())")
+    assert _denied(bi, "UPDATE predictions SET score = 0")
+    assert _denied(bi, "DELETE FROM predictions")
+    assert _denied(bi, "TRUNCATE predictions")
+    assert _denied(bi, "SELECT count(*) FROM scoring_runs")
+    assert _denied(bi, "SELECT count(*) FROM rejected_rows")
+    assert _denied(bi, f'SELECT count(*) FROM "{dep.feature_schema}".features')
+    assert _denied(bi, "CREATE TABLE bi_made (a int)")
 
 
 def test_scorer_role_cannot_create_tables_or_write_features(deployment: Deployment) -> None:
@@ -144,8 +154,7 @@ def test_scorer_role_with_a_new_output_table_gets_an_error_naming_init_db(
     tmp_path: Path, deployment: Deployment
 ) -> None:
     dep = deployment
-    init = Run(_config(tmp_path, dep, dep.owner), "init-db")
-    assert init.finish() == 0, init.stderr
+    ok(_config(tmp_path, dep, dep.owner), "init-db")
     folder = tmp_path / "new_output"
     folder.mkdir()
     save_model(train("binary"), folder / "models" / "m.joblib")
@@ -156,25 +165,3 @@ def test_scorer_role_with_a_new_output_table_gets_an_error_naming_init_db(
     assert "predictions_v2" in run.stderr and "batch-scorer init-db" in run.stderr
     [(status, error)] = query(dep.url, "SELECT status, error FROM scoring_runs")
     assert status == "failed" and "batch-scorer init-db" in error
-
-
-def test_bi_role_can_only_select_predictions_and_the_view(tmp_path: Path, deployment: Deployment) -> None:
-    dep = deployment
-    init = Run(_config(tmp_path, dep, dep.owner), "init-db")
-    assert init.finish() == 0, init.stderr
-    dep.apply_roles_sql()
-    run = Run(_config(tmp_path, dep, dep.scorer), "run", "j", "--as-of", AS_OF.isoformat())
-    assert run.finish() == 0, run.stderr
-
-    bi = dep.as_role(dep.reader)
-    assert query(bi, "SELECT count(*) FROM predictions") == [(ROWS,)]
-    assert query(bi, "SELECT count(*) FROM predictions_latest") == [(ROWS,)]
-    assert _denied(bi, "INSERT INTO predictions (job, entity_id, as_of, model_version, run_id, "
-                       "scored_at) VALUES ('x', 1, '2026-01-01', 'v', 1, now())")
-    assert _denied(bi, "UPDATE predictions SET score = 0")
-    assert _denied(bi, "DELETE FROM predictions")
-    assert _denied(bi, "TRUNCATE predictions")
-    assert _denied(bi, "SELECT count(*) FROM scoring_runs")
-    assert _denied(bi, "SELECT count(*) FROM rejected_rows")
-    assert _denied(bi, f'SELECT count(*) FROM "{dep.feature_schema}".features')
-    assert _denied(bi, "CREATE TABLE bi_made (a int)")

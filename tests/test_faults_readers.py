@@ -11,10 +11,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from batch_scorer.db import create_engine
-from tests.faults_support import Run
+from tests.faults_support import Run, ok
 from tests.helpers import AS_OF, features_frame, job, load_table, save_model, train, write_config
 
-ROWS = 20_000
+ROWS = 10_000
 BY_RUN = sa.text("SELECT run_id, count(*) FROM predictions GROUP BY run_id ORDER BY run_id")
 
 
@@ -27,8 +27,7 @@ def test_long_bi_transaction_never_blocks_a_rerun_nor_sees_a_mix(tmp_path: Path,
     save_model(train("forest"), tmp_path / "models" / "m.joblib")
     cfg = write_config(tmp_path, db_url, {"j": job(chunk_size=500)})
     as_of = ("--as-of", AS_OF.isoformat())
-    first = Run(cfg, "run", "j", *as_of)
-    assert first.finish() == 0, first.stderr
+    ok(cfg, "run", "j", *as_of)
     old, new = {1: ROWS}, {2: ROWS}
 
     engine = create_engine(db_url)

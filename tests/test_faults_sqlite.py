@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.faults_support import Run
+from tests.faults_support import Run, ok
 from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
 
 BUSY_TIMEOUT_S = 1.5
@@ -27,8 +27,7 @@ def test_second_writer_holding_the_file_fails_the_run_clearly_after_busy_timeout
     save_model(train("binary"), tmp_path / "models" / "m.joblib")
     cfg = write_config(tmp_path, sqlite_url, {"j": job()},
                        database={"url": sqlite_url, "busy_timeout_seconds": BUSY_TIMEOUT_S})
-    init = Run(cfg, "init-db")
-    assert init.finish() == 0, init.stderr
+    ok(cfg, "init-db")
 
     holder = sqlite3.connect(_db_file(sqlite_url), isolation_level=None)
     try:
@@ -49,8 +48,7 @@ def test_second_writer_holding_the_file_fails_the_run_clearly_after_busy_timeout
     assert took < BUSY_TIMEOUT_S + 20, f"took {took:.1f}s: it should give up after the busy timeout"
     assert query(sqlite_url, "SELECT count(*) FROM predictions") == [(0,)]
     # Nothing was left behind: once the other writer is gone the run succeeds.
-    again = Run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
-    assert again.finish() == 0, again.stderr
+    ok(cfg, "run", "j", "--as-of", AS_OF.isoformat())
     assert query(sqlite_url, "SELECT count(*) FROM predictions") == [(200,)]
 
 
@@ -62,8 +60,7 @@ def test_sigkill_during_publish_leaves_an_intact_file_and_one_whole_run(
     save_model(train("binary"), tmp_path / "models" / "m.joblib")
     cfg = write_config(tmp_path, sqlite_url, {"j": job(chunk_size=5_000, pass_through=["note"])})
     as_of = ("--as-of", AS_OF.isoformat())
-    first = Run(cfg, "run", "j", *as_of)
-    assert first.finish() == 0, first.stderr
+    ok(cfg, "run", "j", *as_of)
 
     rerun = Run(cfg, "run", "j", *as_of)
     # All rows are staged once the last progress line is out; then the publish

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from batch_scorer.db import create_engine
-from tests.faults_support import Run
+from tests.faults_support import Run, ok
 from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
 
 ROWS = 6_000
@@ -53,8 +53,7 @@ def test_database_error_at_row_n_publishes_nothing_and_is_not_retried(
     cfg = write_config(tmp_path, db_url, {"j": job(chunk_size=500)},
                        database={"url": db_url, "retries": 2, "retry_backoff_seconds": 0.1})
     as_of = ("--as-of", AS_OF.isoformat())
-    first = Run(cfg, "run", "j", *as_of)
-    assert first.finish() == 0, first.stderr
+    ok(cfg, "run", "j", *as_of)
 
     _install_failing_trigger(db_url, errcode)
     rerun = Run(cfg, "run", "j", *as_of)
@@ -77,8 +76,7 @@ def test_database_error_on_first_run_leaves_table_empty(tmp_path: Path, pg_url: 
     load_table(pg_url, features_frame(ROWS, seed=2))
     save_model(train("binary"), tmp_path / "models" / "m.joblib")
     cfg = write_config(tmp_path, pg_url, {"j": job(chunk_size=500)})
-    init = Run(cfg, "init-db")
-    assert init.finish() == 0, init.stderr
+    ok(cfg, "init-db")
     _install_failing_trigger(pg_url, "check_violation")
     run = Run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
     assert run.finish() == 1, run.stderr
