@@ -69,11 +69,11 @@ class Rejections:
     def add(self, frame: pd.DataFrame, keys: Sequence[str], reason: str) -> None:
         self.extend((key, reason) for key in key_texts(frame, keys))
 
-    def extend(self, rows: Any) -> None:
+    def extend(self, rows: Any, *, flush: bool = True) -> None:
         for key, reason in rows:
             self.rows.append((key, reason))
             self.counts[reason] += 1
-        if self.flush is not None and len(self.rows) >= self.flush_every:
+        if flush and self.flush is not None and len(self.rows) >= self.flush_every:
             self.flush(self.rows)
             self.rows = []
 
@@ -166,7 +166,7 @@ def score_checked(
             "file, e.g. a multi-output model where a single output is expected."
         ) from exc
     if stopped:
-        _too_many(failures, job_name, len(rows), rejected)
+        _too_many(failures, good, keys, job_name, len(rows), rejected)
     if failures:
         fail_idx = np.fromiter(failures, dtype=int, count=len(failures))
         rejected += list(zip(key_texts(good.iloc[fail_idx], keys), failures.values(), strict=True))
@@ -311,18 +311,37 @@ class _Diagnosis:
             return mask
 
 
-def _too_many(failures: dict[int, str], job_name: str, chunk_rows: int, rejected: list[RejectedRow]) -> None:
+class TooManyBadRows(RunFailed):
+    """Raised by :func:`score_checked` when it gives up on a chunk; ``rejected`` holds
+    the rows of that chunk found bad so far (the pipeline records them)."""
+
+    def __init__(self, message: str, rejected: list[RejectedRow]) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
+def _too_many(
+    failures: dict[int, str],
+    good: pd.DataFrame,
+    keys: Sequence[str],
+    job_name: str,
+    chunk_rows: int,
+    rejected: list[RejectedRow],
+) -> None:
+    positions = np.fromiter(failures, dtype=int, count=len(failures))
+    found = rejected + list(zip(key_texts(good.iloc[positions], keys), failures.values(), strict=True))
     reasons = Counter(failures.values())
     reasons.update(r for _, r in rejected)
     top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
     who = f"job {job_name!r}: " if job_name else ""
-    raise RunFailed(
+    raise TooManyBadRows(
         f"{who}the model failed on {len(failures)} or more rows of one chunk of {chunk_rows}, "
         f"so the search for the bad rows was stopped; nothing was published. Reasons among "
         f"the rows examined: {top}. A source where this many rows fail usually has a column "
         "of another type than the model was fitted on, or categories it has never seen; fix "
         "the source or re-train the model (max_rejected_fraction sets how many bad rows a "
-        "run tolerates)."
+        "run tolerates).",
+        found,
     )
 
 

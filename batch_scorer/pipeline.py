@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer import ledger, sink
-from batch_scorer.checks import Rejections, check_score_contract, score_checked
+from batch_scorer.checks import Rejections, TooManyBadRows, check_score_contract, score_checked
 from batch_scorer.config import Config, JobConfig
 from batch_scorer.db import begin_write, first_line, mask_text
 from batch_scorer.errors import BatchScorerError, DatabaseError, RunFailed
@@ -215,6 +215,8 @@ def _execute(
             except Exception:  # noqa: BLE001 - the connection may be dead; never mask exc
                 log.debug("job %s: aborting the writer failed", job.name, exc_info=True)
         reason = _error_text(exc)
+        if isinstance(exc, TooManyBadRows):
+            rejections.extend(exc.rejected, flush=False)
         counts["rows_rejected"] = len(rejections)
         # Keep a failed run's rejected rows for debugging, unless the database
         # or the user (a signal) is why it failed: then only the ledger row.

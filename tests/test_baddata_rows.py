@@ -264,3 +264,20 @@ def test_rejected_rows_are_flushed_in_batches_so_memory_stays_bounded() -> None:
     assert [len(b) for b in flushed] == [100, 100]
     assert len(rejections.rows) == 50 and len(rejections) == 250
     assert rejections.top_reasons() == [("other", 125), ("NULL in a key column", 125)]
+
+
+def test_a_run_that_gives_up_on_a_chunk_fails_and_keeps_the_rows_it_found(tmp_path: Path, db_url: str) -> None:
+    frame = features_frame(300, seed=3)
+    frame.loc[frame.index[40:140], "color"] = [f"{UNSEEN}-{i}" for i in range(100)]  # 100 different new values
+    cfg = _project(tmp_path, db_url, frame, chunk_size=300)
+
+    result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
+
+    assert result.exit_code == 1, result.output
+    assert "the search for the bad rows was stopped; nothing was published" in result.output
+    assert published(db_url).empty
+    failed = runs(db_url)[-1]
+    assert failed["status"] == "failed"
+    found = rejected(db_url, failed["run_id"])
+    assert len(found) == MIN_BAD_ROWS_PER_CHUNK + 1 == failed["rows_rejected"]
+    assert {r for _, r in found} == {"column 'color': the model rejected the value (ValueError)"}
