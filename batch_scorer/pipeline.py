@@ -227,8 +227,13 @@ def _execute(
                 log.warning("job %s: could not record the rejected rows of run %d", job.name, run_id)
         try:
             ledger.fail_run(engine, run_id, reason, **counts)
-        except sa.exc.SQLAlchemyError:
-            log.exception("job %s: could not record run %d as failed", job.name, run_id)
+        except sa.exc.SQLAlchemyError as ledger_exc:
+            # E.g. the server is gone: one line, not a traceback; the next run
+            # of the job finds the row still 'running' and marks it abandoned.
+            log.error(
+                "job %s: could not record run %d as failed (%s); the next run will mark it abandoned",
+                job.name, run_id, mask_text(first_line(ledger_exc)),
+            )
         log.error("job %s: run %d failed: %s", job.name, run_id, reason)
         if isinstance(exc, BatchScorerError) or not isinstance(exc, Exception):
             raise

@@ -160,7 +160,15 @@ def with_retries(
         try:
             return work(attempt)
         except Exception as exc:
-            if attempt >= attempts or not is_transient(exc):
+            if not is_transient(exc):
+                raise
+            if attempt >= attempts:
+                if attempts > 1:
+                    log.error(
+                        "%s: attempt %d of %d failed with a transient database error (%s, "
+                        "SQLSTATE %s); giving up",
+                        what, attempt, attempts, type(exc).__name__, sqlstate(exc) or "none",
+                    )
                 raise
             wait = policy.delay(attempt)
             log.warning(

@@ -1,9 +1,12 @@
 """A constraint failure or a full disk raised by the database at row N of a
 write (injected with a trigger): nothing is published, the run is ``failed``
-with the database's error, exit 1, and it is not retried."""
+with the database's error, exit 1, and it is not retried. A transient error
+(serialization failure, deadlock) that keeps happening is retried a bounded
+number of times, with backoff, each attempt logged, then fails the same way."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,33 @@ def test_database_error_on_first_run_leaves_table_empty(tmp_path: Path, pg_url: 
             conn.execute(sa.text("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE"))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("errcode", ["serialization_failure"])
+def test_transient_error_is_retried_a_bounded_number_of_times_with_backoff(
+    tmp_path: Path, pg_url: str, errcode: str
+) -> None:
+    load_table(pg_url, features_frame(ROWS, seed=2))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    cfg = write_config(tmp_path, pg_url, {"j": job(chunk_size=500)},
+                       database={"url": pg_url, "retries": 2, "retry_backoff_seconds": 0.5})
+    as_of = ("--as-of", AS_OF.isoformat())
+    ok(cfg, "run", "j", *as_of)
+    _install_failing_trigger(pg_url, errcode)  # fails every attempt, like a hot row would
+
+    started = time.monotonic()
+    rerun = Run(cfg, "run", "j", *as_of)
+    assert rerun.finish() == 1, rerun.stderr
+    took = time.monotonic() - started
+
+    # Three attempts (1 + retries: 2), each logged, with 0.5 s then 1 s of backoff.
+    assert "attempt 1 of 3 failed with a transient database error" in rerun.stderr
+    assert "attempt 2 of 3 failed with a transient database error" in rerun.stderr
+    assert "attempt 3 of 3 failed with a transient database error" in rerun.stderr
+    assert "giving up" in rerun.stderr and "attempt 4" not in rerun.stderr
+    assert took >= 1.5
+    runs = query(pg_url, "SELECT status FROM scoring_runs ORDER BY run_id")
+    assert runs == [("succeeded",), ("failed",), ("failed",), ("failed",)]
+    assert query(pg_url, "SELECT count(*), min(run_id), max(run_id) FROM predictions") == [
+        (ROWS, 1, 1)
+    ]
