@@ -200,7 +200,7 @@ def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.
     est = model.estimator
     n = len(rows)
     if model.is_classifier and model.has_proba and model.classes:
-        proba = np.asarray(est.predict_proba(X))
+        proba = _in_batches(est.predict_proba, X)
         if proba.ndim != 2 or proba.shape != (n, model.n_classes):
             raise ModelError(
                 f"model {model.path} returned predict_proba of shape {proba.shape} for {n} rows "
@@ -210,7 +210,7 @@ def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.
         prediction = np.asarray(model.classes, dtype=object if _is_text(model.classes) else None)[idx]
         score = proba[:, 1] if model.n_classes == 2 else proba[np.arange(n), idx]
         return prediction, score.astype("float64", copy=False)
-    prediction = np.asarray(est.predict(X))
+    prediction = _in_batches(est.predict, X)
     if prediction.ndim == 2 and prediction.shape[1] == 1:
         prediction = prediction[:, 0]
     if prediction.shape != (n,):
@@ -218,6 +218,21 @@ def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.
             f"model {model.path} returned predictions of shape {prediction.shape} for {n} rows"
         )
     return prediction, None
+
+
+# Predict in slices of this many rows: tree ensembles walk their trees ~15%
+# faster when a slice's data stays in cache, and no model measured slower
+# (issue 4; benchmarks/). Rows are scored independently, so results are equal.
+SUB_BATCH_ROWS = 20_000
+
+
+def _in_batches(fn: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    n = len(X)
+    if n <= SUB_BATCH_ROWS * 3 // 2:
+        return np.asarray(fn(X))
+    take = X.iloc if isinstance(X, pd.DataFrame) else X
+    parts = [np.asarray(fn(take[i : i + SUB_BATCH_ROWS])) for i in range(0, n, SUB_BATCH_ROWS)]
+    return np.concatenate(parts)
 
 
 def _is_text(classes: tuple[Any, ...]) -> bool:

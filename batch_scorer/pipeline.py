@@ -7,6 +7,7 @@ ledger row exists marks it ``failed`` and leaves nothing visible.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -27,8 +28,9 @@ from batch_scorer.model import LoadedModel, load_model, prediction_kind
 from batch_scorer.retry import RetryPolicy, is_sqlite_locked, with_retries
 from batch_scorer.schema import create_tool_tables, rejected_rows, utcnow
 from batch_scorer.signals import Interrupted
-from batch_scorer.sink import RunStamp, open_writer, output_frame, prepare_output_table
+from batch_scorer.sink import RunStamp, open_writer, prepare_output_table
 from batch_scorer.source import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
+from batch_scorer.threads import limit_model_threads
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +179,14 @@ def _execute(
             prediction_kind(model),
             job.name,
         )
-        writer = open_writer(engine, table, stamp)
-        with engine.connect() as read_conn:
-            for chunk in read_chunks(read_conn, job, as_of, resolved.read_columns, cfg.chunk_size(job)):
+        writer = open_writer(engine, table, stamp, job.source.key, job.output.pass_through)
+        # On PostgreSQL, reading and writing run on their own threads (pg_fast):
+        # this loop only checks and scores. closing(): a failed run stops the
+        # reader thread at once, not when the generator is garbage-collected.
+        with engine.connect() as read_conn, limit_model_threads(), contextlib.closing(
+            read_chunks(read_conn, job, as_of, resolved.read_columns, cfg.chunk_size(job), model.features)
+        ) as chunks:
+            for chunk in chunks:
                 counts["rows_read"] += len(chunk)
                 # NULL keys, unconvertible values, rows the model raises on
                 # (found by bisection) and non-finite scores are rejected here.
@@ -190,10 +197,7 @@ def _execute(
                 )
                 rejections.extend(checked.rejected)
                 if len(checked.rows):
-                    writer.write(output_frame(
-                        stamp, checked.rows, job.source.key, job.output.pass_through,
-                        checked.prediction, checked.score,
-                    ))
+                    writer.write(checked.rows, checked.prediction, checked.score)
                     counts["rows_scored"] += len(checked.rows)
                 if on_progress is not None:
                     on_progress(counts["rows_read"])

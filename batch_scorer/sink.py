@@ -26,6 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from batch_scorer import pg_fast, pgcopy
 from batch_scorer.errors import SourceError
 from batch_scorer.schema import ensure_output, output_table
 
@@ -46,9 +47,14 @@ class RunStamp:
 
 
 class Writer(Protocol):
-    """What a run writes through; see the module docstring for the two kinds."""
+    """What a run writes through; see the module docstring for the two kinds.
 
-    def write(self, rows: pd.DataFrame) -> None: ...
+    ``write`` takes a scored chunk: the source rows (keys and pass-through
+    columns are read from them) with the model's ``prediction`` and ``score``
+    for each; the run's constants come from its :class:`RunStamp`.
+    """
+
+    def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None: ...
 
     def publish(self, finish: FinishFn) -> None: ...
 
@@ -167,7 +173,7 @@ def output_frame(
     n = len(rows)
     cols: dict[str, Any] = {"job": [stamp.job] * n}
     for k in keys:
-        cols[k] = rows[k].to_numpy()
+        cols[k] = _exact(rows, k).to_numpy()
     cols.update(
         as_of=[stamp.as_of] * n,
         model_version=[stamp.model_version] * n,
@@ -177,8 +183,14 @@ def output_frame(
         score=score if score is not None else np.full(n, np.nan),
     )
     for c in pass_through:
-        cols[c] = rows[c].to_numpy()
+        cols[c] = _exact(rows, c).to_numpy()
     return pd.DataFrame(cols)
+
+
+def _exact(rows: pd.DataFrame, name: str) -> pd.Series:
+    """A key/pass-through column; the exact copy if the fast reader kept one beside a feature."""
+    exact = pg_fast.exact_name(name)
+    return rows[exact] if exact in rows.columns else rows[name]
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -199,9 +211,13 @@ def _python_values(series: pd.Series) -> list[Any]:
 
 
 class _SqliteWriter:
-    def __init__(self, engine: Engine, table: sa.Table, stamp: RunStamp) -> None:
+    def __init__(
+        self, engine: Engine, table: sa.Table, stamp: RunStamp, keys: Sequence[str], pass_through: Sequence[str]
+    ) -> None:
         self._table = table
         self._stamp = stamp
+        self._keys = list(keys)
+        self._pass = list(pass_through)
         self._conn = engine.connect()
         self._staging = sa.Table(
             f"bs_staging_{stamp.run_id}",
@@ -212,9 +228,10 @@ class _SqliteWriter:
         self._staging.create(self._conn)
         self._conn.commit()
 
-    def write(self, rows: pd.DataFrame) -> None:
+    def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
         if len(rows):
-            self._conn.execute(self._staging.insert(), records(rows))
+            frame = output_frame(self._stamp, rows, self._keys, self._pass, prediction, score)
+            self._conn.execute(self._staging.insert(), records(frame))
         self._conn.commit()
 
     def publish(self, finish: FinishFn) -> None:
@@ -246,15 +263,25 @@ class _SqliteWriter:
 class _TransactionWriter:
     """Rows go into the output table inside one transaction that publish commits."""
 
-    def __init__(self, engine: Engine, table: sa.Table, stamp: RunStamp) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        stamp: RunStamp,
+        keys: Sequence[str],
+        pass_through: Sequence[str],
+    ) -> None:
         self._table = table
         self._stamp = stamp
-        self._conn = engine.connect()
+        self._keys = list(keys)
+        self._pass = list(pass_through)
+        self._conn = conn
         self._tx = self._conn.begin()
 
-    def write(self, rows: pd.DataFrame) -> None:
+    def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
         if len(rows):
-            self._conn.execute(self._table.insert(), records(rows))
+            frame = output_frame(self._stamp, rows, self._keys, self._pass, prediction, score)
+            self._conn.execute(self._table.insert(), records(frame))
 
     def publish(self, finish: FinishFn) -> None:
         self._conn.execute(_replace_delete(self._table, self._stamp))
@@ -280,8 +307,37 @@ def _replace_delete(table: sa.Table, stamp: RunStamp) -> sa.Delete:
     )
 
 
-def open_writer(engine: Engine, table: sa.Table, stamp: RunStamp) -> Writer:
-    """The writer for this database."""
+def open_writer(
+    engine: Engine,
+    table: sa.Table,
+    stamp: RunStamp,
+    keys: Sequence[str] = (),
+    pass_through: Sequence[str] = (),
+) -> Writer:
+    """The writer for this database.
+
+    PostgreSQL writes with binary COPY (:class:`batch_scorer.pg_fast.CopyWriter`)
+    unless the output table has a column type the encoder does not know (e.g.
+    ``json``, ``interval``); then rows go through SQLAlchemy inserts, in the same
+    one-transaction scheme.
+    """
     if engine.dialect.name == "sqlite":
-        return _SqliteWriter(engine, table, stamp)
-    return _TransactionWriter(engine, table, stamp)
+        return _SqliteWriter(engine, table, stamp, keys, pass_through)
+    conn = engine.connect()
+    try:
+        oids = pg_fast.column_oids(conn, table)
+        conn.rollback()
+        wanted = {c.name: oids.get(c.name, 0) for c in table.columns}
+        odd = sorted(n for n, oid in wanted.items() if not pgcopy.supported(oid))
+        if not odd:
+            return pg_fast.CopyWriter(
+                conn, table, stamp, keys, pass_through, wanted, _replace_delete(table, stamp)
+            )
+        log.info(
+            "output table %s: column(s) %s have types binary COPY does not cover here; "
+            "writing with INSERTs", table.name, odd,
+        )
+        return _TransactionWriter(conn, table, stamp, keys, pass_through)
+    except BaseException:
+        conn.close()
+        raise

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from batch_scorer import pg_fast
 from batch_scorer.config import JobConfig
 from batch_scorer.db import first_line, mask_text
 from batch_scorer.errors import DatabaseError, SourceError
@@ -209,10 +210,24 @@ def select_rows(conn: Connection, job: JobConfig, as_of: date, columns: Sequence
 
 
 def read_chunks(
-    conn: Connection, job: JobConfig, as_of: date, columns: Sequence[str], chunk_size: int
+    conn: Connection,
+    job: JobConfig,
+    as_of: date,
+    columns: Sequence[str],
+    chunk_size: int,
+    features: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
-    """Yield DataFrames of at most ``chunk_size`` rows, streaming from the database."""
+    """Yield DataFrames of at most ``chunk_size`` rows, streaming from the database.
+
+    PostgreSQL reads through :mod:`batch_scorer.pg_fast` (binary COPY into Arrow,
+    on a reader thread; keys and pass-through columns keep their exact types);
+    other databases through SQLAlchemy's streaming cursor.
+    """
     stmt = select_rows(conn, job, as_of, columns)
+    if conn.dialect.name == "postgresql":
+        exact = [*job.source.key, *job.output.pass_through]
+        yield from pg_fast.read_chunks(conn, stmt, chunk_size, exact, features, job.name)
+        return
     streaming = conn.execution_options(stream_results=True, max_row_buffer=chunk_size)
     try:
         result = streaming.execute(stmt)

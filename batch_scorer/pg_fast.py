@@ -1,0 +1,436 @@
+"""PostgreSQL's fast path: Arrow reads over binary COPY, binary COPY writes, on threads.
+
+Why (issue 4): the cost of the obvious ``read_sql -> predict -> to_sql`` script
+is Python objects, one per value, on the way in and out. Here no value becomes
+a Python object:
+
+* **Read**: the ADBC PostgreSQL driver runs the source query as
+  ``COPY (...) TO STDOUT (FORMAT binary)`` and hands back Arrow record batches;
+  a thread re-chunks them to ``chunk_size`` rows and converts each chunk to a
+  DataFrame while the main thread scores the previous one.
+* **Write**: :mod:`batch_scorer.pgcopy` encodes each scored chunk as binary
+  COPY with numpy; a writer thread streams it into the output table with one
+  ``COPY ... FROM STDIN (FORMAT binary)`` on the run's own SQLAlchemy
+  connection, inside the run's transaction. Publishing is unchanged (see
+  :mod:`batch_scorer.sink`): nothing is visible until the commit that also
+  closes the ledger row.
+
+Both queues hold at most two chunks, so memory is bounded by the chunk size.
+Keys and pass-through columns keep their exact database types end to end
+(Arrow-backed pandas columns); feature columns get the same pandas types the
+generic path gives the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import URL, Connection
+
+from batch_scorer import pgcopy
+from batch_scorer.db import first_line, mask_text
+from batch_scorer.errors import DatabaseError, RunFailed
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = 2
+EXACT_PREFIX = "__bs_exact__"  # a key/pass-through column that is also a feature
+_POLL_S = 0.2
+_END = object()
+# Render the read statement with its (date) literals for the driver; "named"
+# so a '%' in a query file is not doubled as it would be for psycopg.
+_LITERAL_DIALECT = postgresql.dialect(paramstyle="named")
+
+
+def libpq_uri(url: URL) -> str:
+    """A libpq connection URI for an engine's URL (any PostgreSQL driver name)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def exact_name(column: str) -> str:
+    """Where a column that is both a feature and a key/pass-through keeps its exact values."""
+    return EXACT_PREFIX + column
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_chunks(
+    conn: Connection,
+    stmt: sa.Select[Any],
+    chunk_size: int,
+    exact: Sequence[str],
+    features: Sequence[str],
+    job: str,
+) -> Iterator[pd.DataFrame]:
+    """Stream ``stmt``'s rows as DataFrames of at most ``chunk_size`` rows.
+
+    ``exact`` names the key and pass-through columns: they come back as
+    Arrow-backed columns with their database types intact. ``features``
+    convert as pandas converts them by default (what the model was fitted
+    on); a column in both lists also gets an exact copy under
+    :func:`exact_name`.
+    """
+    sql = str(stmt.compile(dialect=_LITERAL_DIALECT, compile_kwargs={"literal_binds": True}))
+    uri = libpq_uri(conn.engine.url)
+    secrets = (conn.engine.url.password or "",)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in _arrow_frames(uri, sql, chunk_size, set(exact), set(features)):
+                if not _put(chunks, frame, stop):
+                    return
+            _put(chunks, _END, stop)
+        except BaseException as exc:  # handed to the consumer, raised there
+            _put(chunks, exc, stop)
+
+    thread = threading.Thread(target=produce, name="bs-reader", daemon=True)
+    thread.start()
+    waited = 0.0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = chunks.get()
+            waited += time.perf_counter() - t0
+            if item is _END:
+                log.debug("job %s: waited %.2fs for the reader", job, waited)
+                break
+            if isinstance(item, BaseException):
+                raise _read_error(item, job, secrets) from item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _read_error(exc: BaseException, job: str, secrets: tuple[str, ...]) -> BaseException:
+    if isinstance(exc, DatabaseError | KeyboardInterrupt | MemoryError):
+        return exc
+    text = mask_text(first_line(exc), secrets)
+    return DatabaseError(f"job {job!r}: reading the source failed: {text}")
+
+
+def _arrow_frames(
+    uri: str, sql: str, chunk_size: int, exact: set[str], features: set[str]
+) -> Iterator[pd.DataFrame]:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    with adbc.connect(uri) as aconn, aconn.cursor() as cur:
+        cur.execute(sql)
+        reader = cur.fetch_record_batch()
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        for batch in reader:
+            pending.append(batch)
+            held += batch.num_rows
+            while held >= chunk_size:
+                table = pa.Table.from_batches(pending, schema=reader.schema)
+                yield to_frame(table.slice(0, chunk_size), exact, features)
+                rest = table.slice(chunk_size)
+                pending = rest.to_batches()
+                held = rest.num_rows
+        if held:
+            yield to_frame(pa.Table.from_batches(pending, schema=reader.schema), exact, features)
+
+
+def to_frame(table: pa.Table, exact: set[str], features: set[str]) -> pd.DataFrame:
+    """One chunk as a DataFrame: exact columns Arrow-backed, features as pandas converts them."""
+    names = table.column_names
+    as_feature = [n for n in names if n in features or n not in exact]
+    cols: dict[str, pd.Series] = {}
+    if as_feature:
+        converted = pa.table({n: _feature_array(table.column(n)) for n in as_feature}).to_pandas()
+        cols.update((n, converted[n]) for n in as_feature)
+    for name in names:
+        if name in exact:
+            series = pd.Series(pd.arrays.ArrowExtensionArray(_plain(table.column(name))), copy=False)
+            cols[exact_name(name) if name in cols else name] = series
+    order = names + [exact_name(n) for n in names if exact_name(n) in cols]
+    return pd.DataFrame({n: cols[n] for n in order}, copy=False)
+
+
+def _plain(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Extension types (numeric, json, uuid) as plain Arrow values (text for numeric)."""
+    if not isinstance(arr.type, pa.ExtensionType):
+        return arr
+    storage = pa.chunked_array([c.storage for c in arr.chunks], type=arr.type.storage_type)
+    if pa.types.is_fixed_size_binary(storage.type) and storage.type.byte_width == 16:
+        import uuid
+
+        return pa.chunked_array(
+            [pa.array([None if b is None else str(uuid.UUID(bytes=b)) for b in storage.to_pylist()])],
+            type=pa.string(),
+        )
+    return storage
+
+
+def _feature_array(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+    plain = _plain(arr)
+    ext = arr.type
+    if isinstance(ext, pa.ExtensionType) and getattr(ext, "type_name", "") == "numeric":
+        # numeric arrives as text; the model sees float64 (as Decimal -> float
+        # does on the generic path).
+        return pc.cast(plain, pa.float64())
+    return plain
+
+
+# -------------------------------------------------------------------------- write
+
+
+def column_oids(conn: Connection, table: sa.Table) -> dict[str, int]:
+    """The type OID of each column of ``table`` as the server has it."""
+    name = conn.dialect.identifier_preparer.format_table(table)
+    rows = conn.execute(
+        sa.text(
+            "SELECT attname, atttypid FROM pg_attribute "
+            "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"
+        ),
+        {"t": name},
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+class CopyWriter:
+    """Scored chunks into the output table with binary COPY, on a writer thread.
+
+    The COPY runs on the run's connection inside its open transaction;
+    :meth:`publish` waits for the last chunk, deletes the rows a re-run
+    replaces, calls ``finish`` (the ledger row) and commits.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        stamp: Any,
+        keys: Sequence[str],
+        pass_through: Sequence[str],
+        oids: dict[str, int],
+        replace_delete: sa.Delete,
+    ) -> None:
+        self._conn = conn
+        self._tx = conn.begin()
+        self._replace_delete = replace_delete
+        self._table = table
+        self._stamp = stamp
+        self._keys = list(keys)
+        self._pass = list(pass_through)
+        names = [c.name for c in table.columns]
+        self._oids = [oids[n] for n in names]
+        by_name = dict(zip(names, self._oids, strict=True))
+        # The run's constants, encoded once.
+        self._const = {
+            "job": pgcopy.encode_constant(stamp.job, by_name["job"]),
+            "as_of": pgcopy.encode_constant(stamp.as_of, by_name["as_of"]),
+            "model_version": pgcopy.encode_constant(stamp.model_version, by_name["model_version"]),
+            "run_id": pgcopy.encode_constant(stamp.run_id, by_name["run_id"]),
+            "scored_at": pgcopy.encode_constant(stamp.scored_at, by_name["scored_at"]),
+        }
+        self._null = pgcopy.encode_constant(None, 25)
+        prep = conn.dialect.identifier_preparer
+        self._copy_sql = (
+            f"COPY {prep.format_table(table)} ({', '.join(prep.quote(n) for n in names)}) "
+            "FROM STDIN (FORMAT binary)"
+        )
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._error: BaseException | None = None
+        self._inner_error: BaseException | None = None
+        self._waited = self._encoding = self._sending = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bs-writer", daemon=True)
+        self._thread.start()
+
+    # called from the main thread ------------------------------------------
+    def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
+        self._raise_if_failed()
+        if not len(rows):
+            return
+        t0 = time.perf_counter()
+        while True:
+            try:
+                self._queue.put((rows, prediction, score), timeout=_POLL_S)
+                self._waited += time.perf_counter() - t0
+                return
+            except queue.Full:
+                self._raise_if_failed()
+                if not self._thread.is_alive():
+                    raise RuntimeError("the COPY writer thread ended unexpectedly") from None
+
+    def publish(self, finish: Any) -> None:
+        t0 = time.perf_counter()
+        self._drain()
+        t1 = time.perf_counter()
+        self._conn.execute(self._replace_delete)
+        finish(self._conn)
+        self._tx.commit()
+        self._conn.close()
+        log.debug(
+            "run %s: waited %.2fs for the writer's queue, %.2fs for its last chunks, %.2fs to "
+            "publish; writer busy %.2fs encoding, %.2fs sending",
+            self._stamp.run_id, self._waited, t1 - t0, time.perf_counter() - t1, self._encoding,
+            self._sending,
+        )
+
+    def abort(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            if self._tx.is_active:
+                self._tx.rollback()
+        finally:
+            self._conn.close()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._queue.put(_END, timeout=_POLL_S)
+                break
+            except queue.Full:
+                self._raise_if_failed()
+        while self._thread.is_alive():
+            self._thread.join(timeout=_POLL_S)
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    # the writer thread ----------------------------------------------------
+    def _items(self) -> Iterator[bytes]:
+        yield pgcopy.HEADER
+        while True:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Aborted() from None
+                continue
+            if item is _END:
+                break
+            if self._stop.is_set():
+                raise _Aborted()
+            t0 = time.perf_counter()
+            try:
+                data = self._encode(*item)
+            except BaseException as exc:
+                self._inner_error = exc
+                raise
+            t1 = time.perf_counter()
+            self._encoding += t1 - t0
+            yield data
+            self._sending += time.perf_counter() - t1
+        yield pgcopy.TRAILER
+
+    def _run(self) -> None:
+        dbapi_conn = self._conn.connection.dbapi_connection
+        try:
+            if hasattr(dbapi_conn, "pgconn"):  # psycopg 3
+                with dbapi_conn.cursor() as cur, cur.copy(self._copy_sql) as copy:
+                    for data in self._items():
+                        copy.write(data)
+            else:  # psycopg2
+                with dbapi_conn.cursor() as cur:
+                    cur.copy_expert(self._copy_sql, _Stream(self._items()), size=1 << 20)
+        except _Aborted:
+            return
+        except BaseException as exc:
+            # Our own error raised inside the COPY (psycopg2 wraps it in its own).
+            inner = self._inner_error
+            self._error = inner if inner is not None else _wrap_driver_error(self._conn, self._copy_sql, exc)
+            self._stop.set()
+
+    def _encode(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> bytes:
+        columns: list[Any] = []
+        for column in self._table.columns:
+            name = column.name
+            if name in self._const:
+                columns.append(self._const[name])
+            elif name == "prediction":
+                columns.append(_arrow(prediction))
+            elif name == "score":
+                columns.append(self._null if score is None else _arrow(score))
+            else:
+                source = exact_name(name) if exact_name(name) in rows.columns else name
+                columns.append(_arrow(rows[source]))
+        try:
+            return pgcopy.encode_rows(columns, self._oids, len(rows))
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+            raise self._misfit(columns) from exc
+
+    def _misfit(self, columns: list[Any]) -> RunFailed:
+        """Which column's values do not fit; the message never echoes a value."""
+        bad = "?"
+        for column, oid, arr in zip(self._table.columns, self._oids, columns, strict=True):
+            if isinstance(arr, bytes):
+                continue
+            try:
+                pgcopy.encode_rows([arr], [oid], len(arr))
+            except (pa.ArrowException, ValueError, TypeError, OverflowError):
+                bad = column.name
+                break
+        return RunFailed(
+            f"job {self._stamp.job!r}: values of column {bad!r} do not fit the output table "
+            f"{self._table.name!r}'s column of that name (out of range or another type); "
+            "nothing was published. Widen that column (as the table owner) or give the job "
+            "its own output.table."
+        )
+
+
+class _Aborted(Exception):
+    """Raised inside the COPY to make the driver send CopyFail."""
+
+
+class _Stream:
+    """A file-like view of an iterator of byte strings (psycopg2's copy_expert reads it)."""
+
+    def __init__(self, parts: Iterator[bytes]) -> None:
+        self._parts = parts
+
+    def read(self, size: int = -1) -> bytes:
+        for part in self._parts:
+            if part:
+                return part
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+def _arrow(values: Any) -> pa.Array:
+    if isinstance(values, pd.Series):
+        if isinstance(values.dtype, pd.ArrowDtype):
+            return pa.array(values.array)
+        values = values.to_numpy()
+    return pa.array(values, from_pandas=True)
+
+
+def _wrap_driver_error(conn: Connection, sql: str, exc: BaseException) -> BaseException:
+    """Driver errors become SQLAlchemy's, as on the generic path (retry and messages see them)."""
+    dbapi = conn.dialect.loaded_dbapi
+    if isinstance(exc, dbapi.Error):
+        return sa.exc.DBAPIError.instance(sql, None, exc, dbapi.Error)  # type: ignore[arg-type]
+    return exc

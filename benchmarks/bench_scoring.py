@@ -1,0 +1,333 @@
+"""Benchmark for issue 4: ``batch-scorer run`` against the pandas script users write.
+
+Builds the workload (20 numeric + 2 categorical features with NULLs, a "light"
+and a "heavy" model; see ``workload.py``) inside PostgreSQL and a SQLite file,
+then runs the naive script (``naive.py``) and ``batch-scorer run`` alternately,
+each in its own process, and prints wall time, rows/s, peak RSS (the child's
+``ru_maxrss``) and the speed ratio of the medians. Wall time is the whole
+process: interpreter start, imports, model load, lock, ledger, publish.
+
+Examples::
+
+    python benchmarks/bench_scoring.py                      # 1M rows, light+heavy, SQLite, 3 reps
+    python benchmarks/bench_scoring.py --rows 200000 --reps 2 --sqlite-rows 50000
+    python benchmarks/bench_scoring.py --history            # + run into a table holding 10 earlier as_ofs
+    python benchmarks/bench_scoring.py --memory-rows 5000000  # + peak RSS of a 5M-row run
+    python benchmarks/bench_scoring.py --only history,memory --reps 2
+
+PostgreSQL URL: ``--url`` or ``$BATCH_SCORER_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). Everything lives in schema
+``bs_bench`` (created if missing; tables are reused across invocations when
+their row count matches, ``--rebuild`` forces a rebuild).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload  # noqa: E402
+
+from batch_scorer.db import create_engine  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SCHEMA = "bs_bench"
+AS_OF = date(2026, 3, 31)
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class Case:
+    label: str
+    rows: int
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def add(self, who: str, s: Sample) -> None:
+        self.samples.setdefault(who, []).append(s)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> Sample:
+    """Run ``cmd`` as a child; wall seconds and the child's own peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.stdout.write(output.decode(errors="replace"))
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return Sample(seconds, usage.ru_maxrss / 1024)
+
+
+def schema_url(base: str) -> str:
+    url = sa.engine.make_url(base)
+    return url.update_query_dict({"options": f"-csearch_path={SCHEMA}"}).render_as_string(
+        hide_password=False
+    )
+
+
+def row_count(engine: sa.Engine, table: str) -> int:
+    insp = sa.inspect(engine)
+    schema = SCHEMA if engine.dialect.name == "postgresql" else None
+    if not insp.has_table(table, schema=schema):
+        return -1
+    name = f"{schema}.{table}" if schema else table
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one())
+
+
+def ensure_pg_table(engine: sa.Engine, rows: int, rebuild: bool) -> str:
+    table = f"features_{rows}"
+    if rebuild or row_count(engine, table) != rows:
+        print(f"building {SCHEMA}.{table} ({rows:,} rows) in PostgreSQL ...", flush=True)
+        t = time.perf_counter()
+        workload.build_postgres(engine, f"{SCHEMA}.{table}", rows)
+        print(f"  built in {time.perf_counter() - t:.1f}s", flush=True)
+    return table
+
+
+def truncate(engine: sa.Engine, *tables: str) -> None:
+    insp = sa.inspect(engine)
+    pg = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        for t in tables:
+            if insp.has_table(t, schema=SCHEMA if pg else None):
+                name = f"{SCHEMA}.{t}" if pg else t
+                conn.exec_driver_sql(f"DELETE FROM {name}" if not pg else f"TRUNCATE {name}")
+
+
+def vacuum(engine: sa.Engine, table: str) -> None:
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"VACUUM ANALYZE {SCHEMA}.{table}")
+
+
+def write_config(folder: Path, url: str, jobs: dict[str, dict[str, object]], chunk: int) -> Path:
+    path = folder / "config.yaml"
+    data = {"database": {"url": url}, "timezone": "UTC", "defaults": {"chunk_size": chunk}, "jobs": jobs}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def job(model: Path, table: str, out: str) -> dict[str, object]:
+    return {
+        "model": {"path": str(model)},
+        "source": {"table": table, "key": ["entity_id"]},
+        "output": {"table": out},
+    }
+
+
+def tool_cmd(config: Path, name: str, as_of: date = AS_OF) -> list[str]:
+    return [shutil.which("batch-scorer") or "batch-scorer", "--config", str(config), "run", name,
+            "--as-of", as_of.isoformat()]
+
+
+def naive_cmd(url: str, model: Path, table: str, out: str) -> list[str]:
+    return [sys.executable, str(HERE / "naive.py"), url, str(model), table, out, AS_OF.isoformat()]
+
+
+def report(case: Case, baseline: str = "naive", subject: str = "batch-scorer") -> None:
+    print(f"\n== {case.label}: {case.rows:,} rows ==")
+    print(f"{'approach':<28} {'runs (s)':<28} {'median s':>9} {'rows/s':>10} {'peak RSS MB':>12}")
+    medians = {}
+    for who, samples in case.samples.items():
+        secs = [s.seconds for s in samples]
+        med = statistics.median(secs)
+        medians[who] = med
+        rss = max(s.peak_rss_mb for s in samples)
+        runs = " ".join(f"{s:.2f}" for s in secs)
+        print(f"{who:<28} {runs:<28} {med:>9.2f} {case.rows / med:>10,.0f} {rss:>12,.0f}")
+    if baseline in medians and subject in medians:
+        print(f"ratio {subject} / {baseline} (median rows/s): {medians[baseline] / medians[subject]:.1f}x")
+    sys.stdout.flush()
+
+
+def bench_postgres(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    base = args.url
+    url = schema_url(base)
+    engine = create_engine(url)
+    table = ensure_pg_table(engine, args.rows, args.rebuild)
+    jobs = {f"{m}": job(models[m], table, f"pred_{m}") for m in args.models}
+    config = write_config(work, url, jobs, args.chunk_size)
+    for m in args.models:
+        case = Case(f"PostgreSQL, {m} model", args.rows)
+        for rep in range(args.reps):
+            truncate(engine, f"naive_{m}")
+            case.add("naive pandas", measure(naive_cmd(url, models[m], table, f"naive_{m}")))
+            truncate(engine, f"pred_{m}")
+            case.add("batch-scorer", measure(tool_cmd(config, m)))
+            print(f"  {m} rep {rep + 1}: naive {case.samples['naive pandas'][-1].seconds:.2f}s, "
+                  f"batch-scorer {case.samples['batch-scorer'][-1].seconds:.2f}s", flush=True)
+        report(case)
+    engine.dispose()
+
+
+def bench_history(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    """A run into a table that already holds 10 earlier as_of dates vs into an empty one."""
+    url = schema_url(args.url)
+    engine = create_engine(url)
+    table = ensure_pg_table(engine, args.rows, args.rebuild)
+    jobs = {
+        "empty": job(models["light"], table, "pred_empty"),
+        "history": job(models["light"], table, "pred_history"),
+    }
+    config = write_config(work, url, jobs, args.chunk_size)
+    # Create both tables (and the view) through the tool, then fill the history.
+    truncate(engine, "pred_empty", "pred_history")
+    measure(tool_cmd(config, "history", AS_OF - timedelta(days=100)))
+    with engine.begin() as conn:
+        have = conn.execute(sa.text(
+            f"SELECT count(DISTINCT as_of) FROM {SCHEMA}.pred_history WHERE as_of < :d"), {"d": AS_OF}
+        ).scalar_one()
+    if have != 10:
+        print("filling pred_history with 10 earlier as_of dates ...", flush=True)
+        t = time.perf_counter()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"TRUNCATE {SCHEMA}.pred_history")
+            for k in range(1, 11):
+                conn.execute(
+                    sa.text(
+                        f"INSERT INTO {SCHEMA}.pred_history (job, entity_id, as_of, model_version, run_id, "
+                        f"scored_at, prediction, score) SELECT 'history', entity_id, :d, 'old', 0, now(), "
+                        f"1, 0.5 FROM {SCHEMA}.{table}"
+                    ),
+                    {"d": AS_OF - timedelta(days=k)},
+                )
+        print(f"  filled in {time.perf_counter() - t:.1f}s", flush=True)
+    vacuum(engine, "pred_history")
+    case = Case("PostgreSQL, light model, into an empty table vs one holding 10 earlier as_ofs", args.rows)
+    for _ in range(args.reps):
+        truncate(engine, "pred_empty")
+        case.add("into empty table", measure(tool_cmd(config, "empty")))
+        case.add("into 10-as_of table", measure(tool_cmd(config, "history")))
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DELETE FROM {SCHEMA}.pred_history WHERE as_of = :d"), {"d": AS_OF})
+        vacuum(engine, "pred_history")
+    report(case, "into empty table", "into 10-as_of table")
+    e = statistics.median(s.seconds for s in case.samples["into empty table"])
+    h = statistics.median(s.seconds for s in case.samples["into 10-as_of table"])
+    print(f"10-as_of table costs {100 * (h / e - 1):+.1f}% over the empty one (median wall time)")
+    engine.dispose()
+
+
+def bench_memory(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    """Peak RSS of batch-scorer at --rows and at --memory-rows."""
+    url = schema_url(args.url)
+    engine = create_engine(url)
+    small = ensure_pg_table(engine, args.rows, args.rebuild)
+    big = ensure_pg_table(engine, args.memory_rows, args.rebuild)
+    jobs = {
+        "mem_small": job(models["light"], small, "pred_mem_small"),
+        "mem_big": job(models["light"], big, "pred_mem_big"),
+    }
+    config = write_config(work, url, jobs, args.chunk_size)
+    results = {}
+    for name, rows in (("mem_small", args.rows), ("mem_big", args.memory_rows)):
+        case = Case(f"PostgreSQL, light model, memory at {rows:,} rows", rows)
+        for _ in range(max(1, args.reps - 1)):
+            truncate(engine, f"pred_{name}")
+            case.add("batch-scorer", measure(tool_cmd(config, name)))
+        report(case)
+        results[rows] = max(s.peak_rss_mb for s in case.samples["batch-scorer"])
+        truncate(engine, f"pred_{name}")
+    a, b = results[args.rows], results[args.memory_rows]
+    print(f"peak RSS: {a:,.0f} MB at {args.rows:,} rows, {b:,.0f} MB at {args.memory_rows:,} rows "
+          f"({100 * (b / a - 1):+.1f}%)")
+    engine.dispose()
+
+
+def bench_sqlite(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    db = work / "bench.db"
+    url = f"sqlite:///{db}"
+    engine = create_engine(url)
+    table = f"features_{args.sqlite_rows}"
+    if args.rebuild or row_count(engine, table) != args.sqlite_rows:
+        print(f"building {table} ({args.sqlite_rows:,} rows) in {db} ...", flush=True)
+        workload.build_sqlite(engine, table, args.sqlite_rows)
+    config = write_config(work, url, {"light": job(models["light"], table, "pred_light")}, args.chunk_size)
+    case = Case("SQLite file, light model", args.sqlite_rows)
+    for _ in range(args.reps):
+        truncate(engine, "naive_light")
+        case.add("naive pandas", measure(naive_cmd(url, models["light"], table, "naive_light")))
+        truncate(engine, "pred_light")
+        case.add("batch-scorer", measure(tool_cmd(config, "light")))
+    report(case)
+    engine.dispose()
+
+
+def train_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    url = schema_url(args.url)
+    engine = create_engine(url)
+    table = ensure_pg_table(engine, args.rows, args.rebuild)
+    frame = workload.training_frame(engine, f"{SCHEMA}.{table}")
+    engine.dispose()
+    out = {}
+    for kind in ("light", "heavy"):
+        path = work / f"{kind}.joblib"
+        if args.rebuild or not path.exists():
+            workload.save(workload.train(kind, frame), path)
+        out[kind] = path
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=os.environ.get("BATCH_SCORER_TEST_POSTGRES_URL", DEFAULT_URL))
+    p.add_argument("--rows", type=int, default=1_000_000, help="PostgreSQL rows (default 1,000,000)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (default 3)")
+    p.add_argument("--models", default="light,heavy", help="comma list of light,heavy")
+    p.add_argument("--sqlite-rows", type=int, default=200_000, help="SQLite rows; 0 skips SQLite")
+    p.add_argument("--history", action="store_true", help="also: run into a table with 10 earlier as_ofs")
+    p.add_argument("--memory-rows", type=int, default=0, help="also: peak RSS at this many rows (e.g. 5000000)")
+    p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory to run only those")
+    p.add_argument("--chunk-size", type=int, default=50_000)
+    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bs_bench")
+    p.add_argument("--rebuild", action="store_true", help="rebuild tables and models")
+    args = p.parse_args()
+    args.models = [m for m in args.models.split(",") if m]
+    only = {s for s in args.only.split(",") if s}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(args.url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    engine.dispose()
+    print(f"batch-scorer benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"PostgreSQL {sa.engine.make_url(args.url).render_as_string(hide_password=True)}", flush=True)
+    models = train_models(args, args.workdir)
+    if not only or "postgres" in only:
+        bench_postgres(args, args.workdir, models)
+    if (args.history and not only) or "history" in only:
+        bench_history(args, args.workdir, models)
+    if (args.memory_rows and not only) or "memory" in only:
+        if not args.memory_rows:
+            args.memory_rows = 5_000_000
+        bench_memory(args, args.workdir, models)
+    if (args.sqlite_rows and not only) or "sqlite" in only:
+        bench_sqlite(args, args.workdir, models)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
