@@ -12,11 +12,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from batch_scorer import ledger
+from batch_scorer import backfill as backfilling
+from batch_scorer import ledger, scheduler
 from batch_scorer.config import Config, load_config
 from batch_scorer.db import engine_for, first_line, mask_text
 from batch_scorer.errors import (
@@ -182,4 +183,50 @@ def runs(config: ConfigLike = None, job: str | None = None, limit: int = 20) -> 
         if not sa.inspect(engine).has_table("scoring_runs"):
             return []
         return ledger.list_runs(engine, job, limit)
+
+
+def backfill(
+    config: ConfigLike,
+    job: str,
+    start: date | str,
+    end: date | str,
+    *,
+    rerun: bool = False,
+    fail_fast: bool = False,
+    on_date: backfilling.DateFn | None = None,
+    on_progress: ProgressFn | None = None,
+) -> list[RunResult]:
+    """Score ``job`` for each as_of from ``start`` to ``end`` (inclusive), each committed on its own.
+
+    Dates already succeeded with the same model version are skipped (status
+    ``already_done``) unless ``rerun``. Failed dates are results; the rest go on
+    unless ``fail_fast``. ``exit_code(results)`` is non-zero if any date failed.
+    """
+    cfg = as_config(config)
+    backfilling.date_range(start, end)  # a bad range is an error before connecting
+    with engine_for(cfg.database.url, cfg.database.busy_timeout_seconds) as engine:
+        return backfilling.backfill(cfg, engine, job, start, end, rerun=rerun, fail_fast=fail_fast,
+                                    on_date=on_date, on_progress=on_progress)
+
+
+def next_fires(
+    config: ConfigLike = None, count: int = 5, *, after: datetime | None = None, jobs: Sequence[str] = ()
+) -> list[scheduler.Fire]:
+    """The next ``count`` fire times and as_of values of each scheduled job. Runs nothing.
+
+    ``after`` defaults to now; a naive datetime is read in the configured timezone."""
+    if count < 1:
+        raise UsageError("--next must be at least 1")
+    return scheduler.upcoming(as_config(config), count, after, jobs)
+
+
+def schedule(config: ConfigLike = None, jobs: Sequence[str] = ()) -> int:
+    """Run the scheduler daemon in this process until SIGTERM/SIGINT; returns 0.
+
+    Every job with a ``schedule:`` (or only ``jobs``) runs on its cron in the
+    configured timezone; missed fires within ``scheduler.catch_up_hours`` run once on
+    start. See :mod:`batch_scorer.scheduler`."""
+    cfg = as_config(config)
+    with engine_for(cfg.database.url, cfg.database.busy_timeout_seconds) as engine:
+        return scheduler.Daemon(cfg, engine, jobs).serve()
 

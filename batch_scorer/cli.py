@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import click
@@ -177,6 +177,103 @@ def runs(ctx: click.Context, job: str | None, limit: int) -> None:
     failed = [r for r in records if r.error and r.status in ("failed", "abandoned")]
     for r in failed[:5]:
         click.echo(f"run {r.run_id} ({r.status}): {r.error}")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--start", required=True, help="First as_of (YYYY-MM-DD), inclusive.")
+@click.option("--end", required=True, help="Last as_of (YYYY-MM-DD), inclusive.")
+@click.option("--rerun", is_flag=True, help="Score dates that already succeeded with this model again.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed date.")
+@click.pass_context
+def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fail_fast: bool) -> None:
+    """Score JOB for every as_of from --start to --end, each date committed on its own.
+
+    Dates that already succeeded with the same model version are skipped unless
+    --rerun. Stopped at any point, the same command finishes what is left.
+    Exit code: 0 all dates done, 1 a date failed, 2 bad input, 3 a date was
+    skipped because another run held the job's lock.
+
+    \b
+    Example:
+        batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31
+    """
+    from batch_scorer.backfill import date_range
+    from batch_scorer.date_progress import date_progress
+
+    days = date_range(start, end)
+    with interruptible(), date_progress(len(days)) as (on_date, on_rows):
+        results = api.backfill(_config(ctx), job, start, end, rerun=rerun, fail_fast=fail_fast,
+                               on_date=on_date, on_progress=on_rows)
+    _print_backfill(job, results)
+    ctx.exit(api.exit_code(results))
+
+
+def _print_backfill(job: str, results: Sequence[RunResult]) -> None:
+    header = ("as_of", "status", "rows", "seconds", "run_id")
+    rows = [
+        (str(r.as_of), "skipped (done)" if r.status == "already_done" else r.status,
+         f"{r.rows_scored:,}", f"{r.seconds:.1f}", str(r.run_id or ""))
+        for r in results
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    click.echo(
+        f"backfill {job}: {len(results)} date(s): {counts.get('succeeded', 0)} succeeded, "
+        f"{counts.get('already_done', 0)} skipped (already succeeded), "
+        f"{len(results) - counts.get('succeeded', 0) - counts.get('already_done', 0)} failed"
+    )
+    for r in results:
+        if r.status not in ("succeeded", "already_done"):
+            click.echo(f"Error: as_of {r.as_of}: {r.error}", err=True)
+
+
+def _parse_datetime(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a date-time; use e.g. 2026-03-28T12:00 (read in `timezone`)", param=param
+        ) from None
+
+
+@cli.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--next", "count", type=click.IntRange(1, 1000), default=None,
+              help="Print each job's next N fire times and as_of values; run nothing.")
+@click.option("--after", callback=_parse_datetime,
+              help="With --next: list fires after this time (default now; naive = in `timezone`).")
+@click.pass_context
+def schedule(ctx: click.Context, jobs: tuple[str, ...], count: int | None, after: datetime | None) -> None:
+    """Run the scheduler daemon: every job with a schedule: (or JOBS) on its cron.
+
+    Runs until SIGTERM or Ctrl-C (then exits 0 after the current run finishes
+    or, after scheduler.stop_timeout_seconds, is rolled back). On start, each
+    job's latest fire within scheduler.catch_up_hours runs once if the ledger
+    has no succeeded run for it.
+
+    \b
+    Example:
+        batch-scorer schedule --next 5    # show what would run when
+        batch-scorer schedule             # the daemon (systemd, see README)
+    """
+    if after is not None and count is None:
+        raise click.UsageError("--after only applies with --next N")
+    if count is not None:
+        fires = api.next_fires(_config(ctx), count, after=after, jobs=jobs)
+        width = max(len(f.job) for f in fires)
+        click.echo(f"{'job'.ljust(width)}  {'fire time'.ljust(25)}  as_of")
+        for f in fires:
+            click.echo(f"{f.job.ljust(width)}  {f.fire_time.isoformat().ljust(25)}  {f.as_of}")
+        return
+    ctx.exit(api.schedule(_config(ctx), jobs))
 
 
 @cli.command()

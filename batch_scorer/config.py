@@ -158,6 +158,16 @@ class JobConfig(_Strict):
     allow_empty: bool = False
     allow_version_mismatch: bool = False
 
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        # Checked here so a typo fails at config load, not at 02:00 in the daemon.
+        if value is not None:
+            from batch_scorer.cron import cron_trigger
+
+            cron_trigger(value, "UTC")
+        return value
+
     @model_validator(mode="after")
     def _reserved(self) -> JobConfig:
         from batch_scorer.schema import RESERVED_OUTPUT_COLUMNS
@@ -174,11 +184,23 @@ class JobConfig(_Strict):
         return self
 
 
+class SchedulerConfig(_Strict):
+    """Settings of the ``batch-scorer schedule`` daemon (README "Scheduling and backfill")."""
+
+    # On start, the latest fire of each job within this many hours is run once
+    # if the ledger shows no succeeded run for it (catch-up after downtime).
+    catch_up_hours: float = Field(default=24.0, ge=0, le=24 * 366)
+    # On SIGTERM/SIGINT a run in progress may finish for this long, then it is
+    # interrupted and rolled back.
+    stop_timeout_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
+
+
 class Config(_Strict):
     """The whole validated configuration. ``base_dir`` is the config file's folder."""
 
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     timezone: str = "UTC"
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     defaults: Defaults = Field(default_factory=Defaults)
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
     base_dir: Path = Field(default_factory=Path.cwd)

@@ -35,11 +35,16 @@ from batch_scorer.threads import limit_model_threads
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
+# Called with the model version while the job's lock is held, before the run
+# starts; a non-empty reason means "already done": the run is not started
+# (the scheduler and backfill use it so a fire or a date is scored once).
+SkipCheck = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What one run did; ``status`` is ``succeeded``, ``failed``, ``skipped`` or ``invalid``."""
+    """What one run did; ``status`` is ``succeeded``, ``failed``, ``skipped`` (lock held),
+    ``already_done`` (a ``skip_if`` check said so; nothing written) or ``invalid``."""
 
     job: str
     status: str
@@ -96,8 +101,12 @@ def run_job(
     as_of: date | None = None,
     trigger: str = "manual",
     on_progress: ProgressFn | None = None,
+    skip_if: SkipCheck | None = None,
 ) -> RunResult:
-    """Score one job for one as_of. Raises :class:`BatchScorerError` subclasses."""
+    """Score one job for one as_of. Raises :class:`BatchScorerError` subclasses.
+
+    ``skip_if`` (see :data:`SkipCheck`) may return a reason to skip; the result
+    then has status ``already_done`` and nothing is written."""
     as_of = as_of or default_as_of(cfg)
     # Resolve first: a bad job (config, model, columns) must write nothing.
     resolved = resolve_job(cfg, engine, name, as_of)
@@ -107,7 +116,7 @@ def run_job(
         # The unit of retry is the whole run: a failed attempt has rolled back
         # and recorded its own ledger row; the next one starts a new row.
         return with_retries(
-            lambda _attempt: _locked_run(cfg, engine, resolved, as_of, trigger, on_progress),
+            lambda _attempt: _locked_run(cfg, engine, resolved, as_of, trigger, on_progress, skip_if),
             policy,
             f"job {resolved.job.name}",
         )
@@ -136,11 +145,17 @@ def _locked_run(
     as_of: date,
     trigger: str,
     on_progress: ProgressFn | None,
+    skip_if: SkipCheck | None = None,
 ) -> RunResult:
     """One attempt: take the job's lock, open a ledger row, execute the run."""
     job, model = resolved.job, resolved.model
     with ledger.job_lock(engine, job.name):
         ledger.mark_abandoned(engine, job.name)
+        reason = skip_if(model.version) if skip_if is not None else None
+        if reason:
+            log.info("job %s as_of %s: not run: %s", job.name, as_of, reason)
+            return RunResult(job.name, "already_done", as_of, model_version=model.version,
+                             output_table=job.output.table, error=reason)
         run_id = ledger.start_run(
             engine,
             job=job.name,

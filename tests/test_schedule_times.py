@@ -1,0 +1,129 @@
+"""Fire times and as_of values without waiting: ``schedule --next`` (DST included),
+cron validation at config load, and which fire a restarted daemon catches up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batch_scorer.config import load_config
+from batch_scorer.db import create_engine
+from batch_scorer.scheduler import catch_up
+from tests.helpers import cli_run, job, write_config
+from tests.schedule_support import SECONDS_CRON
+
+
+def _config(tmp_path: Path, tz: str = "Europe/Berlin", **jobs: dict[str, object]) -> Path:
+    return write_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}",
+                        {name: job(**settings) for name, settings in jobs.items()}, timezone=tz)
+
+
+def _table(output: str) -> list[tuple[str, str, str]]:
+    lines = output.strip().splitlines()
+    assert lines[0].split() == ["job", "fire", "time", "as_of"]
+    return [tuple(line.split()) for line in lines[1:]]  # type: ignore[misc]
+
+
+def test_next_daily_0230_berlin_fires_once_on_the_spring_change_day(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, nightly={"schedule": "30 2 * * *"},
+                  prev={"schedule": "30 2 * * *", "as_of": "previous_day"})
+    result = cli_run(cfg, "schedule", "--next", "3", "--after", "2026-03-28T12:00")
+    assert result.exit_code == 0, result.output
+    assert _table(result.output) == [
+        ("nightly", "2026-03-29T03:30:00+02:00", "2026-03-29"),  # 02:30 does not exist that night
+        ("nightly", "2026-03-30T02:30:00+02:00", "2026-03-30"),
+        ("nightly", "2026-03-31T02:30:00+02:00", "2026-03-31"),
+        ("prev", "2026-03-29T03:30:00+02:00", "2026-03-28"),
+        ("prev", "2026-03-30T02:30:00+02:00", "2026-03-29"),
+        ("prev", "2026-03-31T02:30:00+02:00", "2026-03-30"),
+    ]
+
+
+def test_next_daily_0230_berlin_fires_once_on_the_autumn_change_day(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, nightly={"schedule": "30 2 * * *"})
+    result = cli_run(cfg, "schedule", "--next", "3", "--after", "2026-10-24T12:00")
+    assert result.exit_code == 0, result.output
+    assert _table(result.output) == [
+        ("nightly", "2026-10-25T02:30:00+02:00", "2026-10-25"),  # not again at 02:30+01:00
+        ("nightly", "2026-10-26T02:30:00+01:00", "2026-10-26"),
+        ("nightly", "2026-10-27T02:30:00+01:00", "2026-10-27"),
+    ]
+
+
+def test_next_hourly_schedule_keeps_firing_through_the_repeated_hour(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, hourly={"schedule": "30 * * * *"})
+    result = cli_run(cfg, "schedule", "--next", "4", "--after", "2026-10-25T01:00")
+    assert [row[1] for row in _table(result.output)] == [
+        "2026-10-25T01:30:00+02:00", "2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:30:00+01:00", "2026-10-25T03:30:00+01:00",
+    ]
+
+
+def test_day_of_week_numbers_mean_what_crontab_means(tmp_path: Path) -> None:
+    # 0 and 7 are Sunday (APScheduler 3 alone would read 0 as Monday).
+    cfg = _config(tmp_path, "UTC", sun={"schedule": "0 2 * * 0"}, sun7={"schedule": "0 2 * * 7"},
+                  weekdays={"schedule": "0 2 * * 1-5"})
+    result = cli_run(cfg, "schedule", "--next", "2", "--after", "2026-11-24T12:00")  # a Tuesday
+    assert result.exit_code == 0, result.output
+    assert _table(result.output) == [
+        ("sun", "2026-11-29T02:00:00+00:00", "2026-11-29"),
+        ("sun", "2026-12-06T02:00:00+00:00", "2026-12-06"),
+        ("sun7", "2026-11-29T02:00:00+00:00", "2026-11-29"),
+        ("sun7", "2026-12-06T02:00:00+00:00", "2026-12-06"),
+        ("weekdays", "2026-11-25T02:00:00+00:00", "2026-11-25"),
+        ("weekdays", "2026-11-26T02:00:00+00:00", "2026-11-26"),
+    ]
+
+
+def test_invalid_cron_is_a_config_error_naming_the_job(tmp_path: Path) -> None:
+    for bad in ("0 2 * *", "61 2 * * *", "0 2 * * mon-", "every day"):
+        cfg = _config(tmp_path, nightly={"schedule": bad})
+        result = cli_run(cfg, "schedule", "--next", "1")
+        assert result.exit_code == 2, (bad, result.output)
+        assert "jobs.nightly.schedule" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_seconds_field_only_with_the_test_switch(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "UTC", fast={"schedule": "*/5 * * * * *"})
+    refused = cli_run(cfg, "schedule", "--next", "1")
+    assert refused.exit_code == 2
+    assert "has 6 fields; a cron schedule has 5" in refused.output
+    allowed = cli_run(cfg, "schedule", "--next", "2", "--after", "2026-01-01T00:00:01", env=SECONDS_CRON)
+    assert allowed.exit_code == 0, allowed.output
+    assert [row[1] for row in _table(allowed.output)] == [
+        "2026-01-01T00:00:05+00:00", "2026-01-01T00:00:10+00:00",
+    ]
+
+
+def test_schedule_without_scheduled_jobs_exits_2(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, manual={})
+    for args in (["schedule"], ["schedule", "--next", "1"]):
+        result = cli_run(cfg, *args)
+        assert result.exit_code == 2
+        assert "no job" in result.output and "schedule: key" in result.output
+
+
+def test_catch_up_takes_only_the_latest_missed_fire_within_the_window(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}",
+                        {"hourly": job(schedule="0 * * * *"),
+                         "nightly": job(schedule="0 2 * * *", as_of="previous_day")},
+                        timezone="Europe/Berlin", scheduler={"catch_up_hours": 3})
+    cfg = load_config(path)
+    engine = create_engine(cfg.database.url)
+    try:
+        from batch_scorer.schema import create_tool_tables
+
+        create_tool_tables(engine)
+        # 05:45 Berlin: the hourly job missed 03:00, 04:00 and 05:00 -> only 05:00 runs;
+        # the nightly 02:00 fire is 3h45 ago, outside the 3h window.
+        now = datetime(2026, 6, 10, 3, 45, tzinfo=UTC)
+        fires = catch_up(cfg, engine, now=now)
+        assert [(f.job, f.fire_time.isoformat(), str(f.as_of), f.kind) for f in fires] == [
+            ("hourly", "2026-06-10T05:00:00+02:00", "2026-06-10", "catch-up"),
+        ]
+        # An hour earlier the nightly fire is inside the window; its as_of is the day before.
+        fires = catch_up(cfg, engine, now=datetime(2026, 6, 10, 2, 45, tzinfo=UTC))
+        assert [(f.job, str(f.as_of)) for f in fires] == [("hourly", "2026-06-10"), ("nightly", "2026-06-09")]
+    finally:
+        engine.dispose()
