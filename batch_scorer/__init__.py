@@ -3,13 +3,17 @@
 The public Python API (the CLI is a thin layer over it)::
 
     from batch_scorer import load_config, run, init_db, validate, runs
+    from batch_scorer import backfill, next_fires, schedule
 """
 
 from __future__ import annotations
 
-from batch_scorer.api import init_db, run, runs, validate
+from batch_scorer.api import backfill, init_db, next_fires, run, runs, schedule, validate
 from batch_scorer.config import Config, load_config
 from batch_scorer.errors import BatchScorerError
 from batch_scorer.pipeline import RunResult
 
-__all__ = ["BatchScorerError", "Config", "RunResult", "init_db", "load_config", "run", "runs", "validate"]
+__all__ = [
+    "BatchScorerError", "Config", "RunResult", "backfill", "init_db", "load_config", "next_fires", "run",
+    "runs", "schedule", "validate",
+]
