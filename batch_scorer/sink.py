@@ -15,6 +15,7 @@ sees any row of the run:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,11 +228,61 @@ class _SqliteWriter:
         )
         self._staging.create(self._conn)
         self._conn.commit()
+        # Rows go in as plain tuples through the DBAPI's executemany; SQLAlchemy's
+        # per-value conversions are applied column-wise, and to the run's
+        # constants once (issue 4: per-row dicts and bind processing dominated).
+        dialect = engine.dialect
+        self._procs = {
+            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns
+        }
+        self._const = {
+            name: self._convert(name, value)
+            for name, value in (
+                ("job", stamp.job),
+                ("as_of", stamp.as_of),
+                ("model_version", stamp.model_version),
+                ("run_id", stamp.run_id),
+                ("scored_at", stamp.scored_at),
+            )
+        }
+        self._insert_sql = str(self._staging.insert().compile(dialect=dialect))
+        self._names = [c.name for c in table.columns]
+
+    def _convert(self, name: str, value: Any) -> Any:
+        proc = self._procs[name]
+        return proc(value) if proc is not None and value is not None else value
+
+    def _column(self, name: str, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> Any:
+        n = len(rows)
+        if name in self._const:
+            return itertools.repeat(self._const[name], n)
+        if name == "score" and score is None:
+            return itertools.repeat(None, n)
+        if name in ("prediction", "score"):
+            values = _python_values(pd.Series(prediction if name == "prediction" else score))
+        else:
+            values = _python_values(_exact(rows, name))
+        proc = self._procs[name]
+        if proc is None:
+            return values
+        return [None if v is None else proc(v) for v in values]
 
     def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
         if len(rows):
-            frame = output_frame(self._stamp, rows, self._keys, self._pass, prediction, score)
-            self._conn.execute(self._staging.insert(), records(frame))
+            columns = [self._column(name, rows, prediction, score) for name in self._names]
+            if not self._conn.in_transaction():
+                self._conn.begin()
+            dbapi_conn = self._conn.connection.dbapi_connection
+            assert dbapi_conn is not None
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.executemany(self._insert_sql, zip(*columns, strict=True))
+            except self._conn.dialect.loaded_dbapi.Error as exc:
+                raise sa.exc.DBAPIError.instance(
+                    self._insert_sql, None, exc, self._conn.dialect.loaded_dbapi.Error
+                ) from exc
+            finally:
+                cursor.close()
         self._conn.commit()
 
     def publish(self, finish: FinishFn) -> None:

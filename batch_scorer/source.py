@@ -228,12 +228,34 @@ def read_chunks(
         exact = [*job.source.key, *job.output.pass_through]
         yield from pg_fast.read_chunks(conn, stmt, chunk_size, exact, features, job.name)
         return
-    streaming = conn.execution_options(stream_results=True, max_row_buffer=chunk_size)
+    # Plain tuples from the DBAPI cursor, with SQLAlchemy's result conversion
+    # (dates, booleans, decimals) applied column-wise where a type has one:
+    # building a Row object per row cost more than the rest of the read (issue 4).
+    processors = [
+        c.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None) for c in stmt.selected_columns
+    ]
     try:
-        result = streaming.execute(stmt)
-        for part in result.partitions(chunk_size):
-            yield pd.DataFrame.from_records(part, columns=list(columns), coerce_float=False)
+        # No stream_results: SQLAlchemy's streaming strategy pre-fetches rows
+        # from the cursor read here; sqlite3's own cursor is lazy already.
+        result = conn.execute(stmt)
+        cursor = result.cursor
+        assert cursor is not None
+        while rows := cursor.fetchmany(chunk_size):
+            yield _frame(rows, list(columns), processors)
+        result.close()
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"job {job.name!r}: reading the source failed: {mask_text(first_line(exc))}"
         ) from exc
+    except conn.dialect.loaded_dbapi.Error as exc:  # raised by the raw cursor
+        raise DatabaseError(f"job {job.name!r}: reading the source failed: {mask_text(str(exc))}") from exc
+
+
+def _frame(rows: list[Any], columns: list[str], processors: list[Any]) -> pd.DataFrame:
+    if any(processors):
+        values = [
+            [proc(v) for v in col] if proc is not None else col
+            for col, proc in zip(zip(*rows, strict=True), processors, strict=True)
+        ]
+        rows = list(zip(*values, strict=True))
+    return pd.DataFrame.from_records(rows, columns=columns, coerce_float=False)
