@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from batch_scorer.config import Config, JobConfig
 from batch_scorer.cron import ScheduleTrigger, cron_trigger, latest_fire, next_fires
 from batch_scorer.db import first_line, mask_text
-from batch_scorer.errors import BatchScorerError, LockHeld, UsageError
+from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, UsageError
 from batch_scorer.pipeline import RunResult, run_job
 from batch_scorer.progress import row_progress
 from batch_scorer.schema import create_tool_tables, scoring_runs
@@ -252,13 +252,21 @@ class Daemon:
 
     def serve(self) -> int:
         """Catch up, then run fires until stopped. Returns the exit code (0)."""
-        create_tool_tables(self.engine)
+        # Catch-up covers fires up to `now`; the scheduler takes every fire
+        # after it (one it reaches late still runs): no gap between the two.
+        now = datetime.now(UTC)
+        try:
+            create_tool_tables(self.engine)
+            missed = catch_up(self.cfg, self.engine, list(self.triggers), now)
+        except sa.exc.SQLAlchemyError as exc:
+            # At start only: once running, a database error fails one fire, not the daemon.
+            raise DatabaseError(
+                f"scheduler: cannot read the scoring_runs ledger to catch up missed fires: "
+                f"{mask_text(first_line(exc))}"
+            ) from exc
         restore = self._install_signals()
         try:
-            # Catch-up covers fires up to `now`; the scheduler takes every fire
-            # after it (one it reaches late still runs): no gap between the two.
-            now = datetime.now(UTC)
-            for fire in catch_up(self.cfg, self.engine, list(self.triggers), now):
+            for fire in missed:
                 self.fires.put(fire)
             for name, trigger in self.triggers.items():
                 first = next_fires(trigger, now, 1)

@@ -116,10 +116,19 @@ def test_sigterm_mid_run_rolls_back_leaves_nothing_partial_and_exits_0(tmp_path:
     assert query(db_url, "SELECT count(*) FROM predictions") == [(0,)]
 
 
-def test_sigterm_lets_the_current_run_finish_within_stop_timeout(tmp_path: Path, sqlite_url: str) -> None:
+def test_runs_never_overlap_and_sigterm_lets_the_current_run_finish(tmp_path: Path, sqlite_url: str) -> None:
+    # Runs take about a second and the job fires every second: fires come while
+    # a run is going; they wait (see test_schedule_times for the coalescing).
     run = _start_big_run(tmp_path, sqlite_url, stop_timeout=60)
+    wait_count(run, FIRE_OK, 2, timeout=30)
+    seen = len(run.lines)
+    run.wait_for(lambda ln: run.lines.index(ln) >= seen and re.search(r"job j: [1-9]\d* rows", ln) is not None)
     assert stop(run) == 0, run.stderr
     assert "taking no new fires" in run.stderr
-    # All of it published, and no further fire was taken after the signal.
-    assert query(sqlite_url, "SELECT status FROM scoring_runs") == [("succeeded",)]
-    assert query(sqlite_url, "SELECT count(*) FROM predictions") == [(ROWS,)]
+    runs = query(sqlite_url, "SELECT status, started_at, finished_at FROM scoring_runs ORDER BY run_id")
+    # The run in flight at the signal was allowed to finish: all succeeded, and
+    # each run started after the one before it had finished.
+    assert {r[0] for r in runs} == {"succeeded"} and len(runs) >= 3
+    for before, after in zip(runs, runs[1:], strict=False):
+        assert after[1] >= before[2]
+    assert query(sqlite_url, "SELECT count(*), max(run_id) FROM predictions") == [(ROWS, len(runs))]

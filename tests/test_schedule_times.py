@@ -3,8 +3,10 @@ cron validation at config load, and which fire a restarted daemon catches up."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from batch_scorer.config import load_config
 from batch_scorer.db import create_engine
@@ -127,3 +129,16 @@ def test_catch_up_takes_only_the_latest_missed_fire_within_the_window(tmp_path: 
         assert [(f.job, str(f.as_of)) for f in fires] == [("hourly", "2026-06-10"), ("nightly", "2026-06-09")]
     finally:
         engine.dispose()
+
+
+def test_a_fire_arriving_while_one_waits_is_coalesced_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    from batch_scorer.scheduler import Fire, _Fires
+
+    fires = _Fires()
+    t0 = datetime(2026, 3, 30, 0, 0, tzinfo=UTC)
+    for minutes in (0, 1, 2):
+        fires.put(Fire("a", t0 + timedelta(minutes=minutes), t0.date()))
+    fires.put(Fire("b", t0, t0.date()))
+    got = [fires.get(timeout=0.1), fires.get(timeout=0.1), fires.get(timeout=0.1)]
+    assert [(f.job, f.fire_time.minute) for f in got if f] == [("a", 2), ("b", 0)]
+    assert sum("coalesced into the newer fire" in r.getMessage() for r in caplog.records) == 2
