@@ -15,10 +15,10 @@ from tests.helpers import AS_OF, features_frame, job, load_table, query, save_mo
 ROWS = 30_000
 
 
-def _big_job(tmp_path: Path, url: str) -> Path:
+def _big_job(tmp_path: Path, url: str, chunk_size: int = 1_000) -> Path:
     load_table(url, features_frame(ROWS, seed=9))
     save_model(train("forest"), tmp_path / "models" / "m.joblib")
-    return write_config(tmp_path, url, {"j": job(chunk_size=1_000, pass_through=["note"])})
+    return write_config(tmp_path, url, {"j": job(chunk_size=chunk_size, pass_through=["note"])})
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -46,11 +46,13 @@ def test_signal_mid_run_rolls_back_marks_failed_and_exits_promptly(
 
 
 def test_signal_during_rerun_keeps_published_rows(tmp_path: Path, db_url: str) -> None:
-    cfg = _big_job(tmp_path, db_url)
+    # Small chunks keep the re-run going long enough to be caught mid-way on a busy machine.
+    cfg = _big_job(tmp_path, db_url, chunk_size=200)
     ok(cfg, "run", "j", "--as-of", AS_OF.isoformat())
 
     rerun = Run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
     rerun.wait_for_rows()
+    assert rerun.proc.poll() is None, "the re-run finished before the signal"
     rerun.proc.send_signal(signal.SIGTERM)
     assert rerun.finish(timeout=30) == 128 + signal.SIGTERM, rerun.stderr
     assert query(db_url, "SELECT count(*), min(run_id), max(run_id) FROM predictions") == [(ROWS, 1, 1)]
