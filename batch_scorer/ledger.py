@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.db import begin_write, is_postgres
-from batch_scorer.errors import LockHeld
+from batch_scorer.errors import LockHeld, RunFailed
 from batch_scorer.schema import job_locks, scoring_runs, utcnow
 
 log = logging.getLogger(__name__)
@@ -194,23 +194,42 @@ def lock_key(engine: Engine, job: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class JobLock:
+    """A held job lock. :meth:`verify` runs inside the publish transaction, so a
+    run whose lock was lost (its lock session killed, its lock row taken over)
+    never publishes."""
+
+    def __init__(self, job: str, check: Callable[[Connection], bool]) -> None:
+        self.job = job
+        self._check = check
+
+    def verify(self, conn: Connection) -> None:
+        if not self._check(conn):
+            raise RunFailed(
+                f"job {self.job!r}: this run lost its job lock before publishing (its lock "
+                "session ended or another process took the lock over); it was rolled back "
+                "and nothing was published. Run it again."
+            )
+
+
 @contextlib.contextmanager
-def job_lock(engine: Engine, job: str) -> Iterator[None]:
+def job_lock(engine: Engine, job: str) -> Iterator[JobLock]:
     """Hold the job's lock for the block, or raise :class:`LockHeld` naming the holder."""
     if is_postgres(engine):
-        with _advisory_lock(engine, job):
-            yield
+        with _advisory_lock(engine, job) as lock:
+            yield lock
     else:
-        with _row_lock(engine, job):
-            yield
+        with _row_lock(engine, job) as lock:
+            yield lock
 
 
 @contextlib.contextmanager
-def _advisory_lock(engine: Engine, job: str) -> Iterator[None]:
+def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
     key = lock_key(engine, job)
     conn = engine.connect()
     try:
         got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+        holder_pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         conn.commit()
         if not got:
             raise LockHeld(
@@ -218,8 +237,21 @@ def _advisory_lock(engine: Engine, job: str) -> Iterator[None]:
                 "this run was skipped. Wait for it to finish (batch-scorer runs --job "
                 f"{job})."
             )
+
+        def still_held(publish_conn: Connection) -> bool:
+            # A bigint advisory key shows in pg_locks as classid (high 32 bits),
+            # objid (low 32 bits) and objsubid 1.
+            held = publish_conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND pid = :pid AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo"
+                ),
+                {"pid": holder_pid, "hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
+            ).scalar_one()
+            return bool(held)
+
         try:
-            yield
+            yield JobLock(job, still_held)
         finally:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
@@ -256,8 +288,17 @@ def _row_lock(engine: Engine, job: str) -> Iterator[None]:
             log.warning("job %s: taking over the lock of dead process %d", job, row.pid)
             conn.execute(sa.delete(job_locks).where(job_locks.c.job == job))
         conn.execute(job_locks.insert().values(job=job, host=HOST, pid=me, acquired_at=utcnow()))
+
+    def still_held(publish_conn: Connection) -> bool:
+        row = publish_conn.execute(
+            sa.select(job_locks.c.pid).where(
+                job_locks.c.job == job, job_locks.c.host == HOST, job_locks.c.pid == me
+            )
+        ).first()
+        return row is not None
+
     try:
-        yield
+        yield JobLock(job, still_held)
     finally:
         with begin_write(engine) as conn:
             conn.execute(

@@ -149,7 +149,7 @@ def _locked_run(
 ) -> RunResult:
     """One attempt: take the job's lock, open a ledger row, execute the run."""
     job, model = resolved.job, resolved.model
-    with ledger.job_lock(engine, job.name):
+    with ledger.job_lock(engine, job.name) as lock:
         ledger.mark_abandoned(engine, job.name)
         reason = skip_if(model.version) if skip_if is not None else None
         if reason:
@@ -166,7 +166,7 @@ def _locked_run(
             trigger=trigger,
             output_table=job.output.table,
         )
-        return _execute(cfg, engine, resolved, as_of, run_id, on_progress)
+        return _execute(cfg, engine, resolved, as_of, run_id, on_progress, lock)
 
 
 def _execute(
@@ -176,6 +176,7 @@ def _execute(
     as_of: date,
     run_id: int,
     on_progress: ProgressFn | None,
+    lock: ledger.JobLock | None = None,
 ) -> RunResult:
     job, model = resolved.job, resolved.model
     started = time.monotonic()
@@ -221,6 +222,8 @@ def _execute(
 
         def finish(conn: Connection) -> None:
             # Inside the publish transaction, before anything is visible.
+            if lock is not None:
+                lock.verify(conn)
             _check_duplicate_keys(conn, table, stamp, job, as_of)
             _record_rejections(conn, run_id, job.name, rejections)
             ledger.finish_run(conn, run_id, "succeeded", **counts)
