@@ -30,10 +30,10 @@ from batch_scorer.errors import (
     LockHeld,
     UsageError,
 )
+from batch_scorer.model import prediction_kind
 from batch_scorer.pipeline import ProgressFn, RunResult, default_as_of, resolve_job, run_job
 from batch_scorer.schema import create_tool_tables
 from batch_scorer.sink import prepare_output_table
-from batch_scorer.model import prediction_kind
 
 log = logging.getLogger(__name__)
 
