@@ -4,7 +4,9 @@ Builds the workload (20 numeric + 2 categorical features with NULLs, a "light"
 and a "heavy" model; see ``workload.py``) inside PostgreSQL and a SQLite file,
 then runs the naive script (``naive.py``) and ``batch-scorer run`` alternately,
 each in its own process, and prints wall time, rows/s, peak RSS (the child's
-``ru_maxrss``) and the speed ratio of the medians. Wall time is the whole
+``ru_maxrss``) and the speed ratio of the medians. Before each measured run,
+untimed: ``CHECKPOINT`` and a wait for autovacuum, so that no run pays for the
+background work the previous one caused. Wall time is the whole
 process: interpreter start, imports, model load, lock, ledger, publish.
 
 Examples::
@@ -117,6 +119,23 @@ def truncate(engine: sa.Engine, *tables: str) -> None:
                 conn.exec_driver_sql(f"DELETE FROM {name}" if not pg else f"TRUNCATE {name}")
 
 
+def settle(engine: sa.Engine) -> None:
+    """Untimed, before every measured run: flush the previous run's WAL and wait for
+    autovacuum, so no run pays for the background work the one before it caused."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("CHECKPOINT")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            busy = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).scalar_one()
+            if not busy:
+                break
+            time.sleep(0.5)
+
+
 def vacuum(engine: sa.Engine, table: str) -> None:
     if engine.dialect.name != "postgresql":
         return
@@ -148,7 +167,7 @@ def naive_cmd(url: str, model: Path, table: str, out: str) -> list[str]:
     return [sys.executable, str(HERE / "naive.py"), url, str(model), table, out, AS_OF.isoformat()]
 
 
-def report(case: Case, baseline: str = "naive", subject: str = "batch-scorer") -> None:
+def report(case: Case, baseline: str = "naive pandas", subject: str = "batch-scorer") -> None:
     print(f"\n== {case.label}: {case.rows:,} rows ==")
     print(f"{'approach':<28} {'runs (s)':<28} {'median s':>9} {'rows/s':>10} {'peak RSS MB':>12}")
     medians = {}
@@ -175,8 +194,10 @@ def bench_postgres(args: argparse.Namespace, work: Path, models: dict[str, Path]
         case = Case(f"PostgreSQL, {m} model", args.rows)
         for rep in range(args.reps):
             truncate(engine, f"naive_{m}")
+            settle(engine)
             case.add("naive pandas", measure(naive_cmd(url, models[m], table, f"naive_{m}")))
             truncate(engine, f"pred_{m}")
+            settle(engine)
             case.add("batch-scorer", measure(tool_cmd(config, m)))
             print(f"  {m} rep {rep + 1}: naive {case.samples['naive pandas'][-1].seconds:.2f}s, "
                   f"batch-scorer {case.samples['batch-scorer'][-1].seconds:.2f}s", flush=True)
@@ -220,7 +241,9 @@ def bench_history(args: argparse.Namespace, work: Path, models: dict[str, Path])
     case = Case("PostgreSQL, light model, into an empty table vs one holding 10 earlier as_ofs", args.rows)
     for _ in range(args.reps):
         truncate(engine, "pred_empty")
+        settle(engine)
         case.add("into empty table", measure(tool_cmd(config, "empty")))
+        settle(engine)
         case.add("into 10-as_of table", measure(tool_cmd(config, "history")))
         with engine.begin() as conn:
             conn.execute(sa.text(f"DELETE FROM {SCHEMA}.pred_history WHERE as_of = :d"), {"d": AS_OF})
@@ -248,6 +271,7 @@ def bench_memory(args: argparse.Namespace, work: Path, models: dict[str, Path]) 
         case = Case(f"PostgreSQL, light model, memory at {rows:,} rows", rows)
         for _ in range(max(1, args.reps - 1)):
             truncate(engine, f"pred_{name}")
+            settle(engine)
             case.add("batch-scorer", measure(tool_cmd(config, name)))
         report(case)
         results[rows] = max(s.peak_rss_mb for s in case.samples["batch-scorer"])
