@@ -12,7 +12,6 @@ import difflib
 import logging
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from sqlalchemy.exc import ArgumentError
 
 from batch_scorer.db import mask_text
 from batch_scorer.errors import ConfigError
+from batch_scorer.files import warn_if_writable_by_others
 
 log = logging.getLogger(__name__)
 
@@ -418,18 +418,11 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
 
 
 def _warn_if_writable_by_others(path: Path) -> None:
-    # The config names the model files that get unpickled (which runs code), so
-    # whoever can write it can run code as this user. Warn, don't refuse.
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning(
-            "config file %s is writable by group or others; anyone who can write it can "
-            "point a job at any model file and run code as this user (chmod go-w it)",
-            path,
-        )
+    warn_if_writable_by_others(
+        path,
+        "config file",
+        "anyone who can write it can point a job at any model file and run code as this user",
+    )
 
 
 def _warn_literal_password(raw: Mapping[str, Any]) -> None:

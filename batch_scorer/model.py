@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import stat
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from sklearn.base import is_classifier, is_regressor
 
 from batch_scorer.errors import ModelError
 from batch_scorer.feature_types import coerce_features, fitted_kinds
+from batch_scorer.files import warn_if_writable_by_others
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def warn_if_writable_by_others(path: Path, what: str) -> None:
-    """Loading runs code: a file others can write is a way in. Warn, don't refuse."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning(
-            "%s %s is writable by group or others; anyone who can write it can run code as "
-            "this user (chmod go-w it)",
-            what,
-            path,
-        )
-
-
 def load_model(
     job: str,
     path: Path,
@@ -88,7 +73,9 @@ def load_model(
             f"job {job!r}: model file {path} not found. Train and save the model there "
             "(joblib.dump(model, path)), or fix model.path in the config."
         )
-    warn_if_writable_by_others(path, f"job {job!r}: model file")
+    warn_if_writable_by_others(
+        path, f"job {job!r}: model file", "anyone who can write it can run code as this user"
+    )
     sha = file_sha256(path)
     if pinned_sha256 is not None and sha != pinned_sha256:
         raise ModelError(

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from batch_scorer.db import first_line
+from batch_scorer.db import begin_write, first_line
 from batch_scorer.errors import DatabaseError
 from batch_scorer.retry import is_insufficient_privilege
 
@@ -212,7 +212,17 @@ def create_tool_tables(bind: Engine | Connection) -> None:
 def _create_all(bind: Engine | Connection, md: sa.MetaData, tables: Iterable[sa.Table]) -> None:
     tables = list(tables)
     try:
-        md.create_all(bind, tables=tables, checkfirst=True)
+        insp = sa.inspect(bind)
+        if all(insp.has_table(t.name, schema=t.schema) for t in tables):
+            return  # the common case: a read, no write lock taken
+        if isinstance(bind, Engine):
+            # BEGIN IMMEDIATE on SQLite: a deferred transaction that has read the
+            # schema and then upgrades to write gets SQLITE_BUSY at once (no busy
+            # wait) when another process holds the write lock at that moment.
+            with begin_write(bind) as conn:
+                md.create_all(conn, tables=tables, checkfirst=True)
+        else:
+            md.create_all(bind, tables=tables, checkfirst=True)
     except SQLAlchemyError as exc:
         # Two processes creating the same table at once: the loser's CREATE
         # fails; what matters is that the table now exists.
@@ -248,7 +258,7 @@ def ensure_output(bind: Engine, table: sa.Table, keys: Sequence[str]) -> None:
         return
     sql = create_view_sql(bind.dialect, view, latest_view_select(table, keys))
     try:
-        with bind.begin() as conn:
+        with begin_write(bind) as conn:
             conn.exec_driver_sql(sql)
     except SQLAlchemyError as exc:
         if view_table not in sa.inspect(bind).get_view_names(schema=schema):

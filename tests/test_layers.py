@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "batch_scorer"
-BASE = {"errors", "config", "db", "schema"}
+BASE = {"errors", "files", "config", "db", "schema"}
 STAGES = {"source", "model", "checks", "sink", "ledger", "progress"}
 ORCHESTRATION = {"pipeline"}
 TOP = {"api", "scheduler", "backfill", "demo", "cli", "__main__"}
