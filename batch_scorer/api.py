@@ -30,10 +30,8 @@ from batch_scorer.errors import (
     LockHeld,
     UsageError,
 )
-from batch_scorer.model import prediction_kind
-from batch_scorer.pipeline import ProgressFn, RunResult, default_as_of, resolve_job, run_job
+from batch_scorer.pipeline import ProgressFn, RunResult, default_as_of, prepare_output, resolve_job, run_job
 from batch_scorer.schema import create_tool_tables
-from batch_scorer.sink import prepare_output_table
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +126,7 @@ def init_db(config: ConfigLike = None) -> list[str]:
         as_of = default_as_of(cfg)
         for name, job in cfg.jobs.items():
             try:
-                resolved = resolve_job(cfg, engine, name, as_of)
-                prepare_output_table(
-                    engine,
-                    job.output.table,
-                    [(k, resolved.columns.types[k]) for k in job.source.key],
-                    [(c, resolved.columns.types[c]) for c in job.output.pass_through],
-                    prediction_kind(resolved.model),
-                    name,
-                )
+                prepare_output(engine, resolve_job(cfg, engine, name, as_of))
                 done.append(f"job {name}: output table {job.output.table} and view "
                             f"{job.output.table}_latest: ready")
             except BatchScorerError as exc:

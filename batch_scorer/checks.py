@@ -1,7 +1,8 @@
 """Row-level checks: which rows of a chunk can be scored, and why the others cannot.
 
 :func:`score_checked` is what the pipeline calls per chunk. It is a pure
-function of (model, rows) like ``model.score_chunk``, which it wraps:
+function of (model, rows) like ``model.score_chunk``, whose steps it runs itself
+(features are coerced once, then scored with ``model.score_prepared``):
 
 1. rows with a NULL key are rejected;
 2. feature values are coerced to the types the model was fitted on
@@ -39,7 +40,7 @@ import pandas as pd
 
 from batch_scorer.errors import ModelError, RunFailed
 from batch_scorer.feature_types import coerce_features
-from batch_scorer.model import LoadedModel, score_chunk
+from batch_scorer.model import LoadedModel, model_input, score_prepared
 
 NULL_KEY = "NULL in a key column"
 NON_FINITE_SCORE = "the model returned a non-finite score (NaN or infinity)"
@@ -65,9 +66,6 @@ class Rejections:
     flush_every: int = FLUSH_EVERY
     rows: list[RejectedRow] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
-
-    def add(self, frame: pd.DataFrame, keys: Sequence[str], reason: str) -> None:
-        self.extend((key, reason) for key in key_texts(frame, keys))
 
     def extend(self, rows: Any, *, flush: bool = True) -> None:
         for key, reason in rows:
@@ -218,7 +216,7 @@ def _isolate(
             continue
         part = features if len(idx) == len(features) else features.iloc[idx]
         try:
-            prediction, score = score_chunk(model, part)
+            prediction, score = score_prepared(model, model_input(model, part))
         except ModelError:
             raise  # wrong output shape: the model is broken, not the rows
         except Exception as exc:  # noqa: BLE001 - a model error on data is the rows' fault
@@ -290,7 +288,7 @@ class _Diagnosis:
             probe[name] = self.features[name].iloc[[pos]].to_numpy()
             self.calls += 1
             try:
-                score_chunk(self.model, probe)
+                score_prepared(self.model, model_input(self.model, probe))
             except Exception:  # noqa: BLE001 - this column's value is what fails
                 if name in self.blamed:
                     self.blamed.remove(name)

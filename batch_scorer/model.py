@@ -173,7 +173,12 @@ def prepare_features(model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame | n
     ``checks.score_checked`` rejects those rows before they get this far.
     """
     frame, _ = coerce_features(rows.loc[:, list(model.features)], model.feature_kinds)
-    return frame if model.by_name else frame.to_numpy()
+    return model_input(model, frame)
+
+
+def model_input(model: LoadedModel, features: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+    """Already-coerced feature columns as the model takes them: by name, or as an array."""
+    return features if model.by_name else features.to_numpy()
 
 
 def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
@@ -183,9 +188,13 @@ def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.
     returns for scikit-learn's classifiers, at half the cost), score is the
     probability of the positive class (binary) or of the predicted class.
     """
-    X = prepare_features(model, rows)
+    return score_prepared(model, prepare_features(model, rows))
+
+
+def score_prepared(model: LoadedModel, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`score_chunk` for features already selected and coerced (``prepare_features``)."""
     est = model.estimator
-    n = len(rows)
+    n = len(X)
     if model.is_classifier and model.has_proba and model.classes:
         proba = _in_batches(est.predict_proba, X)
         if proba.ndim != 2 or proba.shape != (n, model.n_classes):

@@ -94,6 +94,20 @@ def resolve_job(cfg: Config, engine: Engine, name: str, as_of: date) -> Resolved
     return ResolvedJob(job, model, columns, needed_columns(job, model.features))
 
 
+def prepare_output(engine: Engine, resolved: ResolvedJob) -> sa.Table:
+    """Create the job's output table and view if missing (keys and pass-through
+    columns take the source's types); check an existing one fits the job."""
+    job, types = resolved.job, resolved.columns.types
+    return prepare_output_table(
+        engine,
+        job.output.table,
+        [(k, types[k]) for k in job.source.key],
+        [(c, types[c]) for c in job.output.pass_through],
+        prediction_kind(resolved.model),
+        job.name,
+    )
+
+
 def run_job(
     cfg: Config,
     engine: Engine,
@@ -187,14 +201,7 @@ def _execute(
     rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, job.name, rows))
     writer = None
     try:
-        table = prepare_output_table(
-            engine,
-            job.output.table,
-            [(k, resolved.columns.types[k]) for k in job.source.key],
-            [(c, resolved.columns.types[c]) for c in job.output.pass_through],
-            prediction_kind(model),
-            job.name,
-        )
+        table = prepare_output(engine, resolved)
         writer = open_writer(engine, table, stamp, job.source.key, job.output.pass_through)
         # On PostgreSQL, reading and writing run on their own threads (pg_fast):
         # this loop only checks and scores. closing(): a failed run stops the
@@ -225,7 +232,7 @@ def _execute(
             if lock is not None:
                 lock.verify(conn)
             _check_duplicate_keys(conn, table, stamp, job, as_of)
-            _record_rejections(conn, run_id, job.name, rejections)
+            _insert_rejections(conn, run_id, job.name, rejections.rows)
             ledger.finish_run(conn, run_id, "succeeded", **counts)
 
         writer.publish(finish)
@@ -312,18 +319,16 @@ def _check_duplicate_keys(
 
 
 def _save_rejections(engine: Engine, run_id: int, job: str, rows: list[tuple[str, str]]) -> None:
+    """Rejected rows in their own transaction (batches flushed during the run)."""
     with begin_write(engine) as conn:
+        _insert_rejections(conn, run_id, job, rows)
+
+
+def _insert_rejections(conn: Connection, run_id: int, job: str, rows: list[tuple[str, str]]) -> None:
+    if rows:
         conn.execute(
             rejected_rows.insert(),
             [{"run_id": run_id, "job": job, "key": k, "reason": r} for k, r in rows],
-        )
-
-
-def _record_rejections(conn: Connection, run_id: int, job: str, rejections: Rejections) -> None:
-    if rejections.rows:
-        conn.execute(
-            rejected_rows.insert(),
-            [{"run_id": run_id, "job": job, "key": k, "reason": r} for k, r in rejections.rows],
         )
 
 

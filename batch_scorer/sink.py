@@ -212,13 +212,9 @@ def _python_values(series: pd.Series) -> list[Any]:
 
 
 class _SqliteWriter:
-    def __init__(
-        self, engine: Engine, table: sa.Table, stamp: RunStamp, keys: Sequence[str], pass_through: Sequence[str]
-    ) -> None:
+    def __init__(self, engine: Engine, table: sa.Table, stamp: RunStamp) -> None:
         self._table = table
         self._stamp = stamp
-        self._keys = list(keys)
-        self._pass = list(pass_through)
         self._conn = engine.connect()
         self._staging = sa.Table(
             f"bs_staging_{stamp.run_id}",
@@ -373,7 +369,7 @@ def open_writer(
     one-transaction scheme.
     """
     if engine.dialect.name == "sqlite":
-        return _SqliteWriter(engine, table, stamp, keys, pass_through)
+        return _SqliteWriter(engine, table, stamp)
     conn = engine.connect()
     try:
         oids = pg_fast.column_oids(conn, table)
