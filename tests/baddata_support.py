@@ -8,48 +8,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from batch_scorer.db import create_engine
-from tests.helpers import CATEGORICAL, FEATURES, NUMERIC, features_frame, query
+from tests.helpers import FEATURES, features_frame, preprocessor, query
 
 
 def strict_model(frame: pd.DataFrame | None = None) -> Pipeline:
     """A binary classifier whose encoder raises on a category it has not seen."""
     frame = frame if frame is not None else features_frame(400, seed=1)
-    prep = ColumnTransformer(
-        [
-            ("num", Pipeline([("imp", SimpleImputer()), ("sc", StandardScaler())]), NUMERIC),
-            (
-                "cat",
-                Pipeline(
-                    [
-                        ("imp", SimpleImputer(strategy="constant", fill_value="none")),
-                        ("oh", OneHotEncoder(handle_unknown="error")),
-                    ]
-                ),
-                CATEGORICAL,
-            ),
-        ]
-    )
+    prep = preprocessor(handle_unknown="error")
     y = (np.nan_to_num(frame["x1"].to_numpy()) + frame["x2"].to_numpy() > 0).astype(int)
     return Pipeline([("prep", prep), ("m", LogisticRegression())]).fit(frame[FEATURES], y)
-
-
-def published(url: str, table: str = "predictions") -> pd.DataFrame:
-    """Every row of an output table (what a BI reader sees)."""
-    engine = create_engine(url)
-    try:
-        if not sa.inspect(engine).has_table(table):
-            return pd.DataFrame()
-        with engine.connect() as conn:
-            return pd.read_sql(sa.text(f'SELECT * FROM "{table}"'), conn)
-    finally:
-        engine.dispose()
 
 
 def runs(url: str) -> list[dict[str, Any]]:

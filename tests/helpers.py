@@ -56,7 +56,8 @@ def features_frame(n: int = 500, seed: int = 0, as_of: date = AS_OF) -> pd.DataF
     return frame
 
 
-def _prep() -> ColumnTransformer:
+def preprocessor(handle_unknown: str = "ignore") -> ColumnTransformer:
+    """Impute and scale the numeric features, impute and one-hot the categorical one."""
     return ColumnTransformer(
         [
             ("num", Pipeline([("imp", SimpleImputer()), ("sc", StandardScaler())]), NUMERIC),
@@ -65,7 +66,7 @@ def _prep() -> ColumnTransformer:
                 Pipeline(
                     [
                         ("imp", SimpleImputer(strategy="constant", fill_value="none")),
-                        ("oh", OneHotEncoder(handle_unknown="ignore")),
+                        ("oh", OneHotEncoder(handle_unknown=handle_unknown)),
                     ]
                 ),
                 CATEGORICAL,
@@ -80,15 +81,15 @@ def train(kind: str, frame: pd.DataFrame | None = None) -> Any:
     X = frame[FEATURES]
     signal = np.nan_to_num(frame["x1"].to_numpy()) + frame["x2"].to_numpy()
     if kind == "binary":
-        return Pipeline([("prep", _prep()), ("m", LogisticRegression())]).fit(X, (signal > 0).astype(int))
+        return Pipeline([("prep", preprocessor()), ("m", LogisticRegression())]).fit(X, (signal > 0).astype(int))
     if kind == "multiclass":
         y = np.where(signal > 0.5, "high", np.where(signal < -0.5, "low", "mid"))
-        return Pipeline([("prep", _prep()), ("m", LogisticRegression(max_iter=300))]).fit(X, y)
+        return Pipeline([("prep", preprocessor()), ("m", LogisticRegression(max_iter=300))]).fit(X, y)
     if kind == "regressor":
-        return Pipeline([("prep", _prep()), ("m", LinearRegression())]).fit(X, signal * 3 + 1)
+        return Pipeline([("prep", preprocessor()), ("m", LinearRegression())]).fit(X, signal * 3 + 1)
     if kind == "forest":
         return Pipeline(
-            [("prep", _prep()), ("m", RandomForestClassifier(n_estimators=10, random_state=0))]
+            [("prep", preprocessor()), ("m", RandomForestClassifier(n_estimators=10, random_state=0))]
         ).fit(X, (signal > 0).astype(int))
     raise ValueError(kind)
 
@@ -160,6 +161,18 @@ class _Entry:
 
     def main(self, args: list[str], prog_name: str | None = None, **kw: Any) -> None:
         sys.exit(invoke(cli, args))
+
+
+def published(url: str, table: str = "predictions") -> pd.DataFrame:
+    """Every row of an output table (what a BI reader sees)."""
+    engine = create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table(table):
+            return pd.DataFrame()
+        with engine.connect() as conn:
+            return pd.read_sql(sa.text(f'SELECT * FROM "{table}"'), conn)
+    finally:
+        engine.dispose()
 
 
 def query(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -19,15 +19,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from batch_scorer.model import LoadedModel
-from tests.baddata_support import published, runs, tables
+from tests.baddata_support import runs, tables
 from tests.helpers import (
     AS_OF,
     FEATURES,
-    _prep,
     cli_run,
     features_frame,
     job,
     load_table,
+    preprocessor,
+    published,
     save_model,
     train,
     write_config,
@@ -140,7 +141,7 @@ def test_score_required_from_a_model_without_predict_proba_exits_2(tmp_path: Pat
         model = train("regressor")
     else:
         frame = features_frame(300, seed=1)
-        model = Pipeline([("prep", _prep()), ("m", LinearSVC())]).fit(frame[FEATURES], frame["x2"] > 0)
+        model = Pipeline([("prep", preprocessor()), ("m", LinearSVC())]).fit(frame[FEATURES], frame["x2"] > 0)
     cfg = _project(tmp_path, db_url, model, score=True)
 
     result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
@@ -152,7 +153,7 @@ def test_score_required_from_a_model_without_predict_proba_exits_2(tmp_path: Pat
 
 def test_score_auto_leaves_it_null_and_score_false_skips_it(tmp_path: Path, sqlite_url: str) -> None:
     frame = features_frame(300, seed=1)
-    svm = Pipeline([("prep", _prep()), ("m", LinearSVC())]).fit(frame[FEATURES], frame["x2"] > 0)
+    svm = Pipeline([("prep", preprocessor()), ("m", LinearSVC())]).fit(frame[FEATURES], frame["x2"] > 0)
     cfg = _project(tmp_path, sqlite_url, svm)
     assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
     assert published(sqlite_url)["score"].isna().all()
@@ -169,7 +170,7 @@ def test_score_auto_leaves_it_null_and_score_false_skips_it(tmp_path: Path, sqli
 def test_model_returning_the_wrong_shape_exits_2_and_writes_nothing(tmp_path: Path, db_url: str) -> None:
     frame = features_frame(300, seed=1)
     two_targets = np.column_stack([frame["x2"], frame["x3"]])
-    model = Pipeline([("prep", _prep()), ("m", LinearRegression())]).fit(frame[FEATURES], two_targets)
+    model = Pipeline([("prep", preprocessor()), ("m", LinearRegression())]).fit(frame[FEATURES], two_targets)
     cfg = _project(tmp_path, db_url, model)
 
     result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())

@@ -18,15 +18,16 @@ from sklearn.pipeline import Pipeline
 from batch_scorer.checks import MIN_BAD_ROWS_PER_CHUNK, Rejections, score_checked
 from batch_scorer.errors import RunFailed
 from batch_scorer.model import load_model
-from tests.baddata_support import published, rejected, replace_table, runs, strict_model
+from tests.baddata_support import rejected, replace_table, runs, strict_model
 from tests.helpers import (
     AS_OF,
     FEATURES,
-    _prep,
     cli_run,
     features_frame,
     job,
     load_table,
+    preprocessor,
+    published,
     save_model,
     write_config,
 )
@@ -86,7 +87,7 @@ def test_non_finite_predictions_are_rejected_not_written_as_null(tmp_path: Path,
     train = features_frame(400, seed=1)
     y = np.exp(np.nan_to_num(train["x1"].to_numpy()) + train["x2"].to_numpy())
     model = TransformedTargetRegressor(
-        regressor=Pipeline([("prep", _prep()), ("m", LinearRegression())]), func=np.log, inverse_func=np.exp
+        regressor=Pipeline([("prep", preprocessor()), ("m", LinearRegression())]), func=np.log, inverse_func=np.exp
     ).fit(train[FEATURES], y)
     frame = features_frame(100, seed=3)
     frame.loc[[5, 60], "x2"] = 1e6  # exp(huge) overflows to inf

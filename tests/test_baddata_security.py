@@ -14,8 +14,19 @@ import sqlalchemy as sa
 from sklearn.linear_model import LogisticRegression
 
 from batch_scorer.db import create_engine
-from tests.baddata_support import nothing_to_hide, published, rejected, runs, strict_model, tables
-from tests.helpers import AS_OF, cli_run, features_frame, job, load_table, query, save_model, train, write_config
+from tests.baddata_support import nothing_to_hide, rejected, runs, strict_model, tables
+from tests.helpers import (
+    AS_OF,
+    cli_run,
+    features_frame,
+    job,
+    load_table,
+    published,
+    query,
+    save_model,
+    train,
+    write_config,
+)
 
 PASSWORD = "Sentinel-Pw-8c1f2e"  # noqa: S105 - a marker to search for, not a credential
 PII_CATEGORY = "PII-Alice-Smith"

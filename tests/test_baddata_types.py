@@ -16,8 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from batch_scorer.feature_types import NUMERIC, TEXT, coerce_features, fitted_kinds
-from tests.baddata_support import published
-from tests.helpers import AS_OF, cli_run, job, load_table, save_model, write_config
+from tests.helpers import AS_OF, cli_run, job, load_table, published, save_model, write_config
 
 FEATURES = ["amount", "visits", "active", "plan", "signup"]
 

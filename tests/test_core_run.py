@@ -19,20 +19,12 @@ from tests.helpers import (
     features_frame,
     job,
     load_table,
+    published,
     query,
     save_model,
     train,
     write_config,
 )
-
-
-def _published(url: str, table: str = "predictions") -> pd.DataFrame:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return pd.read_sql(sa.text(f"SELECT * FROM {table}"), conn)
-    finally:
-        engine.dispose()
 
 
 def _setup(tmp_path: Path, url: str, kind: str, n: int = 600, **job_kw: object) -> tuple[Path, object, pd.DataFrame]:
@@ -50,7 +42,7 @@ def test_predictions_equal_the_models_own_output(tmp_path: Path, db_url: str, ki
     result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
     assert result.exit_code == 0, result.output
 
-    out = _published(db_url).sort_values("entity_id").reset_index(drop=True)
+    out = published(db_url).sort_values("entity_id").reset_index(drop=True)
     assert len(out) == len(frame)
     expected_pred = model.predict(frame[FEATURES])
     assert list(out["entity_id"]) == list(frame["entity_id"])
@@ -104,7 +96,7 @@ def test_composite_key_and_sql_source_with_as_of(tmp_path: Path, db_url: str) ->
     )
     result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
     assert result.exit_code == 0, result.output
-    out = _published(db_url).sort_values(["entity_id", "region"]).reset_index(drop=True)
+    out = published(db_url).sort_values(["entity_id", "region"]).reset_index(drop=True)
     assert len(out) == 300
     want = model.predict_proba(march[FEATURES])[:, 1]
     np.testing.assert_allclose(out["score"].astype(float), want, rtol=1e-9)
@@ -168,5 +160,5 @@ def test_plain_and_explicit_postgresql_drivers_work(tmp_path: Path, pg_url: str,
     cfg, model, frame = _setup(tmp_path, url, "binary", n=80, pass_through=["region"])
     result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
     assert result.exit_code == 0, result.output
-    out = _published(pg_url).sort_values("entity_id")
+    out = published(pg_url).sort_values("entity_id")
     np.testing.assert_allclose(out["score"], model.predict_proba(frame[FEATURES])[:, 1], rtol=1e-9)
