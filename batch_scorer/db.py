@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,40 @@ def begin_write(engine: Engine) -> Any:
     if is_sqlite(engine):
         return engine.execution_options(sqlite_begin="IMMEDIATE").begin()
     return engine.begin()
+
+
+@dataclass(frozen=True)
+class DuplicateKeys:
+    """Keys that occur more than once: how many, in how many rows, and a few examples."""
+
+    count: int
+    rows: int
+    examples: list[tuple[dict[str, Any], int]]
+
+
+def duplicate_keys(
+    conn: sa.Connection, keys: Sequence[sa.ColumnElement[Any]], where: Sequence[sa.ColumnElement[bool]] = (),
+    limit: int = 5,
+) -> DuplicateKeys:
+    """Key values that occur more than once among the rows ``keys`` come from.
+
+    Generic SQL (``GROUP BY`` the keys ``HAVING count(*) > 1``) run by the
+    database: the keys never come to Python. NULL keys are left out (those rows
+    are rejected, not written).
+    """
+    dup = (
+        sa.select(*keys, sa.func.count().label("n"))
+        .where(*where, *(k.is_not(None) for k in keys))
+        .group_by(*keys)
+        .having(sa.func.count() > 1)
+    )
+    sub = dup.subquery()
+    count, rows = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sub.c.n), 0)).select_from(sub)
+    ).one()
+    examples = []
+    if count:
+        for row in conn.execute(dup.order_by(*keys).limit(limit)):
+            values = tuple(row)
+            examples.append(({k.name: values[i] for i, k in enumerate(keys)}, int(values[-1])))
+    return DuplicateKeys(int(count), int(rows or 0), examples)

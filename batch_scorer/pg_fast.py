@@ -217,8 +217,9 @@ class CopyWriter:
     """Scored chunks into the output table with binary COPY, on a writer thread.
 
     The COPY runs on the run's connection inside its open transaction;
-    :meth:`publish` waits for the last chunk, deletes the rows a re-run
-    replaces, calls ``finish`` (the ledger row) and commits.
+    The rows a re-run replaces are deleted first, in the same transaction;
+    :meth:`publish` waits for the last chunk, calls ``finish`` (the ledger row)
+    and commits.
     """
 
     def __init__(
@@ -233,7 +234,9 @@ class CopyWriter:
     ) -> None:
         self._conn = conn
         self._tx = conn.begin()
-        self._replace_delete = replace_delete
+        # First, not at publish: publishing is then only the commit that
+        # follows the last COPY (readers see neither change before it).
+        conn.execute(replace_delete)
         self._table = table
         self._stamp = stamp
         self._keys = list(keys)
@@ -283,7 +286,6 @@ class CopyWriter:
         t0 = time.perf_counter()
         self._drain()
         t1 = time.perf_counter()
-        self._conn.execute(self._replace_delete)
         finish(self._conn)
         self._tx.commit()
         self._conn.close()

@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer import ledger, sink
+from batch_scorer import ledger, sink, source
 from batch_scorer.checks import Rejections, TooManyBadRows, check_score_contract, score_checked
 from batch_scorer.config import Config, JobConfig
-from batch_scorer.db import begin_write, first_line, mask_text
+from batch_scorer.db import DuplicateKeys, begin_write, first_line, mask_text
 from batch_scorer.errors import BatchScorerError, DatabaseError, RunFailed
 from batch_scorer.model import LoadedModel, load_model, prediction_kind
 from batch_scorer.retry import RetryPolicy, is_sqlite_locked, with_retries
@@ -203,6 +203,8 @@ def _execute(
     try:
         table = prepare_output(engine, resolved)
         writer = open_writer(engine, table, stamp, job.source.key, job.output.pass_through)
+        phases = {"prepare": time.monotonic() - started}
+        scoring = 0.0
         # On PostgreSQL, reading and writing run on their own threads (pg_fast):
         # this loop only checks and scores. closing(): a failed run stops the
         # reader thread at once, not when the generator is garbage-collected.
@@ -210,6 +212,8 @@ def _execute(
             read_chunks(read_conn, job, as_of, resolved.read_columns, cfg.chunk_size(job), model.features)
         ) as chunks:
             for chunk in chunks:
+                phases.setdefault("first chunk", time.monotonic() - started)
+                t0 = time.monotonic()
                 counts["rows_read"] += len(chunk)
                 # NULL keys, unconvertible values, rows the model raises on
                 # (found by bisection) and non-finite scores are rejected here.
@@ -220,10 +224,15 @@ def _execute(
                 )
                 rejections.extend(checked.rejected)
                 if len(checked.rows):
-                    writer.write(checked.rows, checked.prediction, checked.score)
+                    try:
+                        writer.write(checked.rows, checked.prediction, checked.score)
+                    except sa.exc.IntegrityError as exc:
+                        raise _duplicates_error(engine, job, as_of, exc) from exc
                     counts["rows_scored"] += len(checked.rows)
                 if on_progress is not None:
                     on_progress(counts["rows_read"])
+                scoring += time.monotonic() - t0
+        phases["read+score+write"] = time.monotonic() - started
         counts["rows_rejected"] = len(rejections)
         _check_outcome(cfg, job, as_of, counts, rejections)
 
@@ -231,12 +240,21 @@ def _execute(
             # Inside the publish transaction, before anything is visible.
             if lock is not None:
                 lock.verify(conn)
-            _check_duplicate_keys(conn, table, stamp, job, as_of)
+            if not table.info["unique_keys"]:
+                _check_duplicate_keys(conn, table, stamp, job, as_of)
             _insert_rejections(conn, run_id, job.name, rejections.rows)
             ledger.finish_run(conn, run_id, "succeeded", **counts)
 
-        writer.publish(finish)
+        try:
+            writer.publish(finish)
+        except sa.exc.IntegrityError as exc:
+            raise _duplicates_error(engine, job, as_of, exc) from exc
         writer = None
+        phases["published"] = time.monotonic() - started
+        log.debug(
+            "job %s run %d: %s; main thread busy %.2fs checking, scoring and queueing",
+            job.name, run_id, ", ".join(f"{k} at {v:.2f}s" for k, v in phases.items()), scoring,
+        )
     except BaseException as exc:
         if writer is not None:
             try:
@@ -307,15 +325,31 @@ def _check_outcome(
 def _check_duplicate_keys(
     conn: Connection, table: sa.Table, stamp: RunStamp, job: JobConfig, as_of: date
 ) -> None:
+    """For an output table whose key index is not unique: the run's rows, by query."""
     dupes = sink.find_duplicate_keys(conn, table, stamp, job.source.key)
     if dupes.count:
-        examples = ", ".join(f"{json.dumps(k, default=str)} ({n} rows)" for k, n in dupes.examples)
-        raise RunFailed(
-            f"job {job.name!r}: the source has {dupes.count} key(s) that occur more than once "
-            f"for as_of {as_of} ({dupes.rows} rows), e.g. {examples}; nothing was published. "
-            f"Each {', '.join(job.source.key)} must appear once per as_of: deduplicate the "
-            "source (e.g. in the query) or add the missing column to source.key."
-        )
+        raise _duplicates_failure(job, as_of, dupes)
+
+
+def _duplicates_error(engine: Engine, job: JobConfig, as_of: date, exc: sa.exc.IntegrityError) -> BaseException:
+    """The output table's unique key index refused a row: name the source's duplicate keys."""
+    try:
+        with engine.connect() as conn:
+            dupes = source.duplicate_source_keys(conn, job, as_of)
+    except sa.exc.SQLAlchemyError:
+        log.debug("job %s: counting the source's duplicate keys failed", job.name, exc_info=True)
+        return exc
+    return _duplicates_failure(job, as_of, dupes) if dupes.count else exc
+
+
+def _duplicates_failure(job: JobConfig, as_of: date, dupes: DuplicateKeys) -> RunFailed:
+    examples = ", ".join(f"{json.dumps(k, default=str)} ({n} rows)" for k, n in dupes.examples)
+    return RunFailed(
+        f"job {job.name!r}: the source has {dupes.count} key(s) that occur more than once "
+        f"for as_of {as_of} ({dupes.rows} rows), e.g. {examples}; nothing was published. "
+        f"Each {', '.join(job.source.key)} must appear once per as_of: deduplicate the "
+        "source (e.g. in the query) or add the missing column to source.key."
+    )
 
 
 def _save_rejections(engine: Engine, run_id: int, job: str, rows: list[tuple[str, str]]) -> None:

@@ -8,9 +8,9 @@ sees any row of the run:
   gone if the process dies); publish is one ``BEGIN IMMEDIATE`` transaction that
   deletes the rows a re-run replaces, copies the staging rows in, and closes
   the ledger row.
-* PostgreSQL: chunks go straight into the output table inside one open
-  transaction (MVCC hides them); publish deletes the replaced rows, closes the
-  ledger row and commits.
+* PostgreSQL: one transaction first deletes the rows a re-run replaces, then
+  chunks go straight into the output table (MVCC hides both from readers);
+  publish closes the ledger row and commits.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer import pg_fast, pgcopy
+from batch_scorer.db import DuplicateKeys, duplicate_keys
 from batch_scorer.errors import SourceError
-from batch_scorer.schema import ensure_output, output_table
+from batch_scorer.schema import ensure_output, output_table, scoring_runs
 
 log = logging.getLogger(__name__)
 
@@ -62,48 +63,14 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class DuplicateKeys:
-    """Keys that occur more than once in one run: how many, and a few examples."""
-
-    count: int
-    rows: int
-    examples: list[tuple[dict[str, Any], int]]
-
-
-def find_duplicate_keys(
-    conn: Connection, table: sa.Table, stamp: RunStamp, keys: Sequence[str], limit: int = 5
-) -> DuplicateKeys:
+def find_duplicate_keys(conn: Connection, table: sa.Table, stamp: RunStamp, keys: Sequence[str]) -> DuplicateKeys:
     """Keys that occur more than once among the rows ``stamp.run_id`` wrote to ``table``.
 
-    Generic SQL (``GROUP BY`` the key columns ``HAVING count(*) > 1``), so it works
-    for every writer: the pipeline runs it on the output table inside the publish
-    transaction, where the run's rows are visible to it and to no one else. The
-    filter on job/as_of/model_version lets the database use the ``ix_<table>_run``
-    index; the keys stay in the database, not in Python memory.
+    Only needed for output tables whose key index is not unique (created before
+    it was): the pipeline runs it inside the publish transaction, where the
+    run's rows are visible to it and to no one else.
     """
-    cols = [table.c[k] for k in keys]
-    dup = (
-        sa.select(*cols, sa.func.count().label("n"))
-        .where(
-            table.c.job == stamp.job,
-            table.c.as_of == stamp.as_of,
-            table.c.model_version == stamp.model_version,
-            table.c.run_id == stamp.run_id,
-        )
-        .group_by(*cols)
-        .having(sa.func.count() > 1)
-    )
-    sub = dup.subquery()
-    count, rows = conn.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sub.c.n), 0)).select_from(sub)
-    ).one()
-    examples = []
-    if count:
-        for row in conn.execute(dup.order_by(*cols).limit(limit)):
-            values = tuple(row)
-            examples.append(({k: values[i] for i, k in enumerate(keys)}, int(values[-1])))
-    return DuplicateKeys(int(count), int(rows or 0), examples)
+    return duplicate_keys(conn, [table.c[k] for k in keys], [table.c.run_id == stamp.run_id])
 
 
 _KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
@@ -150,6 +117,9 @@ def prepare_output_table(
             "(ALTER TABLE ... ADD COLUMN, as the table owner) or give the job its own "
             "output.table."
         )
+    # Tables created before the key index was unique get their duplicate-key
+    # check as a query at publish (see pipeline); newer ones by the index.
+    wanted.info["unique_keys"] = _has_unique_key_index(actual, wanted)
     have = _family(actual.c.prediction.type)
     fits = have in (prediction_kind, "text", "other") or (
         have == "float" and prediction_kind in ("integer", "boolean")
@@ -160,6 +130,12 @@ def prepare_output_table(
             f"model predicts {prediction_kind} values. Give the job its own output.table."
         )
     return wanted
+
+
+def _has_unique_key_index(actual: sa.Table, wanted: sa.Table) -> bool:
+    key_index = next(ix for ix in wanted.indexes if ix.unique)
+    cols = [c.name for c in key_index.columns]
+    return any(ix.unique and [c.name for c in ix.columns] == cols for ix in actual.indexes)
 
 
 def output_frame(
@@ -324,6 +300,7 @@ class _TransactionWriter:
         self._pass = list(pass_through)
         self._conn = conn
         self._tx = self._conn.begin()
+        self._conn.execute(_replace_delete(table, stamp))  # as CopyWriter does
 
     def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
         if len(rows):
@@ -331,7 +308,6 @@ class _TransactionWriter:
             self._conn.execute(self._table.insert(), records(frame))
 
     def publish(self, finish: FinishFn) -> None:
-        self._conn.execute(_replace_delete(self._table, self._stamp))
         finish(self._conn)
         self._tx.commit()
         self._conn.close()
@@ -345,13 +321,25 @@ class _TransactionWriter:
 
 
 def _replace_delete(table: sa.Table, stamp: RunStamp) -> sa.Delete:
-    """The rows a re-run of the same job, as_of and model version replaces."""
-    return sa.delete(table).where(
-        table.c.job == stamp.job,
-        table.c.as_of == stamp.as_of,
-        table.c.model_version == stamp.model_version,
-        table.c.run_id != stamp.run_id,
+    """The rows a re-run of the same job, as_of and model version replaces.
+
+    Found by run_id: rows are only ever published together with their run's
+    ``succeeded`` ledger row, so the ledger names every run whose rows are
+    there. A run into a new as_of deletes nothing and touches no index page of
+    the output table; a re-run reads its predecessor's rows through
+    ``ix_<table>_run``.
+    """
+    runs = scoring_runs.c
+    replaced = sa.select(runs.run_id).where(
+        runs.job == stamp.job,
+        runs.as_of == stamp.as_of,
+        runs.model_version == stamp.model_version,
+        runs.status == "succeeded",
+        runs.run_id != stamp.run_id,
     )
+    # run_id alone: with job/as_of in the WHERE too, a planner with stale
+    # statistics walked the whole job's part of ix_<table>_latest per run.
+    return sa.delete(table).where(table.c.run_id.in_(replaced))
 
 
 def open_writer(

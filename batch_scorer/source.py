@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from batch_scorer import pg_fast
 from batch_scorer.config import JobConfig
-from batch_scorer.db import first_line, mask_text
+from batch_scorer.db import DuplicateKeys, duplicate_keys, first_line, mask_text
 from batch_scorer.errors import DatabaseError, SourceError
 from batch_scorer.schema import split_table_name
 
@@ -207,6 +207,12 @@ def select_rows(conn: Connection, job: JobConfig, as_of: date, columns: Sequence
         return stmt
     sub = _query_clause(job, as_of).columns(*(sa.column(c) for c in columns)).subquery("src")
     return sa.select(*sub.c)
+
+
+def duplicate_source_keys(conn: Connection, job: JobConfig, as_of: date) -> DuplicateKeys:
+    """Keys that occur more than once in the job's source rows for ``as_of``."""
+    sub = select_rows(conn, job, as_of, job.source.key).subquery("src")
+    return duplicate_keys(conn, [sub.c[k] for k in job.source.key])
 
 
 def read_chunks(

@@ -58,9 +58,9 @@ CREATE TABLE predictions (
 	score FLOAT(53)
 );
 
-CREATE INDEX ix_predictions_latest ON predictions (job, customer_id, as_of, run_id);
+CREATE UNIQUE INDEX ix_predictions_latest ON predictions (job, customer_id, as_of, run_id);
 
-CREATE INDEX ix_predictions_run ON predictions (job, as_of, model_version);
+CREATE INDEX ix_predictions_run ON predictions (run_id);
 
 CREATE VIEW predictions_latest AS SELECT ranked.job, ranked.customer_id, ranked.as_of, ranked.model_version, ranked.run_id, ranked.scored_at, ranked.prediction, ranked.score 
 FROM (SELECT predictions.job AS job, predictions.customer_id AS customer_id, predictions.as_of AS as_of, predictions.model_version AS model_version, predictions.run_id AS run_id, predictions.scored_at AS scored_at, predictions.prediction AS prediction, predictions.score AS score, row_number() OVER (PARTITION BY predictions.job, predictions.customer_id ORDER BY predictions.as_of DESC, predictions.run_id DESC) AS _rn 

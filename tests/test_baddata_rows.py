@@ -28,6 +28,7 @@ from tests.helpers import (
     load_table,
     preprocessor,
     published,
+    query,
     save_model,
     write_config,
 )
@@ -227,6 +228,60 @@ def test_duplicate_keys_fail_the_run_with_count_and_examples(tmp_path: Path, db_
     assert published(db_url).empty
     assert runs(db_url)[-1]["status"] == "failed"
     assert "occur more than once" in runs(db_url)[-1]["error"]
+
+
+def test_duplicate_keys_are_caught_in_a_table_made_before_its_key_index_was_unique(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Older output tables have a plain key index: the duplicate check is then a query."""
+    frame = features_frame(120, seed=3)
+    cfg = _project(tmp_path, db_url, frame, chunk_size=32)
+    assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:  # what earlier versions created
+        conn.exec_driver_sql("DROP INDEX ix_predictions_latest")
+        conn.exec_driver_sql("DROP INDEX ix_predictions_run")
+        conn.exec_driver_sql("CREATE INDEX ix_predictions_latest ON predictions (job, entity_id, as_of, run_id)")
+        conn.exec_driver_sql("CREATE INDEX ix_predictions_run ON predictions (job, as_of, model_version)")
+    engine.dispose()
+    before = published(db_url)
+    original = frame["entity_id"].copy()
+    frame.loc[[70, 110], "entity_id"] = 5
+    replace_table(db_url, frame)
+
+    result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
+
+    assert result.exit_code == 1, result.output
+    assert "the source has 1 key(s) that occur more than once for as_of 2026-03-31 (3 rows)" in result.output
+    pd.testing.assert_frame_equal(published(db_url), before)
+    frame["entity_id"] = original
+    replace_table(db_url, frame)
+    result = cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 0, result.output
+    again = published(db_url)
+    assert len(again) == 120 and again["run_id"].nunique() == 1 and again["run_id"].iloc[0] > before["run_id"].max()
+
+
+def test_a_rerun_replaces_only_its_own_job_as_of_and_model_version(tmp_path: Path, db_url: str) -> None:
+    """The replaced rows are found through the ledger; other as_ofs and jobs stay."""
+    day2 = AS_OF.replace(day=AS_OF.day - 1)
+    frame = pd.concat([features_frame(60, seed=3), features_frame(60, seed=4, as_of=day2)], ignore_index=True)
+    load_table(db_url, frame, entity_id=sa.BigInteger(), x1=sa.Text())
+    save_model(strict_model(), tmp_path / "models" / "m.joblib")
+    cfg = write_config(tmp_path, db_url, {"j": job(), "k": job()})
+    for name, day in [("j", AS_OF), ("j", day2), ("k", AS_OF), ("j", AS_OF)]:
+        assert cli_run(cfg, "run", name, "--as-of", day.isoformat()).exit_code == 0
+
+    counts = query(
+        db_url, "SELECT job, as_of, count(*), count(DISTINCT run_id) FROM predictions GROUP BY job, as_of ORDER BY 1, 2"
+    )
+    assert [(j, str(d), n, r) for j, d, n, r in counts] == [
+        ("j", str(day2), 60, 1), ("j", str(AS_OF), 60, 1), ("k", str(AS_OF), 60, 1)
+    ]
+    (latest_j,) = query(db_url, "SELECT max(run_id) FROM scoring_runs WHERE job = 'j'")[0]
+    assert query(db_url, "SELECT DISTINCT run_id FROM predictions WHERE job = 'j' AND as_of = :d", d=AS_OF) == [
+        (latest_j,)
+    ]
 
 
 def test_empty_source_leaves_published_predictions_alone(tmp_path: Path, db_url: str) -> None:
