@@ -179,6 +179,10 @@ def _to_numeric(col: pd.Series) -> tuple[pd.Series, np.ndarray | None]:
 
 
 def _to_text(col: pd.Series) -> pd.Series:
+    if isinstance(col.dtype, pd.StringDtype) and col.dtype.na_value is np.nan:
+        # pandas' "str" columns as the object arrays scikit-learn's encoders and
+        # imputers convert them to anyway: once per chunk, not once per step.
+        return col.astype(object)
     if pd.api.types.is_string_dtype(col.dtype) and pd.api.types.infer_dtype(col, skipna=True) in (
         "string",
         "empty",

