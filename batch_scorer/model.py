@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 from batch_scorer.errors import ModelError
 from batch_scorer.feature_types import coerce_features, fitted_kinds
 from batch_scorer.files import warn_if_writable_by_others
+from batch_scorer.threads import scoring_pool, scoring_workers
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,30 @@ def score_chunk(model: LoadedModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.
 
 
 def score_prepared(model: LoadedModel, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`score_chunk` for features already selected and coerced (``prepare_features``)."""
+    """:func:`score_chunk` for features already selected and coerced (``prepare_features``).
+
+    A large chunk is scored in parts on the scoring threads
+    (:func:`batch_scorer.threads.scoring_pool`); rows are scored
+    independently, so the result is the same.
+    """
+    n = X.shape[0]
+    workers = scoring_workers()
+    if workers < 2 or n < PARALLEL_MIN_ROWS:
+        return _score(model, X)
+    take = X.iloc if isinstance(X, pd.DataFrame) else X
+    step = -(-n // workers)
+    parts = list(scoring_pool().map(lambda i: _score(model, take[i : i + step]), range(0, n, step)))
+    prediction = np.concatenate([p for p, _ in parts])
+    scores = [s for _, s in parts]
+    return prediction, None if scores[0] is None else np.concatenate(scores)  # type: ignore[arg-type]
+
+
+# Chunks smaller than this are scored on the calling thread (bisection probes,
+# small tables): splitting them costs more than it saves.
+PARALLEL_MIN_ROWS = 4_000
+
+
+def _score(model: LoadedModel, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     est, X = _split_pipeline(model.estimator, X)
     n = X.shape[0]
     if model.is_classifier and model.has_proba and model.classes:

@@ -44,7 +44,8 @@ from batch_scorer.errors import DatabaseError, RunFailed
 
 log = logging.getLogger(__name__)
 
-QUEUE_DEPTH = 2
+QUEUE_DEPTH = 2  # scored chunks waiting for the writer
+READ_AHEAD = 1  # chunks read ahead of the one being scored
 EXACT_PREFIX = "__bs_exact__"  # a key/pass-through column that is also a feature
 _POLL_S = 0.2
 _END = object()
@@ -85,7 +86,7 @@ def read_chunks(
     sql = str(stmt.compile(dialect=_LITERAL_DIALECT, compile_kwargs={"literal_binds": True}))
     uri = libpq_uri(conn.engine.url)
     secrets = (conn.engine.url.password or "",)
-    chunks: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
     stop = threading.Event()
 
     def produce() -> None:

@@ -143,9 +143,10 @@ def vacuum(engine: sa.Engine, table: str) -> None:
         conn.exec_driver_sql(f"VACUUM ANALYZE {SCHEMA}.{table}")
 
 
-def write_config(folder: Path, url: str, jobs: dict[str, dict[str, object]], chunk: int) -> Path:
+def write_config(folder: Path, url: str, jobs: dict[str, dict[str, object]], chunk: int | None) -> Path:
     path = folder / "config.yaml"
-    data = {"database": {"url": url}, "timezone": "UTC", "defaults": {"chunk_size": chunk}, "jobs": jobs}
+    defaults = {"chunk_size": chunk} if chunk else {}
+    data = {"database": {"url": url}, "timezone": "UTC", "defaults": defaults, "jobs": jobs}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -326,7 +327,7 @@ def main() -> None:
     p.add_argument("--history", action="store_true", help="also: run into a table with 10 earlier as_ofs")
     p.add_argument("--memory-rows", type=int, default=0, help="also: peak RSS at this many rows (e.g. 5000000)")
     p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory to run only those")
-    p.add_argument("--chunk-size", type=int, default=50_000)
+    p.add_argument("--chunk-size", type=int, default=None, help="default: the tool's own")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bs_bench")
     p.add_argument("--rebuild", action="store_true", help="rebuild tables and models")
     args = p.parse_args()

@@ -125,7 +125,9 @@ class _CountingEstimator:
         return self.inner.predict_proba(X)  # type: ignore[attr-defined]
 
 
-def _loaded(tmp_path: Path, counting: _CountingEstimator):
+def _loaded(tmp_path: Path, counting: _CountingEstimator, monkeypatch: pytest.MonkeyPatch):
+    # Calls are counted per probe: score each probe in one part, as one call.
+    monkeypatch.setenv("BATCH_SCORER_SCORING_THREADS", "1")
     path = save_model(counting.inner, tmp_path / "m.joblib")
     real = load_model("j", path)
     from dataclasses import replace
@@ -133,9 +135,11 @@ def _loaded(tmp_path: Path, counting: _CountingEstimator):
     return replace(real, estimator=counting, has_proba=True)
 
 
-def test_a_failing_chunk_is_split_to_find_the_bad_rows_in_bounded_calls(tmp_path: Path) -> None:
+def test_a_failing_chunk_is_split_to_find_the_bad_rows_in_bounded_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counting = _CountingEstimator(strict_model())
-    model = _loaded(tmp_path, counting)
+    model = _loaded(tmp_path, counting, monkeypatch)
     n, bad_rows = 4096, [7, 1500, 4000]
     rows = features_frame(n, seed=5)
     rows.loc[bad_rows, "color"] = UNSEEN
@@ -153,9 +157,11 @@ def test_a_failing_chunk_is_split_to_find_the_bad_rows_in_bounded_calls(tmp_path
     assert counting.calls <= bound, counting.calls
 
 
-def test_a_chunk_where_most_rows_fail_stops_early_with_the_reasons(tmp_path: Path) -> None:
+def test_a_chunk_where_most_rows_fail_stops_early_with_the_reasons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counting = _CountingEstimator(strict_model())
-    model = _loaded(tmp_path, counting)
+    model = _loaded(tmp_path, counting, monkeypatch)
     rows = features_frame(5000, seed=5)
     # A different unknown value in most rows (say, IDs in a category column): each
     # needs its own search, so the search gives up instead of running ~2 log2(n) calls
@@ -173,9 +179,11 @@ def test_a_chunk_where_most_rows_fail_stops_early_with_the_reasons(tmp_path: Pat
     assert counting.calls <= 4 * (limit + 1) * math.ceil(math.log2(5000)), counting.calls
 
 
-def test_rows_sharing_a_rejected_value_are_rejected_together_in_few_calls(tmp_path: Path) -> None:
+def test_rows_sharing_a_rejected_value_are_rejected_together_in_few_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counting = _CountingEstimator(strict_model())
-    model = _loaded(tmp_path, counting)
+    model = _loaded(tmp_path, counting, monkeypatch)
     rows = features_frame(20_000, seed=5)
     bad_rows = list(range(3, 20_000, 50))  # 400 rows with the same new category
     rows.loc[bad_rows, "color"] = UNSEEN
