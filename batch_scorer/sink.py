@@ -188,48 +188,51 @@ def _python_values(series: pd.Series) -> list[Any]:
 
 
 class _SqliteWriter:
+    """Chunks into a TEMP staging table; publish copies them in, in one write transaction.
+
+    Staging holds only what varies per row (keys, prediction, score,
+    pass-through columns): the run's constants (job, as_of, model version,
+    run_id, scored_at) are added once, by the ``INSERT ... SELECT`` at publish.
+    """
+
     def __init__(self, engine: Engine, table: sa.Table, stamp: RunStamp) -> None:
         self._table = table
         self._stamp = stamp
         self._conn = engine.connect()
+        consts = {
+            "job": stamp.job,
+            "as_of": stamp.as_of,
+            "model_version": stamp.model_version,
+            "run_id": stamp.run_id,
+            "scored_at": stamp.scored_at,
+        }
+        self._names = [c.name for c in table.columns if c.name not in consts]
         self._staging = sa.Table(
             f"bs_staging_{stamp.run_id}",
             sa.MetaData(),
-            *(sa.Column(c.name, c.type) for c in table.columns),
+            *(sa.Column(n, table.c[n].type) for n in self._names),
             prefixes=["TEMPORARY"],
         )
         self._staging.create(self._conn)
         self._conn.commit()
-        # Rows go in as plain tuples through the DBAPI's executemany; SQLAlchemy's
-        # per-value conversions are applied column-wise, and to the run's
-        # constants once (issue 4: per-row dicts and bind processing dominated).
-        dialect = engine.dialect
-        self._procs = {
-            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns
-        }
-        self._const = {
-            name: self._convert(name, value)
-            for name, value in (
-                ("job", stamp.job),
-                ("as_of", stamp.as_of),
-                ("model_version", stamp.model_version),
-                ("run_id", stamp.run_id),
-                ("scored_at", stamp.scored_at),
+        # What publish inserts: each output column from staging, or the run's
+        # constant as a typed bind (SQLAlchemy converts it as for any insert).
+        self._publish_select = sa.select(
+            *(
+                sa.literal(consts[c.name], c.type).label(c.name) if c.name in consts else self._staging.c[c.name]
+                for c in table.columns
             )
-        }
+        )
+        # Rows go in as plain tuples through the DBAPI's executemany; SQLAlchemy's
+        # per-value conversions are applied column-wise (issue 4: per-row dicts
+        # and bind processing dominated).
+        dialect = engine.dialect
+        self._procs = {n: table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self._names}
         self._insert_sql = str(self._staging.insert().compile(dialect=dialect))
-        self._names = [c.name for c in table.columns]
-
-    def _convert(self, name: str, value: Any) -> Any:
-        proc = self._procs[name]
-        return proc(value) if proc is not None and value is not None else value
 
     def _column(self, name: str, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> Any:
-        n = len(rows)
-        if name in self._const:
-            return itertools.repeat(self._const[name], n)
         if name == "score" and score is None:
-            return itertools.repeat(None, n)
+            return itertools.repeat(None, len(rows))
         if name in ("prediction", "score"):
             values = _python_values(pd.Series(prediction if name == "prediction" else score))
         else:
@@ -262,9 +265,7 @@ class _SqliteWriter:
         with conn.begin():
             conn.execute(_replace_delete(self._table, self._stamp))
             names = [c.name for c in self._table.columns]
-            conn.execute(
-                self._table.insert().from_select(names, sa.select(*self._staging.c))
-            )
+            conn.execute(self._table.insert().from_select(names, self._publish_select))
             finish(conn)
         self._close()
 
