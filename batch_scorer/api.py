@@ -96,7 +96,7 @@ def run_one(
         return RunResult(name, "skipped", as_of, error=str(exc), exit_code=EXIT_LOCKED)
     except BatchScorerError as exc:
         status = "invalid" if exc.exit_code == EXIT_BAD_INPUT else "failed"
-        return RunResult(name, status, as_of, error=str(exc), exit_code=exc.exit_code)
+        return RunResult(name, status, as_of, run_id=exc.run_id, error=str(exc), exit_code=exc.exit_code)
     except sa.exc.SQLAlchemyError as exc:
         message = f"job {name!r}: database error: {mask_text(first_line(exc))}"
         log.error("%s", message)

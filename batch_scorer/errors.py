@@ -17,6 +17,8 @@ class BatchScorerError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 
     exit_code: int = EXIT_RUN_FAILED
+    # The ledger row of the run that failed, once there is one (set by the pipeline).
+    run_id: int | None = None
 
 
 class ConfigError(BatchScorerError):

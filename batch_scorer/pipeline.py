@@ -282,9 +282,13 @@ def _execute(
                 job.name, run_id, mask_text(first_line(ledger_exc)),
             )
         log.error("job %s: run %d failed: %s", job.name, run_id, reason)
+        if isinstance(exc, BatchScorerError):
+            exc.run_id = run_id
         if isinstance(exc, BatchScorerError) or not isinstance(exc, Exception):
             raise
-        raise RunFailed(f"job {job.name!r}: run {run_id} failed: {reason}") from exc
+        failed = RunFailed(f"job {job.name!r}: run {run_id} failed: {reason}")
+        failed.run_id = run_id
+        raise failed from exc
     seconds = time.monotonic() - started
     log.info(
         "job %s run %d as_of %s model %s: %d rows read, %d scored, %d rejected, %.1fs -> %s",

@@ -154,6 +154,15 @@ def test_api_works_from_a_notebook(tmp_path: Path, sqlite_url: str) -> None:
     assert [r.status for r in api.runs(str(cfg))] == ["succeeded"]
 
 
+def test_api_names_the_ledger_row_of_a_failed_run(tmp_path: Path, sqlite_url: str) -> None:
+    cfg, _, _ = _setup(tmp_path, sqlite_url, "binary", n=30)
+    failed = api.run(str(cfg), ["j"], as_of=OTHER_AS_OF)  # no rows for that date
+
+    assert [r.status for r in failed] == ["failed"] and "returned no rows" in (failed[0].error or "")
+    ledger = query(sqlite_url, "SELECT run_id, status FROM scoring_runs")
+    assert ledger == [(failed[0].run_id, "failed")]
+
+
 @pytest.mark.parametrize("driver", ["postgresql", "postgresql+psycopg2", "postgresql+psycopg"])
 def test_plain_and_explicit_postgresql_drivers_work(tmp_path: Path, pg_url: str, driver: str) -> None:
     url = driver + pg_url[pg_url.index("://"):]
