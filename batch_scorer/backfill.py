@@ -125,7 +125,7 @@ def _one_date(
                          seconds=time.monotonic() - started)
     except BatchScorerError as exc:
         status = "invalid" if exc.exit_code == EXIT_BAD_INPUT else "failed"
-        return RunResult(name, status, as_of, error=str(exc), exit_code=exc.exit_code,
+        return RunResult(name, status, as_of, run_id=exc.run_id, error=str(exc), exit_code=exc.exit_code,
                          seconds=time.monotonic() - started)
     except sa.exc.SQLAlchemyError as exc:
         return RunResult(name, "failed", as_of, error=f"database error: {mask_text(first_line(exc))}",

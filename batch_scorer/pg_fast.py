@@ -23,11 +23,12 @@ generic path gives the model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -231,13 +232,13 @@ class CopyWriter:
         keys: Sequence[str],
         pass_through: Sequence[str],
         oids: dict[str, int],
-        replace_delete: sa.Delete,
+        delete_replaced: Callable[[Connection], None],
     ) -> None:
         self._conn = conn
         self._tx = conn.begin()
         # First, not at publish: publishing is then only the commit that
         # follows the last COPY (readers see neither change before it).
-        conn.execute(replace_delete)
+        delete_replaced(conn)
         self._table = table
         self._stamp = stamp
         self._keys = list(keys)
@@ -245,15 +246,10 @@ class CopyWriter:
         names = [c.name for c in table.columns]
         self._oids = [oids[n] for n in names]
         by_name = dict(zip(names, self._oids, strict=True))
-        # The run's constants, encoded once.
-        self._const = {
-            "job": pgcopy.encode_constant(stamp.job, by_name["job"]),
-            "as_of": pgcopy.encode_constant(stamp.as_of, by_name["as_of"]),
-            "model_version": pgcopy.encode_constant(stamp.model_version, by_name["model_version"]),
-            "run_id": pgcopy.encode_constant(stamp.run_id, by_name["run_id"]),
-            "scored_at": pgcopy.encode_constant(stamp.scored_at, by_name["scored_at"]),
-        }
+        # The run's constants (the stamp's fields), encoded once.
+        self._const = {n: pgcopy.encode_constant(v, by_name[n]) for n, v in dataclasses.asdict(stamp).items()}
         self._null = pgcopy.encode_constant(None, 25)
+        self._row_columns = [n for n in names if n not in self._const and n not in ("prediction", "score")]
         prep = conn.dialect.identifier_preparer
         self._copy_sql = (
             f"COPY {prep.format_table(table)} ({', '.join(prep.quote(n) for n in names)}) "
@@ -272,6 +268,10 @@ class CopyWriter:
         self._raise_if_failed()
         if not len(rows):
             return
+        # Only the columns written wait in the queue, not the chunk's features:
+        # when the server is the bottleneck the queue is full (issue 4: memory).
+        wanted = [exact_name(c) if exact_name(c) in rows.columns else c for c in self._row_columns]
+        rows = rows.loc[:, wanted].rename(columns={exact_name(c): c for c in self._row_columns})
         t0 = time.perf_counter()
         while True:
             try:
@@ -377,8 +377,7 @@ class CopyWriter:
             elif name == "score":
                 columns.append(self._null if score is None else _arrow(score))
             else:
-                source = exact_name(name) if exact_name(name) in rows.columns else name
-                columns.append(_arrow(rows[source]))
+                columns.append(_arrow(rows[name]))
         try:
             return pgcopy.encode_rows(columns, self._oids, len(rows))
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:

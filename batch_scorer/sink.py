@@ -15,6 +15,7 @@ sees any row of the run:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -199,13 +200,7 @@ class _SqliteWriter:
         self._table = table
         self._stamp = stamp
         self._conn = engine.connect()
-        consts = {
-            "job": stamp.job,
-            "as_of": stamp.as_of,
-            "model_version": stamp.model_version,
-            "run_id": stamp.run_id,
-            "scored_at": stamp.scored_at,
-        }
+        consts = dataclasses.asdict(stamp)
         self._names = [c.name for c in table.columns if c.name not in consts]
         self._staging = sa.Table(
             f"bs_staging_{stamp.run_id}",
@@ -263,7 +258,7 @@ class _SqliteWriter:
     def publish(self, finish: FinishFn) -> None:
         conn = self._conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
-            conn.execute(_replace_delete(self._table, self._stamp))
+            delete_replaced(conn, self._table, self._stamp)
             names = [c.name for c in self._table.columns]
             conn.execute(self._table.insert().from_select(names, self._publish_select))
             finish(conn)
@@ -301,7 +296,7 @@ class _TransactionWriter:
         self._pass = list(pass_through)
         self._conn = conn
         self._tx = self._conn.begin()
-        self._conn.execute(_replace_delete(table, stamp))  # as CopyWriter does
+        delete_replaced(self._conn, table, stamp)  # first, as CopyWriter does
 
     def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
         if len(rows):
@@ -321,26 +316,28 @@ class _TransactionWriter:
             self._conn.close()
 
 
-def _replace_delete(table: sa.Table, stamp: RunStamp) -> sa.Delete:
-    """The rows a re-run of the same job, as_of and model version replaces.
+def delete_replaced(conn: Connection, table: sa.Table, stamp: RunStamp) -> None:
+    """Delete the rows a re-run of the same job, as_of and model version replaces.
 
     Found by run_id: rows are only ever published together with their run's
     ``succeeded`` ledger row, so the ledger names every run whose rows are
-    there. A run into a new as_of deletes nothing and touches no index page of
-    the output table; a re-run reads its predecessor's rows through
-    ``ix_<table>_run``.
+    there. A run into a new as_of finds no such run and touches nothing; a
+    re-run deletes its predecessor's rows through ``ix_<table>_run``, one
+    run_id at a time: as constants, the planner sizes each from the column's
+    statistics (a join with the ledger was planned as a scan of the whole table).
     """
     runs = scoring_runs.c
-    replaced = sa.select(runs.run_id).where(
-        runs.job == stamp.job,
-        runs.as_of == stamp.as_of,
-        runs.model_version == stamp.model_version,
-        runs.status == "succeeded",
-        runs.run_id != stamp.run_id,
-    )
-    # run_id alone: with job/as_of in the WHERE too, a planner with stale
-    # statistics walked the whole job's part of ix_<table>_latest per run.
-    return sa.delete(table).where(table.c.run_id.in_(replaced))
+    replaced = conn.execute(
+        sa.select(runs.run_id).where(
+            runs.job == stamp.job,
+            runs.as_of == stamp.as_of,
+            runs.model_version == stamp.model_version,
+            runs.status == "succeeded",
+            runs.run_id != stamp.run_id,
+        )
+    ).scalars()
+    for run_id in list(replaced):
+        conn.execute(sa.delete(table).where(table.c.run_id == run_id))
 
 
 def open_writer(
@@ -367,7 +364,7 @@ def open_writer(
         odd = sorted(n for n, oid in wanted.items() if not pgcopy.supported(oid))
         if not odd:
             return pg_fast.CopyWriter(
-                conn, table, stamp, keys, pass_through, wanted, _replace_delete(table, stamp)
+                conn, table, stamp, keys, pass_through, wanted, lambda c: delete_replaced(c, table, stamp)
             )
         log.info(
             "output table %s: column(s) %s have types binary COPY does not cover here; "

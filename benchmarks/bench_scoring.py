@@ -232,10 +232,11 @@ def bench_history(args: argparse.Namespace, work: Path, models: dict[str, Path])
                 conn.execute(
                     sa.text(
                         f"INSERT INTO {SCHEMA}.pred_history (job, entity_id, as_of, model_version, run_id, "
-                        f"scored_at, prediction, score) SELECT 'history', entity_id, :d, 'old', 0, now(), "
+                        f"scored_at, prediction, score) SELECT 'history', entity_id, :d, 'old', :r, now(), "
                         f"1, 0.5 FROM {SCHEMA}.{table}"
                     ),
-                    {"d": AS_OF - timedelta(days=k)},
+                    # Each as_of its own run, as real runs write (run_ids the ledger never gives).
+                    {"d": AS_OF - timedelta(days=k), "r": 1_000_000_000 + k},
                 )
         print(f"  filled in {time.perf_counter() - t:.1f}s", flush=True)
     vacuum(engine, "pred_history")
