@@ -20,7 +20,8 @@ import pytest
 import sqlalchemy as sa
 from helpers import cli_run, features_frame, save_model, train, write_config
 
-from batch_scorer import pg_fast, progress
+from batch_scorer import model as model_module
+from batch_scorer import pg_fast, progress, threads
 from batch_scorer.config import load_config
 from batch_scorer.db import create_engine
 from batch_scorer.source import read_chunks
@@ -149,6 +150,22 @@ def test_output_equals_source_and_model_row_by_row(db_url: str, tmp_path: Path, 
     config, model = _setup(db_url, tmp_path, kind, 37, PASS)
     result = cli_run(config, "run", "churn", "--as-of", AS_OF.isoformat())
     assert result.exit_code == 0, result.output
+    _assert_exact(db_url, model, PASS)
+
+
+def test_a_chunk_scored_in_halves_on_two_threads_is_exact(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One chunk of all N rows, split across the scoring threads (threshold lowered to N/4)."""
+    monkeypatch.setattr(model_module, "PARALLEL_MIN_ROWS", N // 4)
+    monkeypatch.setenv(threads.SCORING_ENV, "2")
+    used: list[int] = []
+    real_pool = model_module.scoring_pool
+    monkeypatch.setattr(model_module, "scoring_pool", lambda: used.append(1) or real_pool())
+    config, model = _setup(db_url, tmp_path, "multiclass", N, PASS)
+    result = cli_run(config, "run", "churn", "--as-of", AS_OF.isoformat())
+    assert result.exit_code == 0, result.output
+    assert used, "the chunk was not split across the scoring threads"
     _assert_exact(db_url, model, PASS)
 
 
