@@ -7,7 +7,9 @@ messages and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -298,8 +300,19 @@ def demo(ctx: click.Context) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: run the CLI, map errors to messages and exit codes."""
-    sys.exit(invoke(cli, argv))
+    """Entry point: run the CLI, map errors to messages and exit codes.
+
+    The process then ends without the interpreter's teardown: with
+    scikit-learn, SciPy, pandas and pyarrow loaded, freeing every module took
+    0.3-0.4 s, after all work was committed and every connection closed (issue
+    4: 5% of a 1M-row run). Output and log handlers are flushed first.
+    """
+    code = invoke(cli, argv)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
