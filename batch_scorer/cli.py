@@ -307,12 +307,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     0.3-0.4 s, after all work was committed and every connection closed (issue
     4: 5% of a 1M-row run). Output and log handlers are flushed first.
     """
+    _limit_malloc_arenas()
     code = invoke(cli, argv)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; a run's
+    reader, writer and scoring threads each kept freed chunk memory in theirs
+    (peak RSS of a 1M-row heavy run: 484 MB, 462 MB with 2 arenas, same speed).
+    Set before any thread starts; a no-op off glibc."""
+    import ctypes
+
+    m_arena_max = -8  # glibc's malloc.h
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas)
 
 
 def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
