@@ -162,6 +162,20 @@ def succeeded_as_ofs(engine: Engine, job: str, model_version: str) -> set[date]:
         return {_as_date(v) for v in conn.execute(stmt).scalars()}
 
 
+def replaced_runs(conn: Connection, job: str, as_of: date, model_version: str, run_id: int) -> list[int]:
+    """The other succeeded runs of ``job`` for this as_of and model version: the runs
+    whose published rows a new run ``run_id`` replaces (rows are only ever
+    published together with their run's ``succeeded`` row)."""
+    stmt = sa.select(scoring_runs.c.run_id).where(
+        scoring_runs.c.job == job,
+        scoring_runs.c.as_of == as_of,
+        scoring_runs.c.model_version == model_version,
+        scoring_runs.c.status == "succeeded",
+        scoring_runs.c.run_id != run_id,
+    )
+    return list(conn.execute(stmt).scalars())
+
+
 def _as_date(value: Any) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 

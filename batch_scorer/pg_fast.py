@@ -15,7 +15,9 @@ a Python object:
   :mod:`batch_scorer.sink`): nothing is visible until the commit that also
   closes the ledger row.
 
-Both queues hold at most two chunks, so memory is bounded by the chunk size.
+The reader keeps one chunk ahead and the writer's queue holds at most two
+scored chunks (only the columns it writes), so memory is bounded by the chunk
+size.
 Keys and pass-through columns keep their exact database types end to end
 (Arrow-backed pandas columns); feature columns get the same pandas types the
 generic path gives the model.
@@ -63,6 +65,12 @@ def libpq_uri(url: URL) -> str:
 def exact_name(column: str) -> str:
     """Where a column that is both a feature and a key/pass-through keeps its exact values."""
     return EXACT_PREFIX + column
+
+
+def exact_column(rows: pd.DataFrame, name: str) -> pd.Series:
+    """A key/pass-through column of a chunk: its exact copy if the reader kept one beside a feature."""
+    exact = exact_name(name)
+    return rows[exact] if exact in rows.columns else rows[name]
 
 
 # --------------------------------------------------------------------------- read
@@ -218,10 +226,9 @@ def column_oids(conn: Connection, table: sa.Table) -> dict[str, int]:
 class CopyWriter:
     """Scored chunks into the output table with binary COPY, on a writer thread.
 
-    The COPY runs on the run's connection inside its open transaction;
-    The rows a re-run replaces are deleted first, in the same transaction;
-    :meth:`publish` waits for the last chunk, calls ``finish`` (the ledger row)
-    and commits.
+    The COPY runs on the run's connection inside its open transaction, which
+    first deletes the rows a re-run replaces; :meth:`publish` waits for the
+    last chunk, calls ``finish`` (the ledger row) and commits.
     """
 
     def __init__(
@@ -229,8 +236,6 @@ class CopyWriter:
         conn: Connection,
         table: sa.Table,
         stamp: Any,
-        keys: Sequence[str],
-        pass_through: Sequence[str],
         oids: dict[str, int],
         delete_replaced: Callable[[Connection], None],
     ) -> None:
@@ -241,8 +246,6 @@ class CopyWriter:
         delete_replaced(conn)
         self._table = table
         self._stamp = stamp
-        self._keys = list(keys)
-        self._pass = list(pass_through)
         names = [c.name for c in table.columns]
         self._oids = [oids[n] for n in names]
         by_name = dict(zip(names, self._oids, strict=True))
@@ -270,8 +273,7 @@ class CopyWriter:
             return
         # Only the columns written wait in the queue, not the chunk's features:
         # when the server is the bottleneck the queue is full (issue 4: memory).
-        wanted = [exact_name(c) if exact_name(c) in rows.columns else c for c in self._row_columns]
-        rows = rows.loc[:, wanted].rename(columns={exact_name(c): c for c in self._row_columns})
+        rows = pd.DataFrame({c: exact_column(rows, c) for c in self._row_columns}, copy=False)
         t0 = time.perf_counter()
         while True:
             try:

@@ -28,10 +28,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer import pg_fast, pgcopy
+from batch_scorer import ledger, pg_fast, pgcopy
 from batch_scorer.db import DuplicateKeys, duplicate_keys
 from batch_scorer.errors import SourceError
-from batch_scorer.schema import ensure_output, output_table, scoring_runs
+from batch_scorer.schema import ensure_output, output_table
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def output_frame(
     n = len(rows)
     cols: dict[str, Any] = {"job": [stamp.job] * n}
     for k in keys:
-        cols[k] = _exact(rows, k).to_numpy()
+        cols[k] = pg_fast.exact_column(rows, k).to_numpy()
     cols.update(
         as_of=[stamp.as_of] * n,
         model_version=[stamp.model_version] * n,
@@ -161,14 +161,8 @@ def output_frame(
         score=score if score is not None else np.full(n, np.nan),
     )
     for c in pass_through:
-        cols[c] = _exact(rows, c).to_numpy()
+        cols[c] = pg_fast.exact_column(rows, c).to_numpy()
     return pd.DataFrame(cols)
-
-
-def _exact(rows: pd.DataFrame, name: str) -> pd.Series:
-    """A key/pass-through column; the exact copy if the fast reader kept one beside a feature."""
-    exact = pg_fast.exact_name(name)
-    return rows[exact] if exact in rows.columns else rows[name]
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -231,7 +225,7 @@ class _SqliteWriter:
         if name in ("prediction", "score"):
             values = _python_values(pd.Series(prediction if name == "prediction" else score))
         else:
-            values = _python_values(_exact(rows, name))
+            values = _python_values(pg_fast.exact_column(rows, name))
         proc = self._procs[name]
         if proc is None:
             return values
@@ -319,24 +313,13 @@ class _TransactionWriter:
 def delete_replaced(conn: Connection, table: sa.Table, stamp: RunStamp) -> None:
     """Delete the rows a re-run of the same job, as_of and model version replaces.
 
-    Found by run_id: rows are only ever published together with their run's
-    ``succeeded`` ledger row, so the ledger names every run whose rows are
-    there. A run into a new as_of finds no such run and touches nothing; a
-    re-run deletes its predecessor's rows through ``ix_<table>_run``, one
-    run_id at a time: as constants, the planner sizes each from the column's
-    statistics (a join with the ledger was planned as a scan of the whole table).
+    Found by run_id, through the ledger (:func:`ledger.replaced_runs`). A run
+    into a new as_of finds no such run and touches nothing; a re-run deletes its
+    predecessor's rows through ``ix_<table>_run``, one run_id at a time: as
+    constants, the planner sizes each from the column's statistics (a join with
+    the ledger was planned as a scan of the whole table).
     """
-    runs = scoring_runs.c
-    replaced = conn.execute(
-        sa.select(runs.run_id).where(
-            runs.job == stamp.job,
-            runs.as_of == stamp.as_of,
-            runs.model_version == stamp.model_version,
-            runs.status == "succeeded",
-            runs.run_id != stamp.run_id,
-        )
-    ).scalars()
-    for run_id in list(replaced):
+    for run_id in ledger.replaced_runs(conn, stamp.job, stamp.as_of, stamp.model_version, stamp.run_id):
         conn.execute(sa.delete(table).where(table.c.run_id == run_id))
 
 
@@ -364,7 +347,7 @@ def open_writer(
         odd = sorted(n for n, oid in wanted.items() if not pgcopy.supported(oid))
         if not odd:
             return pg_fast.CopyWriter(
-                conn, table, stamp, keys, pass_through, wanted, lambda c: delete_replaced(c, table, stamp)
+                conn, table, stamp, wanted, lambda c: delete_replaced(c, table, stamp)
             )
         log.info(
             "output table %s: column(s) %s have types binary COPY does not cover here; "

@@ -28,13 +28,18 @@ _pool_lock = threading.Lock()
 
 def model_threads() -> int:
     """Threads for the model's native code during a run."""
-    value = os.environ.get(ENV, "").strip()
+    return _count_from_env(ENV, default=max(1, (os.cpu_count() or 1) - 2))
+
+
+def _count_from_env(name: str, default: int) -> int:
+    """A thread count from the environment (at least 1), else ``default``."""
+    value = os.environ.get(name, "").strip()
     if value:
         try:
             return max(1, int(value))
         except ValueError:
-            log.warning("%s=%r is not a whole number; ignoring it", ENV, value)
-    return max(1, (os.cpu_count() or 1) - 2)
+            log.warning("%s=%r is not a whole number; ignoring it", name, value)
+    return default
 
 
 @contextlib.contextmanager
@@ -55,13 +60,7 @@ def scoring_workers() -> int:
     benchmark model scored 1.3x faster, at the memory of one chunk.
     ``BATCH_SCORER_SCORING_THREADS`` overrides.
     """
-    value = os.environ.get(SCORING_ENV, "").strip()
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            log.warning("%s=%r is not a whole number; ignoring it", SCORING_ENV, value)
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
+    return _count_from_env(SCORING_ENV, default=2 if (os.cpu_count() or 1) >= 2 else 1)
 
 
 def scoring_pool() -> ThreadPoolExecutor:

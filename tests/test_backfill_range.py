@@ -80,6 +80,10 @@ def test_backfill_reports_a_failed_date_and_continues_unless_fail_fast(tmp_path:
         ("2026-01-02", "succeeded"), ("2026-01-03", "succeeded"),
         ("2026-01-04", "failed"), ("2026-01-05", "failed"),
     ]
+    # The summary names each date's run, the failed ones' too (their ledger rows).
+    table = {line.split()[0]: line.split() for line in result.output.splitlines() if line.startswith("2026-01-0")}
+    ledger_ids = dict(query(sqlite_url, "SELECT as_of, run_id FROM scoring_runs"))
+    assert {day: int(cols[-1]) for day, cols in table.items()} == {str(d): r for d, r in ledger_ids.items()}
     stopped = cli_run(cfg, "backfill", "j", "--start", "2026-01-04", "--end", "2026-01-05", "--fail-fast")
     assert stopped.exit_code == 1
     assert "1 date(s): 0 succeeded" in stopped.output
