@@ -16,10 +16,7 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from batch_scorer import backfill as backfilling
-from batch_scorer import ledger, scheduler
 from batch_scorer.config import Config, load_config
-from batch_scorer.db import engine_for, first_line, mask_text
 from batch_scorer.errors import (
     EXIT_BAD_INPUT,
     EXIT_LOCKED,
@@ -30,8 +27,13 @@ from batch_scorer.errors import (
     LockHeld,
     UsageError,
 )
-from batch_scorer.pipeline import ProgressFn, RunResult, default_as_of, prepare_output, resolve_job, run_job
-from batch_scorer.schema import create_tool_tables
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime import backfill as backfilling
+from batch_scorer.runtime.run import ProgressFn, RunResult, default_as_of, prepare_output, resolve_job, run_job
+from batch_scorer.scheduling import daemon as scheduler
+from batch_scorer.storage import ledger
+from batch_scorer.storage.db import engine_for
+from batch_scorer.storage.schema import create_tool_tables
 
 log = logging.getLogger(__name__)
 

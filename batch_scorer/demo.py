@@ -23,9 +23,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from batch_scorer import api
 from batch_scorer.config import Config
-from batch_scorer.db import engine_for
 from batch_scorer.errors import ConfigError
-from batch_scorer.pipeline import RunResult
+from batch_scorer.runtime.run import RunResult
+from batch_scorer.storage.db import engine_for
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload  # noqa: E402
 
-from batch_scorer.db import create_engine  # noqa: E402
+from batch_scorer.storage.db import create_engine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = "bs_bench"

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from batch_scorer.db import create_engine
+from batch_scorer.storage.db import create_engine
 from tests.helpers import FEATURES, features_frame, preprocessor, query
 
 

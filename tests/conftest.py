@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from batch_scorer.db import create_engine
+from batch_scorer.storage.db import create_engine
 
 PG_ENV = "BATCH_SCORER_TEST_POSTGRES_URL"
 

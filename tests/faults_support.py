@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from batch_scorer.db import create_engine
+from batch_scorer.storage.db import create_engine
 
 
 class Run:

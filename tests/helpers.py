@@ -25,8 +25,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from batch_scorer.cli import cli, invoke
-from batch_scorer.db import create_engine
+from batch_scorer.cli.main import cli, invoke
+from batch_scorer.storage.db import create_engine
 
 NUMERIC = ["x1", "x2", "x3"]
 CATEGORICAL = ["color"]

@@ -18,7 +18,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from batch_scorer.model import LoadedModel
+from batch_scorer.models.loader import LoadedModel
 from tests.baddata_support import runs, tables
 from tests.helpers import (
     AS_OF,
@@ -201,7 +201,7 @@ def test_model_and_config_writable_by_others_draw_a_warning(tmp_path: Path, sqli
 
 
 def test_loaded_model_knows_the_fitted_kind_of_each_feature(tmp_path: Path) -> None:
-    from batch_scorer.model import load_model
+    from batch_scorer.models.loader import load_model
 
     path = save_model(train("binary"), tmp_path / "m.joblib")
     loaded: LoadedModel = load_model("j", path)

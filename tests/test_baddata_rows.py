@@ -15,9 +15,9 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
-from batch_scorer.checks import MIN_BAD_ROWS_PER_CHUNK, Rejections, score_checked
+from batch_scorer.core.checks import MIN_BAD_ROWS_PER_CHUNK, Rejections, score_checked
 from batch_scorer.errors import RunFailed
-from batch_scorer.model import load_model
+from batch_scorer.models.loader import load_model
 from tests.baddata_support import rejected, replace_table, runs, strict_model
 from tests.helpers import (
     AS_OF,

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sklearn.linear_model import LogisticRegression
 
-from batch_scorer.db import create_engine
+from batch_scorer.storage.db import create_engine
 from tests.baddata_support import nothing_to_hide, rejected, runs, strict_model, tables
 from tests.helpers import (
     AS_OF,

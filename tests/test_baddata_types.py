@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from batch_scorer.feature_types import NUMERIC, TEXT, coerce_features, fitted_kinds
+from batch_scorer.models.features import NUMERIC, TEXT, coerce_features, fitted_kinds
 from tests.helpers import AS_OF, cli_run, job, load_table, published, save_model, write_config
 
 FEATURES = ["amount", "visits", "active", "plan", "signup"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from batch_scorer.db import create_engine
-from batch_scorer.ledger import lock_key
+from batch_scorer.storage.db import create_engine
+from batch_scorer.storage.locks import lock_key
 from tests.faults_support import Run
 from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
 

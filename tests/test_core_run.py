@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from batch_scorer import api
-from batch_scorer.db import create_engine
+from batch_scorer.storage.db import create_engine
 from tests.helpers import (
     AS_OF,
     FEATURES,
@@ -66,7 +66,7 @@ def test_scored_at_is_timezone_aware_utc(tmp_path: Path, db_url: str) -> None:
     assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
     engine = create_engine(db_url)
     try:
-        from batch_scorer.schema import UTCDateTime
+        from batch_scorer.storage.schema import UTCDateTime
 
         t = sa.table("predictions", sa.column("scored_at", UTCDateTime()))
         with engine.connect() as conn:

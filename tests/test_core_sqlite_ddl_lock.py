@@ -11,8 +11,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from batch_scorer.db import begin_write, create_engine
-from batch_scorer.schema import create_tool_tables, ensure_output, output_table
+from batch_scorer.storage.db import begin_write, create_engine
+from batch_scorer.storage.schema import create_tool_tables, ensure_output, output_table
 
 
 def _hold_write_lock(engine: sa.Engine, seconds: float, held: threading.Event) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from batch_scorer.db import create_engine
-from batch_scorer.retry import is_transient, sqlstate
+from batch_scorer.storage.db import create_engine
+from batch_scorer.storage.retry import is_transient, sqlstate
 from tests.faults_support import Run, app_url, sessions, terminate, unique_name
 from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
 

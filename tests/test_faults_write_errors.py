@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from batch_scorer.db import create_engine
+from batch_scorer.storage.db import create_engine
 from tests.faults_support import Run, ok
 from tests.helpers import AS_OF, features_frame, job, load_table, query, save_model, train, write_config
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from batch_scorer.config import load_config
-from batch_scorer.db import create_engine
-from batch_scorer.scheduler import catch_up
+from batch_scorer.scheduling.daemon import catch_up
+from batch_scorer.storage.db import create_engine
 from tests.helpers import cli_run, job, write_config
 from tests.schedule_support import SECONDS_CRON
 
@@ -114,7 +114,7 @@ def test_catch_up_takes_only_the_latest_missed_fire_within_the_window(tmp_path: 
     cfg = load_config(path)
     engine = create_engine(cfg.database.url)
     try:
-        from batch_scorer.schema import create_tool_tables
+        from batch_scorer.storage.schema import create_tool_tables
 
         create_tool_tables(engine)
         # 05:45 Berlin: the hourly job missed 03:00, 04:00 and 05:00 -> only 05:00 runs;
@@ -132,7 +132,7 @@ def test_catch_up_takes_only_the_latest_missed_fire_within_the_window(tmp_path: 
 
 
 def test_a_fire_arriving_while_one_waits_is_coalesced_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    from batch_scorer.scheduler import Fire, _Fires
+    from batch_scorer.scheduling.daemon import Fire, _Fires
 
     fires = _Fires()
     t0 = datetime(2026, 3, 30, 0, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_scorer.schema import render_ddl
+from batch_scorer.storage.schema import render_ddl
 from tests.helpers import query
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
@@ -23,7 +23,7 @@ def test_generated_ddl_matches_the_code(dialect: str) -> None:
 
 
 def test_generated_postgresql_ddl_runs(pg_url: str) -> None:
-    from batch_scorer.db import create_engine
+    from batch_scorer.storage.db import create_engine
 
     engine = create_engine(pg_url)
     try:

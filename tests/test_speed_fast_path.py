@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from helpers import cli_run, features_frame, save_model, train, write_config
 
-from batch_scorer import model as model_module
-from batch_scorer import pg_fast, progress, threads
 from batch_scorer.config import load_config
-from batch_scorer.db import create_engine
-from batch_scorer.source import read_chunks
-from batch_scorer.threads import model_threads
+from batch_scorer.executors import threads
+from batch_scorer.executors.threads import model_threads
+from batch_scorer.runtime import progress
+from batch_scorer.storage.db import create_engine, libpq_uri
+from batch_scorer.storage.sources.sql import read_chunks
+from tests.helpers import cli_run, features_frame, save_model, train, write_config
 
 AS_OF = date(2026, 3, 31)
 N = 300
@@ -157,11 +157,11 @@ def test_a_chunk_scored_in_halves_on_two_threads_is_exact(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One chunk of all N rows, split across the scoring threads (threshold lowered to N/4)."""
-    monkeypatch.setattr(model_module, "PARALLEL_MIN_ROWS", N // 4)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_ROWS", N // 4)
     monkeypatch.setenv(threads.SCORING_ENV, "2")
     used: list[int] = []
-    real_pool = model_module.scoring_pool
-    monkeypatch.setattr(model_module, "scoring_pool", lambda: used.append(1) or real_pool())
+    real_pool = threads.scoring_pool
+    monkeypatch.setattr(threads, "scoring_pool", lambda: used.append(1) or real_pool())
     config, model = _setup(db_url, tmp_path, "multiclass", N, PASS)
     result = cli_run(config, "run", "churn", "--as-of", AS_OF.isoformat())
     assert result.exit_code == 0, result.output
@@ -271,7 +271,7 @@ def test_reader_errors_name_the_job_and_hide_the_password(pg_url: str, tmp_path:
 
 def test_libpq_uri_keeps_connection_options() -> None:
     url = sa.engine.make_url("postgresql+psycopg2://u:p%40ss@db.example:6543/app?options=-csearch_path%3Dx")
-    uri = pg_fast.libpq_uri(url)
+    uri = libpq_uri(url)
     assert uri.startswith("postgresql://u:p%40ss@db.example:6543/app?")
     assert "search_path" in uri
 
@@ -280,11 +280,11 @@ def test_progress_logs_rows_and_rate_off_a_terminal(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
-    with caplog.at_level(logging.INFO, logger="batch_scorer.progress"):
+    with caplog.at_level(logging.INFO, logger="batch_scorer.runtime.progress"):
         with progress.row_progress("scoring", interactive=False) as update:
             update(50_000)
             update(100_000)
-    lines = [r.getMessage() for r in caplog.records if r.name == "batch_scorer.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "batch_scorer.runtime.progress"]
     assert len(lines) >= 2
     assert "100000 rows" in lines[-1] and "rows/s" in lines[-1]
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from batch_scorer import threads
-from batch_scorer.model import PARALLEL_MIN_ROWS, load_model, prepare_features, score_prepared
+from batch_scorer.executors import threads
+from batch_scorer.executors.threads import PARALLEL_MIN_ROWS
+from batch_scorer.models.loader import load_model
+from batch_scorer.models.scoring import prepare_features
 from tests.helpers import FEATURES, NUMERIC, features_frame, save_model, train
 
 
@@ -31,9 +33,9 @@ def test_a_chunk_scored_in_parts_equals_the_models_own_output(
     X = prepare_features(model, rows)
 
     monkeypatch.setenv(threads.SCORING_ENV, "1")
-    whole = score_prepared(model, X)
+    whole = threads.score_in_parts(model, X)
     monkeypatch.setenv(threads.SCORING_ENV, "2")
-    parts = score_prepared(model, X)
+    parts = threads.score_in_parts(model, X)
 
     expected = estimator.predict(rows[columns])
     np.testing.assert_array_equal(whole[0], expected)

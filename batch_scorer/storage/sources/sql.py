@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from batch_scorer import pg_fast
 from batch_scorer.config import JobConfig
-from batch_scorer.db import DuplicateKeys, duplicate_keys, first_line, mask_text
 from batch_scorer.errors import DatabaseError, SourceError
-from batch_scorer.schema import split_table_name
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.names import split_table_name
+from batch_scorer.storage.db import DuplicateKeys, duplicate_keys
+from batch_scorer.storage.sources import postgres_arrow
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +226,14 @@ def read_chunks(
 ) -> Iterator[pd.DataFrame]:
     """Yield DataFrames of at most ``chunk_size`` rows, streaming from the database.
 
-    PostgreSQL reads through :mod:`batch_scorer.pg_fast` (binary COPY into Arrow,
+    PostgreSQL reads through :mod:`batch_scorer.storage.sources.postgres_arrow` (binary COPY into Arrow,
     on a reader thread; keys and pass-through columns keep their exact types);
     other databases through SQLAlchemy's streaming cursor.
     """
     stmt = select_rows(conn, job, as_of, columns)
     if conn.dialect.name == "postgresql":
         exact = [*job.source.key, *job.output.pass_through]
-        yield from pg_fast.read_chunks(conn, stmt, chunk_size, exact, features, job.name)
+        yield from postgres_arrow.read_chunks(conn, stmt, chunk_size, exact, features, job.name)
         return
     # Plain tuples from the DBAPI cursor, with SQLAlchemy's result conversion
     # (dates, booleans, decimals) applied column-wise where a type has one:

@@ -7,7 +7,6 @@ DDL generated from here (``render_ddl``); a test keeps it from drifting.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -18,22 +17,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from batch_scorer.db import begin_write, first_line
 from batch_scorer.errors import DatabaseError
-from batch_scorer.retry import is_insufficient_privilege
+from batch_scorer.masking import first_line
+from batch_scorer.names import latest_view_name, short_name, split_table_name
+from batch_scorer.storage.db import begin_write
+from batch_scorer.storage.retry import is_insufficient_privilege
 
 log = logging.getLogger(__name__)
 
-RESERVED_OUTPUT_COLUMNS = (
-    "job",
-    "as_of",
-    "model_version",
-    "run_id",
-    "scored_at",
-    "prediction",
-    "score",
-)
-LATEST_VIEW_SUFFIX = "_latest"
 
 _SQLITE_UTC_FORMAT = (
     "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d+00:00"
@@ -128,22 +119,6 @@ job_locks = sa.Table(
 TOOL_TABLES = (scoring_runs, rejected_rows, job_locks)
 
 
-def split_table_name(name: str) -> tuple[str | None, str]:
-    """``'schema.table'`` -> ``('schema', 'table')``; ``'table'`` -> ``(None, 'table')``."""
-    if "." in name:
-        schema, table = name.split(".", 1)
-        return schema, table
-    return None, name
-
-
-def _short_name(prefix: str, table: str, suffix: str = "") -> str:
-    name = f"{prefix}_{table}{suffix}"
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:54]}_{digest}"
-
-
 def output_table(
     name: str,
     key_columns: Sequence[tuple[str, sa.types.TypeEngine[Any]]],
@@ -172,17 +147,13 @@ def output_table(
         *cols,
         # "Latest per entity" (the view, lookups by key). Unique: a key that
         # occurs twice in one run fails that run's write, at no extra cost.
-        sa.Index(_short_name("ix", table, "_latest"), "job", *keys, "as_of", "run_id", unique=True),
+        sa.Index(short_name("ix", table, "_latest"), "job", *keys, "as_of", "run_id", unique=True),
         # A run's rows: a re-run deletes the rows it replaces by run_id, taken
         # from the ledger. On run_id alone, appended in order, this B-tree
         # costs a third of what (job, as_of, model_version) did (issue 4).
-        sa.Index(_short_name("ix", table, "_run"), "run_id"),
+        sa.Index(short_name("ix", table, "_run"), "run_id"),
         schema=schema,
     )
-
-
-def latest_view_name(output_name: str) -> str:
-    return output_name + LATEST_VIEW_SUFFIX
 
 
 def latest_view_select(table: sa.Table, keys: Sequence[str]) -> sa.Select[Any]:

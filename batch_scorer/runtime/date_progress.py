@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
-from batch_scorer.progress import row_progress
+from batch_scorer.runtime.progress import row_progress
 
 DateFn = Callable[[date, Any], None]
 RowsFn = Callable[[int], None]

@@ -19,11 +19,11 @@ import click
 
 from batch_scorer import api
 from batch_scorer.config import default_config_path
-from batch_scorer.db import mask_text
 from batch_scorer.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, BatchScorerError
-from batch_scorer.pipeline import RunResult
-from batch_scorer.progress import row_progress
-from batch_scorer.signals import Interrupted, interruptible
+from batch_scorer.masking import mask_text
+from batch_scorer.runtime.progress import row_progress
+from batch_scorer.runtime.run import RunResult
+from batch_scorer.runtime.signals import Interrupted, interruptible
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -47,7 +47,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
     root.propagate = False
     if verbose < 1:
-        logging.getLogger("batch_scorer.ledger").setLevel(max(level, logging.WARNING))
+        logging.getLogger("batch_scorer.storage.ledger").setLevel(max(level, logging.WARNING))
 
 
 def _parse_date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
@@ -200,8 +200,8 @@ def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fa
     Example:
         batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31
     """
-    from batch_scorer.backfill import date_range
-    from batch_scorer.date_progress import date_progress
+    from batch_scorer.runtime.backfill import date_range
+    from batch_scorer.runtime.date_progress import date_progress
 
     days = date_range(start, end)
     with interruptible(), date_progress(len(days)) as (on_date, on_rows):

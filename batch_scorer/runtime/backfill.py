@@ -20,12 +20,12 @@ from datetime import date, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from batch_scorer import ledger
 from batch_scorer.config import Config
-from batch_scorer.db import first_line, mask_text
 from batch_scorer.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, BatchScorerError, LockHeld, UsageError
-from batch_scorer.pipeline import ProgressFn, RunResult, resolve_job, run_job
-from batch_scorer.schema import create_tool_tables
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime.run import ProgressFn, RunResult, resolve_job, run_job
+from batch_scorer.storage import ledger
+from batch_scorer.storage.schema import create_tool_tables
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Row-level checks: which rows of a chunk can be scored, and why the others cannot.
 
 :func:`score_checked` is what the pipeline calls per chunk. It is a pure
-function of (model, rows) like ``model.score_chunk``, whose steps it runs itself
-(features are coerced once, then scored with ``model.score_prepared``):
+function of (model, rows) (features are coerced once, then scored with ``scoring.score_prepared``
+or the executor's threaded version):
 
 1. rows with a NULL key are rejected;
 2. feature values are coerced to the types the model was fitted on
@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 
 from batch_scorer.errors import ModelError, RunFailed
-from batch_scorer.feature_types import coerce_features
-from batch_scorer.model import LoadedModel, model_input, score_prepared
+from batch_scorer.models.features import coerce_features
+from batch_scorer.models.loader import LoadedModel
+from batch_scorer.models.scoring import model_input, score_prepared
 
 NULL_KEY = "NULL in a key column"
 NON_FINITE_SCORE = "the model returned a non-finite score (NaN or infinity)"
@@ -52,6 +53,8 @@ DIAGNOSE_CALLS_PER_CHUNK = 200
 FLUSH_EVERY = 10_000
 
 RejectedRow = tuple[str, str]  # (key as JSON text, reason)
+# How a chunk's features are scored: score_prepared, or the executor's threaded version.
+ScoreFn = Callable[[LoadedModel, Any], tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass
@@ -134,6 +137,7 @@ def score_checked(
     job_name: str = "",
     want_score: bool = True,
     max_rejected_fraction: float = 0.01,
+    scorer: ScoreFn = score_prepared,
 ) -> Checked:
     """Score the rows that can be scored; reject the others with a reason (module doc).
 
@@ -155,7 +159,7 @@ def score_checked(
 
     max_bad = max(MIN_BAD_ROWS_PER_CHUNK, math.ceil(2 * max_rejected_fraction * len(good)))
     try:
-        ok_idx, prediction, score, failures, stopped = _isolate(model, features, max_bad)
+        ok_idx, prediction, score, failures, stopped = _isolate(model, features, max_bad, scorer)
     except ModelError as exc:
         who = f"job {job_name!r}: " if job_name else ""
         raise ModelError(
@@ -189,7 +193,7 @@ def score_checked(
 
 
 def _isolate(
-    model: LoadedModel, features: pd.DataFrame, max_bad: int
+    model: LoadedModel, features: pd.DataFrame, max_bad: int, scorer: ScoreFn = score_prepared
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[int, str], bool]:
     """Score ``features``; where the model raises, split until the failing rows are single.
 
@@ -216,7 +220,7 @@ def _isolate(
             continue
         part = features if len(idx) == len(features) else features.iloc[idx]
         try:
-            prediction, score = score_prepared(model, model_input(model, part))
+            prediction, score = scorer(model, model_input(model, part))
         except ModelError:
             raise  # wrong output shape: the model is broken, not the rows
         except Exception as exc:  # noqa: BLE001 - a model error on data is the rows' fault

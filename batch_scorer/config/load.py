@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from batch_scorer.db import mask_text
 from batch_scorer.errors import ConfigError
 from batch_scorer.files import warn_if_writable_by_others
+from batch_scorer.masking import mask_text
+from batch_scorer.names import JOB_NAME, RESERVED_OUTPUT_COLUMNS, check_identifier, check_table_name
 
 log = logging.getLogger(__name__)
 
@@ -31,30 +32,6 @@ CONFIG_ENV_VAR = "BATCH_SCORER_CONFIG"
 DEFAULT_CONFIG_NAME = "config.yaml"
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-# Table and column names must be plain identifiers (optionally schema.table for
-# tables): they are quoted by SQLAlchemy anyway, this rejects hostile input early.
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-
-
-def check_identifier(value: str, what: str) -> str:
-    """Return ``value`` if it is a plain SQL identifier, else raise ``ValueError``."""
-    if not IDENTIFIER.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a plain identifier "
-            "(letters, digits and underscores, not starting with a digit)"
-        )
-    return value
-
-
-def check_table_name(value: str, what: str) -> str:
-    """Validate ``table`` or ``schema.table``."""
-    parts = value.split(".")
-    if len(parts) > 2:
-        raise ValueError(f"{what} {value!r} must be 'table' or 'schema.table'")
-    for part in parts:
-        check_identifier(part, what)
-    return value
 
 
 class _Strict(BaseModel):
@@ -163,15 +140,13 @@ class JobConfig(_Strict):
     def _cron(cls, value: str | None) -> str | None:
         # Checked here so a typo fails at config load, not at 02:00 in the daemon.
         if value is not None:
-            from batch_scorer.cron import cron_trigger
+            from batch_scorer.config.cron import cron_trigger
 
             cron_trigger(value, "UTC")
         return value
 
     @model_validator(mode="after")
     def _reserved(self) -> JobConfig:
-        from batch_scorer.schema import RESERVED_OUTPUT_COLUMNS
-
         for col in [*self.source.key, *self.output.pass_through]:
             if col in RESERVED_OUTPUT_COLUMNS:
                 raise ValueError(

@@ -19,18 +19,22 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer import ledger, sink, source
-from batch_scorer.checks import Rejections, TooManyBadRows, check_score_contract, score_checked
 from batch_scorer.config import Config, JobConfig
-from batch_scorer.db import DuplicateKeys, begin_write, first_line, mask_text
+from batch_scorer.core.checks import Rejections, TooManyBadRows, check_score_contract, score_checked
 from batch_scorer.errors import BatchScorerError, DatabaseError, RunFailed
-from batch_scorer.model import LoadedModel, load_model, prediction_kind
-from batch_scorer.retry import RetryPolicy, is_sqlite_locked, with_retries
-from batch_scorer.schema import create_tool_tables, rejected_rows, utcnow
-from batch_scorer.signals import Interrupted
-from batch_scorer.sink import RunStamp, open_writer, prepare_output_table
-from batch_scorer.source import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
-from batch_scorer.threads import limit_model_threads
+from batch_scorer.executors.threads import limit_model_threads, score_in_parts
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.models.loader import LoadedModel, load_model
+from batch_scorer.models.scoring import prediction_kind
+from batch_scorer.runtime.signals import Interrupted
+from batch_scorer.storage import ledger, locks
+from batch_scorer.storage.db import DuplicateKeys, begin_write
+from batch_scorer.storage.retry import RetryPolicy, is_sqlite_locked, with_retries
+from batch_scorer.storage.schema import create_tool_tables, rejected_rows, utcnow
+from batch_scorer.storage.sinks import staging as sink
+from batch_scorer.storage.sinks.staging import RunStamp, open_writer, prepare_output_table
+from batch_scorer.storage.sources import sql as source
+from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +167,7 @@ def _locked_run(
 ) -> RunResult:
     """One attempt: take the job's lock, open a ledger row, execute the run."""
     job, model = resolved.job, resolved.model
-    with ledger.job_lock(engine, job.name) as lock:
+    with locks.job_lock(engine, job.name) as lock:
         ledger.mark_abandoned(engine, job.name)
         reason = skip_if(model.version) if skip_if is not None else None
         if reason:
@@ -190,7 +194,7 @@ def _execute(
     as_of: date,
     run_id: int,
     on_progress: ProgressFn | None,
-    lock: ledger.JobLock | None = None,
+    lock: locks.JobLock | None = None,
 ) -> RunResult:
     job, model = resolved.job, resolved.model
     started = time.monotonic()
@@ -221,6 +225,7 @@ def _execute(
                     model, chunk, job.source.key, job_name=job.name,
                     want_score=job.output.score is not False,
                     max_rejected_fraction=cfg.max_rejected_fraction(job),
+                    scorer=score_in_parts,
                 )
                 rejections.extend(checked.rejected)
                 if len(checked.rows):

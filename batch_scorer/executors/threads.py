@@ -18,6 +18,12 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+import pandas as pd
+
+from batch_scorer.models.loader import LoadedModel
+from batch_scorer.models.scoring import score_prepared
+
 log = logging.getLogger(__name__)
 
 ENV = "BATCH_SCORER_MODEL_THREADS"
@@ -78,3 +84,24 @@ def scoring_pool() -> ThreadPoolExecutor:
 
             _pool = ThreadPoolExecutor(scoring_workers(), thread_name_prefix="bs-score", initializer=cap_threads)
         return _pool
+
+
+# Chunks smaller than this are scored on the calling thread (bisection probes,
+# small tables): splitting them costs more than it saves.
+PARALLEL_MIN_ROWS = 4_000
+
+
+def score_in_parts(model: LoadedModel, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`batch_scorer.models.scoring.score_prepared`, a large chunk split across
+    the scoring threads (:func:`scoring_pool`). Rows are scored independently, so
+    the result is the same as one call."""
+    n = X.shape[0]
+    workers = scoring_workers()
+    if workers < 2 or n < PARALLEL_MIN_ROWS:
+        return score_prepared(model, X)
+    take = X.iloc if isinstance(X, pd.DataFrame) else X
+    step = -(-n // workers)
+    parts = list(scoring_pool().map(lambda i: score_prepared(model, take[i : i + step]), range(0, n, step)))
+    prediction = np.concatenate([p for p, _ in parts])
+    scores = [s for _, s in parts]
+    return prediction, None if scores[0] is None else np.concatenate(scores)  # type: ignore[arg-type]

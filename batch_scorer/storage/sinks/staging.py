@@ -28,10 +28,12 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer import ledger, pg_fast, pgcopy
-from batch_scorer.db import DuplicateKeys, duplicate_keys
 from batch_scorer.errors import SourceError
-from batch_scorer.schema import ensure_output, output_table
+from batch_scorer.storage import ledger
+from batch_scorer.storage.columns import exact_column
+from batch_scorer.storage.db import DuplicateKeys, duplicate_keys
+from batch_scorer.storage.schema import ensure_output, output_table
+from batch_scorer.storage.sinks import pgcopy, postgres_copy
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ def output_frame(
     n = len(rows)
     cols: dict[str, Any] = {"job": [stamp.job] * n}
     for k in keys:
-        cols[k] = pg_fast.exact_column(rows, k).to_numpy()
+        cols[k] = exact_column(rows, k).to_numpy()
     cols.update(
         as_of=[stamp.as_of] * n,
         model_version=[stamp.model_version] * n,
@@ -161,7 +163,7 @@ def output_frame(
         score=score if score is not None else np.full(n, np.nan),
     )
     for c in pass_through:
-        cols[c] = pg_fast.exact_column(rows, c).to_numpy()
+        cols[c] = exact_column(rows, c).to_numpy()
     return pd.DataFrame(cols)
 
 
@@ -225,7 +227,7 @@ class _SqliteWriter:
         if name in ("prediction", "score"):
             values = _python_values(pd.Series(prediction if name == "prediction" else score))
         else:
-            values = _python_values(pg_fast.exact_column(rows, name))
+            values = _python_values(exact_column(rows, name))
         proc = self._procs[name]
         if proc is None:
             return values
@@ -332,7 +334,7 @@ def open_writer(
 ) -> Writer:
     """The writer for this database.
 
-    PostgreSQL writes with binary COPY (:class:`batch_scorer.pg_fast.CopyWriter`)
+    PostgreSQL writes with binary COPY (:class:`batch_scorer.storage.sinks.postgres_copy.CopyWriter`)
     unless the output table has a column type the encoder does not know (e.g.
     ``json``, ``interval``); then rows go through SQLAlchemy inserts, in the same
     one-transaction scheme.
@@ -341,12 +343,12 @@ def open_writer(
         return _SqliteWriter(engine, table, stamp)
     conn = engine.connect()
     try:
-        oids = pg_fast.column_oids(conn, table)
+        oids = postgres_copy.column_oids(conn, table)
         conn.rollback()
         wanted = {c.name: oids.get(c.name, 0) for c in table.columns}
         odd = sorted(n for n, oid in wanted.items() if not pgcopy.supported(oid))
         if not odd:
-            return pg_fast.CopyWriter(
+            return postgres_copy.CopyWriter(
                 conn, table, stamp, wanted, lambda c: delete_replaced(c, table, stamp)
             )
         log.info(

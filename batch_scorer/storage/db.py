@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,30 +20,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from batch_scorer.errors import ConfigError, DatabaseError
+from batch_scorer.masking import first_line, mask_text, mask_url
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
-
-
-def mask_url(url: str | URL) -> str:
-    """Render a URL with its password replaced by ``***``."""
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        return mask_text(str(url))
-    return parsed.render_as_string(hide_password=True)
-
-
-def mask_text(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove passwords from free text (error messages may echo a URL or DSN)."""
-    text = _PASSWORD_IN_TEXT.sub(r"\1***\3", text)
-    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -148,11 +128,9 @@ def describe(engine: Engine) -> str:
     return f"{mask_url(url)} (host {host}{port})"
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, without SQLAlchemy's background link."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def libpq_uri(url: URL) -> str:
+    """A libpq connection URI for an engine's URL (any PostgreSQL driver name)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def is_postgres(engine: Engine | sa.Connection) -> bool:

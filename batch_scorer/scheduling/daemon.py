@@ -43,13 +43,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.engine import Engine
 
 from batch_scorer.config import Config, JobConfig
-from batch_scorer.cron import ScheduleTrigger, cron_trigger, latest_fire, next_fires
-from batch_scorer.db import first_line, mask_text
+from batch_scorer.config.cron import ScheduleTrigger, cron_trigger, latest_fire, next_fires
 from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, UsageError
-from batch_scorer.pipeline import RunResult, run_job
-from batch_scorer.progress import row_progress
-from batch_scorer.schema import create_tool_tables, scoring_runs
-from batch_scorer.signals import Interrupted
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime.progress import row_progress
+from batch_scorer.runtime.run import RunResult, run_job
+from batch_scorer.runtime.signals import Interrupted
+from batch_scorer.storage.schema import create_tool_tables, scoring_runs
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""``python -m batch_scorer.cli`` is the ``batch-scorer`` command."""
+
+from batch_scorer.cli.main import main
+
+main()

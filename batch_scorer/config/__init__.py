@@ -1,0 +1,18 @@
+"""Configuration: ``config.yaml`` into one validated, frozen :class:`Config`."""
+
+from __future__ import annotations
+
+from batch_scorer.config.load import (
+    CONFIG_ENV_VAR,
+    Config,
+    JobConfig,
+    config_from_dict,
+    default_config_path,
+    load_config,
+    resolve_sqlite_url,
+)
+
+__all__ = [
+    "CONFIG_ENV_VAR", "Config", "JobConfig", "config_from_dict", "default_config_path", "load_config",
+    "resolve_sqlite_url",
+]

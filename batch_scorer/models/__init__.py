@@ -1,0 +1,1 @@
+"""Models: loading a file safely, what a fitted model reveals, scoring with it."""

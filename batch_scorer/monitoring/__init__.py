@@ -1,0 +1,1 @@
+"""Monitoring: feature profiles, drift, realized performance and the report."""

@@ -1,0 +1,1 @@
+"""The run: plan, stream, publish; many jobs, backfill, signals, progress."""

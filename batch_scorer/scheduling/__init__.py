@@ -1,0 +1,1 @@
+"""Scheduling: the daemon that fires each job on its cron."""

@@ -1,0 +1,1 @@
+"""Writers: output tables prepared, scored chunks staged, a run published at once."""

@@ -1,0 +1,1 @@
+"""Readers: a job's source probed, then streamed in chunks (SQL generic, PostgreSQL Arrow)."""
