@@ -23,6 +23,7 @@ from batch_scorer.config import load_config
 from batch_scorer.executors import threads
 from batch_scorer.executors.threads import model_threads
 from batch_scorer.runtime import progress
+from batch_scorer.runtime.plan import source_spec
 from batch_scorer.storage.db import create_engine, libpq_uri
 from batch_scorer.storage.sources.sql import read_chunks
 from tests.helpers import cli_run, features_frame, save_model, train, write_config
@@ -193,7 +194,7 @@ def test_rows_are_streamed_in_chunks_of_chunk_size(db_url: str, tmp_path: Path) 
     never as one table."""
     config, _ = _setup(db_url, tmp_path, "binary", 40, PASS)
     cfg = load_config(config)
-    job = cfg.job("churn")
+    job = source_spec(cfg, cfg.job("churn"))
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -209,7 +210,8 @@ def test_rows_are_streamed_in_chunks_of_chunk_size(db_url: str, tmp_path: Path) 
 @pytest.mark.postgres
 def test_fast_reader_stops_cleanly_when_the_run_stops_early(pg_url: str, tmp_path: Path) -> None:
     config, _ = _setup(pg_url, tmp_path, "binary", 10, PASS)
-    job = load_config(config).job("churn")
+    cfg = load_config(config)
+    job = source_spec(cfg, cfg.job("churn"))
     engine = create_engine(pg_url)
     try:
         with engine.connect() as conn:

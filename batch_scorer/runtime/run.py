@@ -26,6 +26,7 @@ from batch_scorer.executors.threads import limit_model_threads, score_in_parts
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.models.loader import LoadedModel, load_model
 from batch_scorer.models.scoring import prediction_kind
+from batch_scorer.runtime.plan import source_spec
 from batch_scorer.runtime.signals import Interrupted
 from batch_scorer.storage import ledger, locks
 from batch_scorer.storage.db import DuplicateKeys, begin_write
@@ -34,6 +35,7 @@ from batch_scorer.storage.schema import create_tool_tables, rejected_rows, utcno
 from batch_scorer.storage.sinks import staging as sink
 from batch_scorer.storage.sinks.staging import RunStamp, open_writer, prepare_output_table
 from batch_scorer.storage.sources import sql as source
+from batch_scorer.storage.sources.spec import SourceSpec
 from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class ResolvedJob:
 
     job: JobConfig
     model: LoadedModel
+    source: SourceSpec
     columns: SourceColumns
     read_columns: list[str]
 
@@ -92,10 +95,11 @@ def resolve_job(cfg: Config, engine: Engine, name: str, as_of: date) -> Resolved
         allow_version_mismatch=job.allow_version_mismatch,
     )
     check_score_contract(job.name, job.output.score, model)
+    spec = source_spec(cfg, job)
     with engine.connect() as conn:
-        columns = probe_columns(conn, job, as_of)
-    check_columns(job, model.features, columns)
-    return ResolvedJob(job, model, columns, needed_columns(job, model.features))
+        columns = probe_columns(conn, spec, as_of)
+    check_columns(spec, model.features, columns)
+    return ResolvedJob(job, model, spec, columns, needed_columns(spec, model.features))
 
 
 def prepare_output(engine: Engine, resolved: ResolvedJob) -> sa.Table:
@@ -213,7 +217,7 @@ def _execute(
         # this loop only checks and scores. closing(): a failed run stops the
         # reader thread at once, not when the generator is garbage-collected.
         with engine.connect() as read_conn, limit_model_threads(), contextlib.closing(
-            read_chunks(read_conn, job, as_of, resolved.read_columns, cfg.chunk_size(job), model.features)
+            read_chunks(read_conn, resolved.source, as_of, resolved.read_columns, cfg.chunk_size(job), model.features)
         ) as chunks:
             for chunk in chunks:
                 phases.setdefault("first chunk", time.monotonic() - started)
@@ -232,7 +236,7 @@ def _execute(
                     try:
                         writer.write(checked.rows, checked.prediction, checked.score)
                     except sa.exc.IntegrityError as exc:
-                        raise _duplicates_error(engine, job, as_of, exc) from exc
+                        raise _duplicates_error(engine, resolved, as_of, exc) from exc
                     counts["rows_scored"] += len(checked.rows)
                 if on_progress is not None:
                     on_progress(counts["rows_read"])
@@ -253,7 +257,7 @@ def _execute(
         try:
             writer.publish(finish)
         except sa.exc.IntegrityError as exc:
-            raise _duplicates_error(engine, job, as_of, exc) from exc
+            raise _duplicates_error(engine, resolved, as_of, exc) from exc
         writer = None
         phases["published"] = time.monotonic() - started
         log.debug(
@@ -340,15 +344,17 @@ def _check_duplicate_keys(
         raise _duplicates_failure(job, as_of, dupes)
 
 
-def _duplicates_error(engine: Engine, job: JobConfig, as_of: date, exc: sa.exc.IntegrityError) -> BaseException:
+def _duplicates_error(
+    engine: Engine, resolved: ResolvedJob, as_of: date, exc: sa.exc.IntegrityError
+) -> BaseException:
     """The output table's unique key index refused a row: name the source's duplicate keys."""
     try:
         with engine.connect() as conn:
-            dupes = source.duplicate_source_keys(conn, job, as_of)
+            dupes = source.duplicate_source_keys(conn, resolved.source, as_of)
     except sa.exc.SQLAlchemyError:
-        log.debug("job %s: counting the source's duplicate keys failed", job.name, exc_info=True)
+        log.debug("job %s: counting the source's duplicate keys failed", resolved.job.name, exc_info=True)
         return exc
-    return _duplicates_failure(job, as_of, dupes) if dupes.count else exc
+    return _duplicates_failure(resolved.job, as_of, dupes) if dupes.count else exc
 
 
 def _duplicates_failure(job: JobConfig, as_of: date, dupes: DuplicateKeys) -> RunFailed:
