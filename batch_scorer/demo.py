@@ -24,7 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from batch_scorer import api
 from batch_scorer.config import Config
 from batch_scorer.errors import ConfigError
-from batch_scorer.runtime.run import RunResult
+from batch_scorer.runtime.outcome import RunResult
 from batch_scorer.storage.db import engine_for
 
 log = logging.getLogger(__name__)

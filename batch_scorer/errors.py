@@ -7,6 +7,9 @@ exceptions to exit codes.
 
 from __future__ import annotations
 
+import signal
+from datetime import date
+
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -58,6 +61,36 @@ class RunFailed(BatchScorerError):
 
 
 class LockHeld(BatchScorerError):
-    """Raised by ``ledger`` when another run of the job holds the job's lock."""
+    """Raised by ``storage.locks`` when another run of the job holds the job's lock.
+
+    ``holder_run_id`` / ``holder_as_of`` name the holder's run when the ledger
+    knows it (None while the holder is just starting)."""
 
     exit_code = EXIT_LOCKED
+
+    def __init__(self, message: str, holder_run_id: int | None = None, holder_as_of: date | None = None) -> None:
+        super().__init__(message)
+        self.holder_run_id = holder_run_id
+        self.holder_as_of = holder_as_of
+
+
+class LockLost(RunFailed):
+    """Raised when a run finds, at publish, that it no longer holds its job's lock
+    (its lock session ended). Nothing was published; the run is retried whole,
+    like any lost connection."""
+
+    transient = True
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in a run when the process receives SIGTERM or SIGINT (see
+    :mod:`batch_scorer.runtime.signals`): the run rolls back and is recorded failed."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signame}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

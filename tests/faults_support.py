@@ -67,8 +67,7 @@ class Run:
 
     def wait_for_rows(self, timeout: float = 60.0) -> None:
         """Until the run has scored and written some rows (progress lines)."""
-        self.wait_for(lambda ln: "scoring:" in ln and " rows" in ln and "scoring: 0 rows" not in ln,
-                      timeout)
+        self.wait_for(lambda ln: " rows read, " in ln and ": 0 rows read" not in ln, timeout)
 
     def finish(self, timeout: float = 120.0) -> int:
         """Wait for the process to end; returns its exit code."""

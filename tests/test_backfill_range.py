@@ -94,7 +94,7 @@ def test_backfill_killed_midway_then_resumed_finishes_without_duplicates(tmp_pat
     first = Run(cfg, "backfill", "j", *RANGE)
     # Three dates published, the fourth under way: kill -9.
     wait_count(first, ": succeeded, run ", 3, timeout=60)
-    first.wait_for(lambda ln: "scoring:" in ln and " rows" in ln, timeout=30)
+    first.wait_for(lambda ln: " rows read, " in ln, timeout=30)
     first.proc.send_signal(signal.SIGKILL)
     assert first.finish(timeout=10) == -signal.SIGKILL
 

@@ -48,7 +48,7 @@ def _wait_for_rows_written(proc: subprocess.Popen[str], timeout: float = 60.0) -
         assert proc.stderr is not None
         for line in proc.stderr:
             seen.append(line)
-            if "scoring:" in line and " rows" in line and "scoring: 0 rows" not in line:
+            if " rows read, " in line and ": 0 rows read" not in line:
                 found.set()
 
     threading.Thread(target=reader, daemon=True).start()
@@ -126,7 +126,10 @@ def test_two_simultaneous_runs_one_scores_one_exits_3(tmp_path: Path, db_url: st
     # Names the holder's run, or says it is just starting (lock taken, ledger row not yet).
     assert "is already being scored by" in loser[1] and "this run was skipped" in loser[1]
     assert query(db_url, "SELECT count(*), count(DISTINCT entity_id) FROM predictions") == [(BIG, BIG)]
-    assert query(db_url, "SELECT status FROM scoring_runs") == [("succeeded",)]
+    # The loser's attempt is recorded as skipped, naming the holder (runs shows why).
+    assert query(db_url, "SELECT status FROM scoring_runs ORDER BY status") == [("skipped",), ("succeeded",)]
+    [(error,)] = query(db_url, "SELECT error FROM scoring_runs WHERE status = 'skipped'")
+    assert "is already being scored by" in error
 
 
 class _Marker:

@@ -128,7 +128,10 @@ def test_latest_view_has_one_row_per_entity_from_the_latest_as_of(tmp_path: Path
                  "min(CAST(as_of AS TEXT)) FROM predictions_latest")
     assert rows[0][:4] == (50, 50, 3, 3)
     assert rows[0][4].startswith(AS_OF.isoformat())
-    assert query(db_url, "SELECT count(*) FROM predictions")[0][0] == 150
+    # One set per job and as_of: the second model version's run replaced the first's rows
+    # (the ledger keeps both runs).
+    assert query(db_url, "SELECT count(*) FROM predictions")[0][0] == 100
+    assert query(db_url, "SELECT count(*) FROM scoring_runs WHERE status = 'succeeded'")[0][0] == 3
 
 
 def test_run_all_scores_every_job_into_its_own_table(tmp_path: Path, sqlite_url: str) -> None:

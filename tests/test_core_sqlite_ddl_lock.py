@@ -12,7 +12,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from batch_scorer.storage.db import begin_write, create_engine
-from batch_scorer.storage.schema import create_tool_tables, ensure_output, output_table
+from batch_scorer.storage.ddl import create_tool_tables, ensure_output
+from batch_scorer.storage.schema import output_table
 
 
 def _hold_write_lock(engine: sa.Engine, seconds: float, held: threading.Event) -> None:
@@ -28,7 +29,7 @@ def test_creating_tables_waits_for_another_writer_instead_of_failing(tmp_path: P
         for create in (
             lambda: create_tool_tables(engine),
             lambda: ensure_output(
-                engine, output_table("predictions", [("id", sa.BigInteger())], [], sa.Float()), ["id"]
+                engine, output_table("predictions", [("id", sa.BigInteger())], [], sa.Float()), ["id"], False
             ),
         ):
             held = threading.Event()

@@ -65,7 +65,7 @@ def test_sigkill_during_publish_leaves_an_intact_file_and_one_whole_run(
     rerun = Run(cfg, "run", "j", *as_of)
     # All rows are staged once the last progress line is out; then the publish
     # transaction holds the file's write lock. Kill the process inside it.
-    rerun.wait_for(lambda ln: f"scoring: {rows} rows" in ln)
+    rerun.wait_for(lambda ln: f": {rows} rows read" in ln)
     probe = sqlite3.connect(_db_file(sqlite_url), isolation_level=None, timeout=0)
     killed_in_publish = False
     try:

@@ -114,7 +114,7 @@ def test_catch_up_takes_only_the_latest_missed_fire_within_the_window(tmp_path: 
     cfg = load_config(path)
     engine = create_engine(cfg.database.url)
     try:
-        from batch_scorer.storage.schema import create_tool_tables
+        from batch_scorer.storage.ddl import create_tool_tables
 
         create_tool_tables(engine)
         # 05:45 Berlin: the hourly job missed 03:00, 04:00 and 05:00 -> only 05:00 runs;

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_scorer.storage.schema import render_ddl
+from batch_scorer.storage.ddl import render_ddl
 from tests.helpers import query
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
@@ -17,7 +17,7 @@ def test_generated_ddl_matches_the_code(dialect: str) -> None:
     committed = (SQL / f"schema_{dialect}.sql").read_text()
     assert committed == render_ddl(dialect), (
         f"sql/schema_{dialect}.sql is stale; regenerate it with: python -c \"from "
-        f"batch_scorer.schema import render_ddl; print(render_ddl('{dialect}'), end='')\" "
+        f"batch_scorer.storage.ddl import render_ddl; print(render_ddl('{dialect}'), end='')\" "
         f"> sql/schema_{dialect}.sql"
     )
 

@@ -278,23 +278,30 @@ def test_libpq_uri_keeps_connection_options() -> None:
     assert "search_path" in uri
 
 
-def test_progress_logs_rows_and_rate_off_a_terminal(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
+def test_progress_logs_rows_and_rate_off_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="batch_scorer.runtime.progress"):
-        with progress.row_progress("scoring", interactive=False) as update:
-            update(50_000)
-            update(100_000)
+        with progress.row_progress(0.0, interactive=False) as update:
+            update("churn", 7, 50_000, 2.0)
+            update("churn", 7, 100_000, 4.0)
     lines = [r.getMessage() for r in caplog.records if r.name == "batch_scorer.runtime.progress"]
     assert len(lines) >= 2
-    assert "100000 rows" in lines[-1] and "rows/s" in lines[-1]
+    assert "job churn run 7" in lines[-1] and "100000 rows" in lines[-1] and "25000 rows/s" in lines[-1]
 
 
-def test_progress_bar_on_a_terminal_accepts_updates() -> None:
-    with progress.row_progress("scoring", interactive=True) as update:
-        update(10)
-        update(20)
+def test_progress_bar_on_a_terminal_shows_each_job_with_rows_and_rate() -> None:
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with progress.row_progress(10.0, interactive=True, console=console) as update:
+        update("churn.DE", 3, 10_000, 2.0)
+        update("ltv", 4, 20_000, 1.0)
+        console.file.flush()
+        shown = screen.getvalue()
+    assert "churn.DE (run 3)" in shown and "10,000 rows" in shown and "5,000 rows/s" in shown
+    assert "ltv (run 4)" in shown and "20,000 rows" in shown
 
 
 def test_model_threads_leave_cores_for_reader_and_writer(monkeypatch: pytest.MonkeyPatch) -> None:

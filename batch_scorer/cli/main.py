@@ -8,21 +8,23 @@ messages and exit codes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import click
 
 from batch_scorer import api
 from batch_scorer.config import default_config_path
-from batch_scorer.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, BatchScorerError
+from batch_scorer.errors import EXIT_RUN_FAILED, BatchScorerError
 from batch_scorer.masking import mask_text
+from batch_scorer.runtime.outcome import RunResult, exit_code
 from batch_scorer.runtime.progress import row_progress
-from batch_scorer.runtime.run import RunResult
 from batch_scorer.runtime.signals import Interrupted, interruptible
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -48,15 +50,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
     if verbose < 1:
         logging.getLogger("batch_scorer.storage.ledger").setLevel(max(level, logging.WARNING))
-
-
-def _parse_date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD", param=param) from None
 
 
 @click.group(context_settings=CONTEXT)
@@ -88,23 +81,38 @@ def _config(ctx: click.Context) -> str:
     return str(ctx.obj["config"])
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
 def _print_results(results: Sequence[RunResult]) -> None:
+    """One line for one job, else one summary table (job, status, rows, seconds, run_id);
+    then each failure once."""
+    if len(results) == 1 and results[0].ok:
+        r = results[0]
+        click.echo(f"{r.job}: {r.status}  run {r.run_id}  as_of {r.as_of}  model {r.model_version}  "
+                   f"{r.rows_scored:,} rows scored, {r.rows_rejected:,} rejected, {r.seconds:.1f}s -> {r.output_table}")
+    elif results:
+        _summary(results)
     for r in results:
-        if r.status == "succeeded":
-            click.echo(
-                f"{r.job}: succeeded  run {r.run_id}  as_of {r.as_of}  model {r.model_version}  "
-                f"{r.rows_scored:,} rows scored, {r.rows_rejected:,} rejected, "
-                f"{r.seconds:.1f}s -> {r.output_table}"
-            )
-        else:
-            click.echo(f"{r.job}: {r.status}", err=True)
+        if not r.ok:
             click.echo(f"Error: {r.error}", err=True)
+
+
+def _summary(results: Sequence[RunResult]) -> None:
+    rows = [(r.job, str(r.as_of or ""), r.status.value if hasattr(r.status, "value") else str(r.status),
+             f"{r.rows_scored:,}", f"{r.rows_rejected:,}", f"{r.seconds:.1f}", str(r.run_id or ""),
+             r.output_table or "") for r in results]
+    _table(("job", "as_of", "status", "rows", "rejected", "seconds", "run_id", "output"), rows)
 
 
 @cli.command()
 @click.argument("jobs", nargs=-1)
 @click.option("--all", "all_jobs", is_flag=True, help="Run every job in the config.")
-@click.option("--as-of", callback=_parse_date, help="Date to score (default: today in `timezone`).")
+@click.option("--as-of", help="Date to score, YYYY-MM-DD (default: each job's as_of rule, today in `timezone`).")
 @click.option(
     "--trigger",
     type=click.Choice(["manual", "cron"]),
@@ -112,36 +120,56 @@ def _print_results(results: Sequence[RunResult]) -> None:
     show_default=True,
     help="Recorded on the run; use cron in crontab lines.",
 )
+@click.option("--parallel", type=click.IntRange(1, 64), default=None,
+              help="Jobs at most at once (default: defaults.parallel_jobs).")
+@click.option("--allow-future", is_flag=True, help="Allow an as_of later than today (plus defaults.future_days).")
 @click.pass_context
-def run(ctx: click.Context, jobs: tuple[str, ...], all_jobs: bool, as_of: date | None, trigger: str) -> None:
+def run(ctx: click.Context, jobs: tuple[str, ...], all_jobs: bool, as_of: str | None, trigger: str,
+        parallel: int | None, allow_future: bool) -> None:
     """Score JOBS (or --all) for one as_of and publish the predictions.
+
+    A matrix job's name runs every expansion (churn runs churn.DE, churn.FR...).
 
     \b
     Example:
         batch-scorer run churn --as-of 2026-03-31
+        batch-scorer run --all --trigger cron
     """
-    # SIGTERM (cron, systemd, kill) and Ctrl-C roll the run back and mark it failed.
-    with interruptible(), row_progress("scoring") as progress:
-        results = api.run(
-            _config(ctx), jobs, all_jobs=all_jobs, as_of=as_of, trigger=trigger, on_progress=progress
-        )
+    # SIGTERM (cron, systemd, kill) and Ctrl-C roll the runs back and mark them failed.
+    with interruptible(), row_progress(_progress_seconds(ctx)) as progress:
+        results = api.run(_config(ctx), jobs, all_jobs=all_jobs, as_of=as_of, trigger=trigger,
+                          parallel=parallel, allow_future=allow_future, on_progress=progress)
     _print_results(results)
-    ctx.exit(api.exit_code(results))
+    ctx.exit(results.exit_code)
+
+
+def _progress_seconds(ctx: click.Context) -> float:
+    try:
+        cfg = api.as_config(_config(ctx))
+    except BatchScorerError:
+        return 10.0
+    runtime = getattr(cfg, "runtime", None)
+    env = os.environ.get("BATCH_SCORER_PROGRESS_SECONDS")  # until config owns it
+    return float(env) if env else float(getattr(runtime, "progress_seconds", 10.0))
 
 
 @cli.command("init-db")
 @click.pass_context
 def init_db(ctx: click.Context) -> None:
-    """Create the tool's tables, output tables and views (idempotent)."""
-    for line in api.init_db(_config(ctx)):
+    """Create the tool's tables, output tables and views (idempotent).
+
+    Exits non-zero when a job's output table could not be created or checked."""
+    report = api.init_db(_config(ctx))
+    for line in report.lines:
         click.echo(line)
+    ctx.exit(report.exit_code)
 
 
 @cli.command()
 @click.argument("jobs", nargs=-1)
 @click.pass_context
 def validate(ctx: click.Context, jobs: tuple[str, ...]) -> None:
-    """Check config, database, models and sources; write nothing."""
+    """Check config, database, models, sources and output tables; write nothing."""
     checks = api.validate(_config(ctx), jobs)
     for check in checks:
         if check.ok:
@@ -151,88 +179,118 @@ def validate(ctx: click.Context, jobs: tuple[str, ...]) -> None:
             click.echo(f"Error: {check.message}", err=True)
     if not checks:
         click.echo("config ok, database reachable; no jobs defined")
-    ctx.exit(0 if all(c.ok for c in checks) else EXIT_BAD_INPUT)
+    ctx.exit(max((c.exit_code for c in checks if not c.ok), default=0) or (0 if all(c.ok for c in checks) else 2))
 
 
 @cli.command()
-@click.option("--job", help="Only this job's runs.")
+@click.option("--job", help="Only this job's runs (a matrix job: all its expansions).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--status", "statuses", multiple=True, help="Only runs with this status (repeatable).")
+@click.option("--since", help="Only runs started on or after this date (YYYY-MM-DD, in `timezone`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, every ledger column.")
 @click.pass_context
-def runs(ctx: click.Context, job: str | None, limit: int) -> None:
-    """List recent runs from the scoring_runs ledger, newest first."""
-    records = api.runs(_config(ctx), job, limit)
+def runs(ctx: click.Context, job: str | None, limit: int, statuses: tuple[str, ...], since: str | None,
+         as_json: bool) -> None:
+    """List recent runs from the scoring_runs ledger, newest first.
+
+    rows read / scored / published: published is what readers see now (only a
+    succeeded run's rows are visible)."""
+    records = api.runs(_config(ctx), job, limit, status=statuses, since=since)
+    if as_json:
+        for r in records:
+            click.echo(json.dumps({**dataclasses.asdict(r), "rows_published": r.rows_published}, default=str))
+        return
     if not records:
         click.echo("no runs recorded yet")
         return
-    header = ("run_id", "job", "as_of", "model", "trigger", "status", "rows", "rejected",
-              "started (UTC)", "seconds")
-    rows = []
-    for r in records:
-        secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else ""
-        rows.append((str(r.run_id), r.job, str(r.as_of), r.model_version, r.trigger, r.status,
-                     f"{r.rows_scored:,}", f"{r.rows_rejected:,}",
-                     f"{r.started_at:%Y-%m-%d %H:%M:%S}", secs))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for row in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    failed = [r for r in records if r.error and r.status in ("failed", "abandoned")]
+    header = ("run_id", "job", "as_of", "model", "trigger", "status", "read", "scored", "published",
+              "rejected", "drift", "started (UTC)", "seconds")
+    rows = [(str(r.run_id), r.job, str(r.as_of), r.model_version or "-", r.trigger, r.status,
+             f"{r.rows_read:,}", f"{r.rows_scored:,}", f"{r.rows_published:,}", f"{r.rows_rejected:,}",
+             r.drift_status or "", f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+             f"{r.seconds:.1f}" if r.seconds is not None else "") for r in records]
+    _table(header, rows)
+    failed = [r for r in records if r.error and r.status not in ("succeeded",)]
     for r in failed[:5]:
         click.echo(f"run {r.run_id} ({r.status}): {r.error}")
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option("--note", help="Why (recorded on the ledger row).")
+@click.pass_context
+def retract(ctx: click.Context, run_id: int, note: str | None) -> None:
+    """Remove a published run's rows in one transaction and mark it retracted.
+
+    The _latest views then show what was there before (e.g. after a typo in
+    --as-of scored a date in the future).
+
+    \b
+    Example:
+        batch-scorer retract 42 --note "as_of typo"
+    """
+    done = api.retract(_config(ctx), run_id, note)
+    click.echo(f"run {done.run_id} (job {done.job}, as_of {done.as_of}): retracted, {done.rows:,} rows removed "
+               f"from {done.output_table}" + (f", {done.shadow_rows:,} shadow rows" if done.shadow_rows else ""))
 
 
 @cli.command()
 @click.argument("job")
 @click.option("--start", required=True, help="First as_of (YYYY-MM-DD), inclusive.")
 @click.option("--end", required=True, help="Last as_of (YYYY-MM-DD), inclusive.")
-@click.option("--rerun", is_flag=True, help="Score dates that already succeeded with this model again.")
+@click.option("--rerun", is_flag=True, help="Score dates already published by this model again.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed date.")
+@click.option("--allow-future", is_flag=True, help="Allow dates later than today (plus defaults.future_days).")
+@click.option("--parallel", type=click.IntRange(1, 64), default=None, help="Jobs at most at once per date.")
 @click.pass_context
-def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fail_fast: bool) -> None:
-    """Score JOB for every as_of from --start to --end, each date committed on its own.
+def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fail_fast: bool,
+             allow_future: bool, parallel: int | None) -> None:
+    """Score JOB (a matrix job: every expansion) for every as_of from --start to --end,
+    each date committed on its own.
 
-    Dates that already succeeded with the same model version are skipped unless
-    --rerun. Stopped at any point, the same command finishes what is left.
-    Exit code: 0 all dates done, 1 a date failed, 2 bad input, 3 a date was
-    skipped because another run held the job's lock.
+    Dates whose published predictions were made by the same model version are
+    skipped unless --rerun. Stopped at any point, the same command finishes what
+    is left. Exit code: 0 all dates done, 1 a date failed, 2 bad input, 3 dates
+    were skipped because another run held the job's lock.
 
     \b
     Example:
         batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31
     """
+    from batch_scorer.dates import to_date
     from batch_scorer.runtime.backfill import date_range
-    from batch_scorer.runtime.date_progress import date_progress
+    from batch_scorer.runtime.progress import date_progress
 
-    days = date_range(start, end)
-    with interruptible(), date_progress(len(days)) as (on_date, on_rows):
+    tz = api.as_config(_config(ctx)).timezone
+    days = date_range(to_date(start, tz, "--start"), to_date(end, tz, "--end"), ("--start", "--end"))
+    with interruptible(), date_progress(len(days), _progress_seconds(ctx)) as (on_date, on_rows):
         results = api.backfill(_config(ctx), job, start, end, rerun=rerun, fail_fast=fail_fast,
-                               on_date=on_date, on_progress=on_rows)
+                               allow_future=allow_future, parallel=parallel, on_date=on_date, on_progress=on_rows)
     _print_backfill(job, results)
-    ctx.exit(api.exit_code(results))
+    ctx.exit(results.exit_code)
 
 
-def _print_backfill(job: str, results: Sequence[RunResult]) -> None:
-    header = ("as_of", "status", "rows", "seconds", "run_id")
+def _print_backfill(job: str, results: Any) -> None:
+    several = len({r.job for r in results}) > 1
     rows = [
-        (str(r.as_of), "skipped (done)" if r.status == "already_done" else r.status,
-         f"{r.rows_scored:,}", f"{r.seconds:.1f}", str(r.run_id or ""))
+        ((r.job,) if several else ()) + (
+            str(r.as_of), "skipped (done)" if r.status == "already_done" else str(r.status),
+            f"{r.rows_scored:,}", f"{r.seconds:.1f}", str(r.run_id or ""))
         for r in results
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for row in rows:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    if rows:
+        _table((("job",) if several else ()) + ("as_of", "status", "rows", "seconds", "run_id"), rows)
+    c = results.counts()
+    what = "job-date(s)" if several else "date(s)"
     click.echo(
-        f"backfill {job}: {len(results)} date(s): {counts.get('succeeded', 0)} succeeded, "
-        f"{counts.get('already_done', 0)} skipped (already succeeded), "
-        f"{len(results) - counts.get('succeeded', 0) - counts.get('already_done', 0)} failed"
+        f"backfill {job}: {len(results)} {what}: {c['succeeded']} succeeded, "
+        f"{c['already_done']} skipped (already succeeded), {c['failed']} failed, "
+        f"{c['locked']} skipped (another run held the lock), {c['not_attempted']} not attempted"
     )
     for r in results:
-        if r.status not in ("succeeded", "already_done"):
-            click.echo(f"Error: as_of {r.as_of}: {r.error}", err=True)
+        if not r.ok:
+            click.echo(f"Error: {r.job} as_of {r.as_of}: {r.error}" if several else f"Error: as_of {r.as_of}: {r.error}",
+                       err=True)
 
 
 def _parse_datetime(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -296,7 +354,7 @@ def demo(ctx: click.Context) -> None:
     for q in result.queries:
         click.echo(f"  {q}")
     click.echo("Or list runs: batch-scorer runs")
-    ctx.exit(api.exit_code(result.results))
+    ctx.exit(exit_code(result.results))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,8 +1,12 @@
-"""One run of one job, end to end (DESIGN.md "The flow of one run").
+"""Runs of jobs that share one read: lock, ledger row, stream, publish.
 
-resolve (config, model, columns) -> lock -> ledger row -> stream, check, score,
-write -> publish with the ledger row -> summary line. Any failure after the
-ledger row exists marks it ``failed`` and leaves nothing visible.
+:func:`run_group` runs the plans of jobs that read the same source rows (one job
+is a group of one): it takes each job's lock and opens its ledger row, streams
+the source once through the executor, each job checking, scoring and staging
+its own rows (:class:`JobRun`), then publishes each job on its own, all or
+nothing, together with its ledger row. A job that fails never stops or spoils
+the others; a failure after a job's ledger row exists marks it ``failed`` and
+leaves nothing of it visible.
 """
 
 from __future__ import annotations
@@ -11,359 +15,366 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer.config import Config, JobConfig
-from batch_scorer.core.checks import Rejections, TooManyBadRows, check_score_contract, score_checked
-from batch_scorer.errors import BatchScorerError, DatabaseError, RunFailed
-from batch_scorer.executors.threads import limit_model_threads, score_in_parts
+from batch_scorer.core.checks import Rejections, TooManyBadRows
+from batch_scorer.core.chunk import ChunkResult, ChunkWork, Comparison
+from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, RunFailed
+from batch_scorer.executors.base import Executor, StreamSpec
 from batch_scorer.masking import first_line, mask_text
-from batch_scorer.models.loader import LoadedModel, load_model
-from batch_scorer.models.scoring import prediction_kind
-from batch_scorer.runtime.plan import source_spec
-from batch_scorer.runtime.signals import Interrupted
+from batch_scorer.runtime.outcome import RunResult, Status, error_text, from_exception
+from batch_scorer.runtime.plan import RunPlan, shadow_definition
 from batch_scorer.storage import ledger, locks
-from batch_scorer.storage.db import DuplicateKeys, begin_write
-from batch_scorer.storage.retry import RetryPolicy, is_sqlite_locked, with_retries
-from batch_scorer.storage.schema import create_tool_tables, rejected_rows, utcnow
-from batch_scorer.storage.sinks import staging as sink
-from batch_scorer.storage.sinks.staging import RunStamp, open_writer, prepare_output_table
+from batch_scorer.storage.db import DuplicateKeys, begin_write, duplicate_keys
+from batch_scorer.storage.retry import is_sqlite_locked
+from batch_scorer.storage.schema import RunStatus, rejected_rows, shadow_comparisons, utcnow
+from batch_scorer.storage.sinks.output import OutputSpec, PreparedTable, prepare_output_table
+from batch_scorer.storage.sinks.publish import Publication
 from batch_scorer.storage.sources import sql as source
-from batch_scorer.storage.sources.spec import SourceSpec
-from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, read_chunks
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int], None]
+# Called after each chunk with the job's name, its run id, the rows read so far
+# and the seconds since the job's run started.
+ProgressFn = Callable[[str, int, int, float], None]
 # Called with the model version while the job's lock is held, before the run
 # starts; a non-empty reason means "already done": the run is not started
 # (the scheduler and backfill use it so a fire or a date is scored once).
-SkipCheck = Callable[[str], str | None]
+SkipCheck = Callable[[RunPlan], str | None]
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """What one run did; ``status`` is ``succeeded``, ``failed``, ``skipped`` (lock held),
-    ``already_done`` (a ``skip_if`` check said so; nothing written) or ``invalid``."""
+@dataclass
+class Attempt:
+    """The outcome of one job in a group: its result and, if it failed, why."""
 
-    job: str
-    status: str
-    as_of: date | None = None
-    run_id: int | None = None
-    model_version: str | None = None
-    rows_read: int = 0
-    rows_scored: int = 0
-    rows_rejected: int = 0
-    seconds: float = 0.0
-    output_table: str | None = None
-    error: str | None = None
-    exit_code: int = 0
+    plan: RunPlan
+    result: RunResult
+    error: BaseException | None = None
 
 
-@dataclass(frozen=True)
-class ResolvedJob:
-    """A job with its model loaded and its source's columns checked."""
+class JobRun:
+    """One job's run in progress: its lock held, its ledger row open, its rows staged."""
 
-    job: JobConfig
-    model: LoadedModel
-    source: SourceSpec
-    columns: SourceColumns
-    read_columns: list[str]
-
-
-def default_as_of(cfg: Config, now: datetime | None = None) -> date:
-    """Today in the configured timezone."""
-    tz = ZoneInfo(cfg.timezone)
-    return (now or utcnow()).astimezone(tz).date()
-
-
-def resolve_job(cfg: Config, engine: Engine, name: str, as_of: date) -> ResolvedJob:
-    """Load the model (pin checked first) and check the source has its columns."""
-    job = cfg.job(name)
-    model = load_model(
-        job.name,
-        job.model.path,
-        pinned_sha256=job.model.sha256,
-        version=job.model.version,
-        features=job.features,
-        allow_version_mismatch=job.allow_version_mismatch,
-    )
-    check_score_contract(job.name, job.output.score, model)
-    spec = source_spec(cfg, job)
-    with engine.connect() as conn:
-        columns = probe_columns(conn, spec, as_of)
-    check_columns(spec, model.features, columns)
-    return ResolvedJob(job, model, spec, columns, needed_columns(spec, model.features))
-
-
-def prepare_output(engine: Engine, resolved: ResolvedJob) -> sa.Table:
-    """Create the job's output table and view if missing (keys and pass-through
-    columns take the source's types); check an existing one fits the job."""
-    job, types = resolved.job, resolved.columns.types
-    return prepare_output_table(
-        engine,
-        job.output.table,
-        [(k, types[k]) for k in job.source.key],
-        [(c, types[c]) for c in job.output.pass_through],
-        prediction_kind(resolved.model),
-        job.name,
-    )
-
-
-def run_job(
-    cfg: Config,
-    engine: Engine,
-    name: str,
-    as_of: date | None = None,
-    trigger: str = "manual",
-    on_progress: ProgressFn | None = None,
-    skip_if: SkipCheck | None = None,
-) -> RunResult:
-    """Score one job for one as_of. Raises :class:`BatchScorerError` subclasses.
-
-    ``skip_if`` (see :data:`SkipCheck`) may return a reason to skip; the result
-    then has status ``already_done`` and nothing is written."""
-    as_of = as_of or default_as_of(cfg)
-    # Resolve first: a bad job (config, model, columns) must write nothing.
-    resolved = resolve_job(cfg, engine, name, as_of)
-    policy = RetryPolicy(cfg.database.retries, cfg.database.retry_backoff_seconds)
-    try:
-        create_tool_tables(engine)
-        # The unit of retry is the whole run: a failed attempt has rolled back
-        # and recorded its own ledger row; the next one starts a new row.
-        return with_retries(
-            lambda _attempt: _locked_run(cfg, engine, resolved, as_of, trigger, on_progress, skip_if),
-            policy,
-            f"job {resolved.job.name}",
+    def __init__(
+        self, plan: RunPlan, engine: Engine, run_id: int, lock: locks.JobLock, on_progress: ProgressFn | None = None
+    ) -> None:
+        self.plan, self.engine, self.run_id, self.lock = plan, engine, run_id, lock
+        self._on_progress = on_progress
+        self.started = time.monotonic()
+        self.counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
+        self.comparisons: dict[str, Comparison] = {}
+        self.error: BaseException | None = None
+        # Rejected rows are saved as they accumulate (bounded memory), and kept
+        # for a failed run too: they are how you debug it.
+        self.rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, plan.job, rows))
+        self.publication = Publication(engine, run_id, plan.job, plan.as_of)
+        self._main, self._shadow_out = self._stages()
+        self._main_stage = self.publication.stage(self._main)
+        self._shadow_stage = self.publication.stage(self._shadow_out) if self._shadow_out else None
+        self.work = ChunkWork(
+            job=plan.job, keys=plan.source.key, champion=plan.champion.model,
+            main_columns=tuple(self._main.row_columns),
+            challengers=tuple((c.label, c.model) for c in plan.challengers),
+            shadow_columns=tuple(c for c in (self._shadow_out.row_columns if self._shadow_out else ())
+                                 if c != "challenger"),
+            want_score=plan.settings.want_score, max_rejected_fraction=plan.settings.max_rejected_fraction,
         )
-    except sa.exc.OperationalError as exc:
-        if is_sqlite_locked(exc):
-            raise DatabaseError(
-                f"job {resolved.job.name!r}: {_sqlite_locked_text(engine)}"
-            ) from exc
-        raise
+
+    def _stages(self) -> tuple[OutputSpec, OutputSpec | None]:
+        plan = self.plan
+        prepared = prepare_output_table(self.engine, plan.output, plan.prediction_kind, plan.job,
+                                        plan.classifier, create=True)
+        constants = {"job": plan.job, "as_of": plan.as_of, "model_version": plan.champion.stamp.version,
+                     "run_id": self.run_id, "scored_at": utcnow()}
+        main = _spec(prepared, constants, plan)
+        if not plan.challengers:
+            return main, None
+        shadow = prepare_output_table(self.engine, shadow_definition(plan), plan.prediction_kind, plan.job,
+                                      plan.classifier, create=True, shadow=True)
+        # `challenger` varies per row (one frame per challenger): not a constant.
+        return main, _spec(shadow, constants, plan)
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None
+
+    def absorb(self, result: ChunkResult) -> None:
+        """Stage one processed chunk (on the driver, whoever processed it)."""
+        self.counts["rows_read"] += result.rows_read
+        self.rejections.extend(result.rejected)
+        if len(result.main):
+            try:
+                self._main_stage.write(result.main)
+            except sa.exc.IntegrityError as exc:
+                raise _duplicates_error(self.engine, self.plan, exc) from exc
+            self.counts["rows_scored"] += len(result.main)
+        for label, comp in result.comparisons.items():
+            self.comparisons.setdefault(label, Comparison()).add(comp)
+        if self._shadow_stage is not None:
+            for label, frame in result.shadows.items():
+                if not self.comparisons[label].error:
+                    self._shadow_stage.write(frame.assign(challenger=label))
+
+    def progress(self) -> None:
+        """Report rows read so far (after each chunk)."""
+        if self._on_progress is not None:
+            self._on_progress(self.plan.job, self.run_id, self.counts["rows_read"], time.monotonic() - self.started)
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop this job (the others in its group go on); recorded when the group ends."""
+        if isinstance(exc, TooManyBadRows):
+            self.rejections.extend(exc.rejected, flush=False)
+        self.error = exc
+
+    def publish(self) -> RunResult:
+        """Make the run visible with its ledger row, or record why it cannot be."""
+        try:
+            _check_outcome(self.plan, self.counts, self.rejections)
+            self.counts["rows_rejected"] = len(self.rejections)
+            self.publication.add_rows(shadow_comparisons, self._comparison_rows())
+            if self.plan.shadow is not None:
+                self.publication.also_replace_in(self.plan.shadow)
+            try:
+                replaced = self.publication.publish(self._finish, verify=self.lock.verify)
+            except sa.exc.IntegrityError as exc:
+                raise _duplicates_error(self.engine, self.plan, exc) from exc
+        except BaseException as exc:
+            result = self.record_failure(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return result
+        seconds = time.monotonic() - self.started
+        plan = self.plan
+        log.info("job %s run %d as_of %s model %s: %d rows read, %d scored, %d rejected, %.1fs -> %s%s",
+                 plan.job, self.run_id, plan.as_of, plan.champion.stamp.version, self.counts["rows_read"],
+                 self.counts["rows_scored"], self.counts["rows_rejected"], seconds, plan.output_name,
+                 f" (replaced run {', '.join(map(str, replaced))})" if replaced else "")
+        return RunResult(plan.job, Status.SUCCEEDED, plan.as_of, run_id=self.run_id, seconds=seconds,
+                         output_table=plan.output_name, **self._model_fields(), **self.counts)
+
+    def _finish(self, conn: Connection) -> None:
+        # Inside the publish transaction, before anything is visible.
+        if not self._main.unique_keys:
+            _check_duplicate_keys(conn, self._main, self.plan)
+        _insert_rejections(conn, self.run_id, self.plan.job, self.rejections.rows)
+        ledger.finish_run(conn, self.run_id, **self.counts)
+
+    def _comparison_rows(self) -> list[dict[str, object]]:
+        by_label = {c.label: c for c in self.plan.challengers}
+        return [
+            {"run_id": self.run_id, "job": self.plan.job, "challenger": label,
+             "model_version": by_label[label].stamp.version, "rows": comp.rows,
+             "label_agreement": comp.label_agreement, "mean_abs_score_diff": comp.mean_abs_score_diff,
+             "max_abs_score_diff": comp.abs_diff_max, "error": comp.error}
+            for label, comp in self.comparisons.items()
+        ]
+
+    def _model_fields(self) -> dict[str, object]:
+        stamp = self.plan.champion.stamp
+        return {"model_version": stamp.version, "model_name": stamp.name,
+                "model_registry_version": stamp.registry_version}
+
+    def record_failure(self, exc: BaseException) -> RunResult:
+        """Roll back, record the run ``failed`` (with its rejected rows), and say why."""
+        with contextlib.suppress(Exception):
+            self.publication.abort()
+        plan = self.plan
+        if isinstance(exc, TooManyBadRows) and exc is not self.error:
+            self.rejections.extend(exc.rejected, flush=False)
+        self.counts["rows_rejected"] = len(self.rejections)
+        exc = _translated(self.engine, plan, exc)
+        reason = error_text(exc)
+        # Keep a failed run's rejected rows for debugging, unless the database
+        # or the user (a signal) is why it failed: then only the ledger row.
+        if self.rejections.rows and isinstance(exc, BatchScorerError) and not isinstance(exc, DatabaseError):
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                _save_rejections(self.engine, self.run_id, plan.job, self.rejections.rows)
+        try:
+            ledger.fail_run(self.engine, self.run_id, reason, **self.counts)
+        except sa.exc.SQLAlchemyError as ledger_exc:
+            # E.g. the server is gone: one line, not a traceback; the next run
+            # of the job finds the row still 'running' and marks it abandoned.
+            log.error("job %s run %d: could not record the run as failed (%s); the next run will mark "
+                      "it abandoned", plan.job, self.run_id, mask_text(first_line(ledger_exc)))
+        log.info("job %s run %d as_of %s: failed after %.1fs", plan.job, self.run_id, plan.as_of,
+                 time.monotonic() - self.started)
+        if isinstance(exc, BatchScorerError):
+            exc.run_id = self.run_id
+        self.error = exc
+        return from_exception(plan.job, plan.as_of, exc, run_id=self.run_id, output_table=plan.output_name,
+                              seconds=time.monotonic() - self.started, **self._model_fields(), **self.counts)
+
+
+def _spec(prepared: PreparedTable, constants: dict[str, object], plan: RunPlan) -> OutputSpec:
+    return OutputSpec(prepared.table, constants, plan.source.key, prepared.unique_keys)
+
+
+@dataclass
+class GroupContext:
+    """What the groups of one invocation share: the engine, the executor, hooks."""
+
+    engine: Engine
+    executor: Executor
+    skip_if: SkipCheck | None = None
+    on_progress: ProgressFn | None = None
+
+
+def stream_spec(plans: Sequence[RunPlan]) -> StreamSpec:
+    """The one read a group of plans (same source rows) shares."""
+    first = plans[0]
+    return StreamSpec(
+        source=first.source.merged([p.source for p in plans[1:]], job=", ".join(p.job for p in plans)),
+        as_of=first.as_of,
+        columns=tuple(dict.fromkeys(c for p in plans for c in p.read_columns)),
+        features=tuple(dict.fromkeys(f for p in plans for s in p.scorers for f in s.model.features)),
+        chunk_size=first.settings.chunk_size,
+    )
+
+
+def run_group(ctx: GroupContext, plans: Sequence[RunPlan]) -> list[Attempt]:
+    """Run plans that read the same source rows with one read (module doc)."""
+    attempts: list[Attempt] = []
+    with contextlib.ExitStack() as held:
+        runs: list[JobRun] = []
+        for plan in plans:
+            try:
+                run = _start(ctx, plan, held, attempts)
+            except Exception as exc:  # noqa: BLE001 - e.g. the SQLite file locked: this job fails
+                attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, _translated(ctx.engine, plan, exc)),
+                                        exc))
+                continue
+            if run is not None:
+                runs.append(run)
+        if runs:
+            try:
+                ctx.executor.stream(ctx.engine, stream_spec([r.plan for r in runs]), runs)
+            except BaseException as exc:
+                for run in runs:
+                    if run.alive:
+                        run.fail(exc)
+                if not isinstance(exc, Exception):  # an interrupt: record, then stop
+                    attempts += [Attempt(r.plan, r.record_failure(exc), exc) for r in runs]
+                    raise
+            for run in runs:
+                if run.alive:
+                    attempts.append(Attempt(run.plan, run.publish(), run.error))
+                else:
+                    attempts.append(Attempt(run.plan, run.record_failure(run.error), run.error))  # type: ignore[arg-type]
+    return attempts
+
+
+def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempts: list[Attempt]) -> JobRun | None:
+    """Lock, check "already done", open the ledger row, stage: a JobRun, or None (recorded)."""
+    engine = ctx.engine
+    try:
+        lock = held.enter_context(locks.job_lock(engine, plan.job))
+    except LockHeld as exc:
+        log.warning("job %s as_of %s: skipped: %s", plan.job, plan.as_of, exc)
+        run_id = _record(engine, plan, RunStatus.SKIPPED, str(exc))
+        attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, exc, run_id=run_id), exc))
+        return None
+    ledger.mark_abandoned(engine, plan.job)
+    reason = ctx.skip_if(plan) if ctx.skip_if is not None else None
+    if reason:
+        log.info("job %s as_of %s: not run: %s", plan.job, plan.as_of, reason)
+        attempts.append(Attempt(plan, RunResult(plan.job, Status.ALREADY_DONE, plan.as_of,
+                                                model_version=plan.champion.stamp.version,
+                                                output_table=plan.output_name, error=reason)))
+        return None
+    run_id = ledger.start_run(engine, job=plan.job, model=plan.champion.stamp, as_of=plan.as_of,
+                              trigger=plan.trigger, output_table=plan.output_name)
+    try:
+        return JobRun(plan, engine, run_id, lock, ctx.on_progress)
+    except BaseException as exc:
+        attempts.append(Attempt(plan, _fail_unstarted(engine, plan, run_id, exc), exc))
+        if not isinstance(exc, Exception):
+            raise
+        return None
+
+
+def _translated(engine: Engine, plan: RunPlan, exc: BaseException) -> BaseException:
+    if is_sqlite_locked(exc):
+        return DatabaseError(f"job {plan.job!r}: {_sqlite_locked_text(engine)}")
+    return exc
+
+
+def _fail_unstarted(engine: Engine, plan: RunPlan, run_id: int, exc: BaseException) -> RunResult:
+    reason = error_text(exc)
+    with contextlib.suppress(sa.exc.SQLAlchemyError):
+        ledger.fail_run(engine, run_id, reason)
+    if isinstance(exc, BatchScorerError):
+        exc.run_id = run_id
+    return from_exception(plan.job, plan.as_of, exc, run_id=run_id, output_table=plan.output_name)
+
+
+def _record(engine: Engine, plan: RunPlan, status: RunStatus, error: str) -> int | None:
+    try:
+        return ledger.record_attempt(engine, job=plan.job, as_of=plan.as_of, trigger=plan.trigger,
+                                     status=status, error=error, model=plan.champion.stamp,
+                                     output_table=plan.output_name)
+    except sa.exc.SQLAlchemyError:
+        log.debug("job %s: could not record the %s attempt", plan.job, status, exc_info=True)
+        return None
+
+
+def _check_outcome(plan: RunPlan, counts: dict[str, int], rejections: Rejections) -> None:
+    read, scored = counts["rows_read"], counts["rows_scored"]
+    limit = plan.settings.max_rejected_fraction
+    if read and len(rejections) / read > limit:
+        reasons = "; ".join(f"{r} ({n})" for r, n in rejections.top_reasons())
+        raise RunFailed(
+            f"job {plan.job!r}: {len(rejections)} of {read} rows could not be scored, above "
+            f"max_rejected_fraction {limit}; nothing was published. Top reasons: {reasons}."
+        )
+    if scored == 0 and not plan.settings.allow_empty:
+        what = "returned no rows" if read == 0 else f"returned {read} rows but none could be scored"
+        raise RunFailed(
+            f"job {plan.job!r}: the source {what} for as_of {plan.as_of}; published "
+            "predictions were left as they are. If an empty result is expected, set "
+            "allow_empty: true on the job."
+        )
+
+
+def _check_duplicate_keys(conn: Connection, output: OutputSpec, plan: RunPlan) -> None:
+    """For an output table whose key index is not unique: the run's rows, by query."""
+    table = output.table
+    dupes = duplicate_keys(conn, [table.c[k] for k in output.keys], [table.c.run_id == output.constants["run_id"]])
+    if dupes.count:
+        raise _duplicates_failure(plan, dupes)
+
+
+def _duplicates_error(engine: Engine, plan: RunPlan, exc: sa.exc.IntegrityError) -> BaseException:
+    """The output table's unique key index refused a row: name the source's duplicate keys."""
+    try:
+        with engine.connect() as conn:
+            dupes = source.duplicate_source_keys(conn, plan.source, plan.as_of)
+    except sa.exc.SQLAlchemyError:
+        log.debug("job %s: counting the source's duplicate keys failed", plan.job, exc_info=True)
+        return exc
+    return _duplicates_failure(plan, dupes) if dupes.count else exc
+
+
+def _duplicates_failure(plan: RunPlan, dupes: DuplicateKeys) -> RunFailed:
+    examples = ", ".join(f"{json.dumps(k, default=str)} ({n} rows)" for k, n in dupes.examples)
+    return RunFailed(
+        f"job {plan.job!r}: the source has {dupes.count} key(s) that occur more than once "
+        f"for as_of {plan.as_of} ({dupes.rows} rows), e.g. {examples}; nothing was published. "
+        f"Each {', '.join(plan.source.key)} must appear once per as_of: deduplicate the "
+        "source (e.g. in the query) or add the missing column to source.key."
+    )
 
 
 def _sqlite_locked_text(engine: Engine) -> str:
     return (
-        f"database is locked by another writer: this run waited "
-        f"database.busy_timeout_seconds for the write lock on the SQLite file "
-        f"{engine.url.database} and gave up. Another "
-        "process (a sqlite3 shell, a tool with an open write transaction) holds a write "
-        "transaction; let it finish, or raise database.busy_timeout_seconds."
-    )
-
-
-def _locked_run(
-    cfg: Config,
-    engine: Engine,
-    resolved: ResolvedJob,
-    as_of: date,
-    trigger: str,
-    on_progress: ProgressFn | None,
-    skip_if: SkipCheck | None = None,
-) -> RunResult:
-    """One attempt: take the job's lock, open a ledger row, execute the run."""
-    job, model = resolved.job, resolved.model
-    with locks.job_lock(engine, job.name) as lock:
-        ledger.mark_abandoned(engine, job.name)
-        reason = skip_if(model.version) if skip_if is not None else None
-        if reason:
-            log.info("job %s as_of %s: not run: %s", job.name, as_of, reason)
-            return RunResult(job.name, "already_done", as_of, model_version=model.version,
-                             output_table=job.output.table, error=reason)
-        run_id = ledger.start_run(
-            engine,
-            job=job.name,
-            model_version=model.version,
-            model_sha256=model.sha256,
-            model_sklearn_version=model.pickled_sklearn_version,
-            as_of=as_of,
-            trigger=trigger,
-            output_table=job.output.table,
-        )
-        return _execute(cfg, engine, resolved, as_of, run_id, on_progress, lock)
-
-
-def _execute(
-    cfg: Config,
-    engine: Engine,
-    resolved: ResolvedJob,
-    as_of: date,
-    run_id: int,
-    on_progress: ProgressFn | None,
-    lock: locks.JobLock | None = None,
-) -> RunResult:
-    job, model = resolved.job, resolved.model
-    started = time.monotonic()
-    stamp = RunStamp(job.name, as_of, model.version, run_id, utcnow())
-    counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
-    # Rejected rows are saved as they accumulate (bounded memory), and kept
-    # for a failed run too: they are how you debug it (README "Bad rows").
-    rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, job.name, rows))
-    writer = None
-    try:
-        table = prepare_output(engine, resolved)
-        writer = open_writer(engine, table, stamp, job.source.key, job.output.pass_through)
-        phases = {"prepare": time.monotonic() - started}
-        scoring = 0.0
-        # On PostgreSQL, reading and writing run on their own threads (pg_fast):
-        # this loop only checks and scores. closing(): a failed run stops the
-        # reader thread at once, not when the generator is garbage-collected.
-        with engine.connect() as read_conn, limit_model_threads(), contextlib.closing(
-            read_chunks(read_conn, resolved.source, as_of, resolved.read_columns, cfg.chunk_size(job), model.features)
-        ) as chunks:
-            for chunk in chunks:
-                phases.setdefault("first chunk", time.monotonic() - started)
-                t0 = time.monotonic()
-                counts["rows_read"] += len(chunk)
-                # NULL keys, unconvertible values, rows the model raises on
-                # (found by bisection) and non-finite scores are rejected here.
-                checked = score_checked(
-                    model, chunk, job.source.key, job_name=job.name,
-                    want_score=job.output.score is not False,
-                    max_rejected_fraction=cfg.max_rejected_fraction(job),
-                    scorer=score_in_parts,
-                )
-                rejections.extend(checked.rejected)
-                if len(checked.rows):
-                    try:
-                        writer.write(checked.rows, checked.prediction, checked.score)
-                    except sa.exc.IntegrityError as exc:
-                        raise _duplicates_error(engine, resolved, as_of, exc) from exc
-                    counts["rows_scored"] += len(checked.rows)
-                if on_progress is not None:
-                    on_progress(counts["rows_read"])
-                scoring += time.monotonic() - t0
-        phases["read+score+write"] = time.monotonic() - started
-        counts["rows_rejected"] = len(rejections)
-        _check_outcome(cfg, job, as_of, counts, rejections)
-
-        def finish(conn: Connection) -> None:
-            # Inside the publish transaction, before anything is visible.
-            if lock is not None:
-                lock.verify(conn)
-            if not table.info["unique_keys"]:
-                _check_duplicate_keys(conn, table, stamp, job, as_of)
-            _insert_rejections(conn, run_id, job.name, rejections.rows)
-            ledger.finish_run(conn, run_id, "succeeded", **counts)
-
-        try:
-            writer.publish(finish)
-        except sa.exc.IntegrityError as exc:
-            raise _duplicates_error(engine, resolved, as_of, exc) from exc
-        writer = None
-        phases["published"] = time.monotonic() - started
-        log.debug(
-            "job %s run %d: %s; main thread busy %.2fs checking, scoring and queueing",
-            job.name, run_id, ", ".join(f"{k} at {v:.2f}s" for k, v in phases.items()), scoring,
-        )
-    except BaseException as exc:
-        if writer is not None:
-            try:
-                writer.abort()
-            except Exception:  # noqa: BLE001 - the connection may be dead; never mask exc
-                log.debug("job %s: aborting the writer failed", job.name, exc_info=True)
-        reason = _error_text(exc)
-        if isinstance(exc, TooManyBadRows):
-            rejections.extend(exc.rejected, flush=False)
-        counts["rows_rejected"] = len(rejections)
-        # Keep a failed run's rejected rows for debugging, unless the database
-        # or the user (a signal) is why it failed: then only the ledger row.
-        if rejections.rows and isinstance(exc, BatchScorerError) and not isinstance(exc, DatabaseError):
-            try:
-                _save_rejections(engine, run_id, job.name, rejections.rows)
-            except sa.exc.SQLAlchemyError:
-                log.warning("job %s: could not record the rejected rows of run %d", job.name, run_id)
-        try:
-            ledger.fail_run(engine, run_id, reason, **counts)
-        except sa.exc.SQLAlchemyError as ledger_exc:
-            # E.g. the server is gone: one line, not a traceback; the next run
-            # of the job finds the row still 'running' and marks it abandoned.
-            log.error(
-                "job %s: could not record run %d as failed (%s); the next run will mark it abandoned",
-                job.name, run_id, mask_text(first_line(ledger_exc)),
-            )
-        log.error("job %s: run %d failed: %s", job.name, run_id, reason)
-        if isinstance(exc, BatchScorerError):
-            exc.run_id = run_id
-        if isinstance(exc, BatchScorerError) or not isinstance(exc, Exception):
-            raise
-        failed = RunFailed(f"job {job.name!r}: run {run_id} failed: {reason}")
-        failed.run_id = run_id
-        raise failed from exc
-    seconds = time.monotonic() - started
-    log.info(
-        "job %s run %d as_of %s model %s: %d rows read, %d scored, %d rejected, %.1fs -> %s",
-        job.name, run_id, as_of, model.version, counts["rows_read"], counts["rows_scored"],
-        counts["rows_rejected"], seconds, job.output.table,
-    )
-    return RunResult(
-        job=job.name,
-        status="succeeded",
-        as_of=as_of,
-        run_id=run_id,
-        model_version=model.version,
-        seconds=seconds,
-        output_table=job.output.table,
-        **counts,
-    )
-
-
-def _check_outcome(
-    cfg: Config, job: JobConfig, as_of: date, counts: dict[str, int], rejections: Rejections
-) -> None:
-    if counts["rows_read"] == 0 and not job.allow_empty:
-        raise RunFailed(
-            f"job {job.name!r}: the source returned no rows for as_of {as_of}; published "
-            "predictions were left as they are. If an empty result is expected, set "
-            "allow_empty: true on the job."
-        )
-    limit = cfg.max_rejected_fraction(job)
-    if counts["rows_read"] and len(rejections) / counts["rows_read"] > limit:
-        reasons = "; ".join(f"{r} ({n})" for r, n in rejections.top_reasons())
-        raise RunFailed(
-            f"job {job.name!r}: {len(rejections)} of {counts['rows_read']} rows could not be "
-            f"scored, above max_rejected_fraction {limit}; nothing was published. Top "
-            f"reasons: {reasons}."
-        )
-
-
-def _check_duplicate_keys(
-    conn: Connection, table: sa.Table, stamp: RunStamp, job: JobConfig, as_of: date
-) -> None:
-    """For an output table whose key index is not unique: the run's rows, by query."""
-    dupes = sink.find_duplicate_keys(conn, table, stamp, job.source.key)
-    if dupes.count:
-        raise _duplicates_failure(job, as_of, dupes)
-
-
-def _duplicates_error(
-    engine: Engine, resolved: ResolvedJob, as_of: date, exc: sa.exc.IntegrityError
-) -> BaseException:
-    """The output table's unique key index refused a row: name the source's duplicate keys."""
-    try:
-        with engine.connect() as conn:
-            dupes = source.duplicate_source_keys(conn, resolved.source, as_of)
-    except sa.exc.SQLAlchemyError:
-        log.debug("job %s: counting the source's duplicate keys failed", resolved.job.name, exc_info=True)
-        return exc
-    return _duplicates_failure(resolved.job, as_of, dupes) if dupes.count else exc
-
-
-def _duplicates_failure(job: JobConfig, as_of: date, dupes: DuplicateKeys) -> RunFailed:
-    examples = ", ".join(f"{json.dumps(k, default=str)} ({n} rows)" for k, n in dupes.examples)
-    return RunFailed(
-        f"job {job.name!r}: the source has {dupes.count} key(s) that occur more than once "
-        f"for as_of {as_of} ({dupes.rows} rows), e.g. {examples}; nothing was published. "
-        f"Each {', '.join(job.source.key)} must appear once per as_of: deduplicate the "
-        "source (e.g. in the query) or add the missing column to source.key."
+        "database is locked by another writer: this run waited "
+        "database.busy_timeout_seconds for the write lock on the SQLite file "
+        f"{engine.url.database} and gave up. Another process (a sqlite3 shell, a tool with "
+        "an open write transaction) holds a write transaction; let it finish, or raise "
+        "database.busy_timeout_seconds."
     )
 
 
@@ -375,19 +386,4 @@ def _save_rejections(engine: Engine, run_id: int, job: str, rows: list[tuple[str
 
 def _insert_rejections(conn: Connection, run_id: int, job: str, rows: list[tuple[str, str]]) -> None:
     if rows:
-        conn.execute(
-            rejected_rows.insert(),
-            [{"run_id": run_id, "job": job, "key": k, "reason": r} for k, r in rows],
-        )
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, Interrupted):
-        return f"interrupted by {exc.signame}; rolled back, nothing published"
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (SIGINT); rolled back, nothing published"
-    if is_sqlite_locked(exc):
-        return "database is locked by another writer (gave up after database.busy_timeout_seconds)"
-    if isinstance(exc, sa.exc.SQLAlchemyError):
-        return mask_text(f"{type(exc).__name__}: {first_line(exc)}")
-    return mask_text(str(exc) or type(exc).__name__)
+        conn.execute(rejected_rows.insert(), [{"run_id": run_id, "job": job, "key": k, "reason": r} for k, r in rows])

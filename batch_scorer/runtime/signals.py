@@ -22,22 +22,13 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from batch_scorer.errors import Interrupted
+
 log = logging.getLogger(__name__)
 
+__all__ = ["HANDLED", "Interrupted", "interruptible"]
+
 HANDLED = (signal.SIGTERM, signal.SIGINT)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised in the main thread when the process receives SIGTERM or SIGINT."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.signame = signal.Signals(signum).name
-        super().__init__(f"interrupted by {self.signame}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 @contextlib.contextmanager

@@ -46,10 +46,12 @@ from batch_scorer.config import Config, JobConfig
 from batch_scorer.config.cron import ScheduleTrigger, cron_trigger, latest_fire, next_fires
 from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, UsageError
 from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime.jobs import run_job
+from batch_scorer.runtime.outcome import RunResult, Status
 from batch_scorer.runtime.progress import row_progress
-from batch_scorer.runtime.run import RunResult, run_job
 from batch_scorer.runtime.signals import Interrupted
-from batch_scorer.storage.schema import create_tool_tables, scoring_runs
+from batch_scorer.storage import ledger
+from batch_scorer.storage.ddl import create_tool_tables
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +107,7 @@ def upcoming(
 
 def done_by(engine: Engine, job: str, as_of: date, fire_time: datetime) -> int | None:
     """The run_id of a succeeded run that scored this fire (started at or after it), if any."""
-    stmt = (
-        sa.select(scoring_runs.c.run_id)
-        .where(
-            scoring_runs.c.job == job,
-            scoring_runs.c.as_of == as_of,
-            scoring_runs.c.status == "succeeded",
-            scoring_runs.c.started_at >= fire_time.astimezone(UTC),
-        )
-        .order_by(scoring_runs.c.run_id)
-        .limit(1)
-    )
-    with engine.connect() as conn:
-        return conn.execute(stmt).scalar()
+    return ledger.scored_since(engine, job, as_of, fire_time.astimezone(UTC))
 
 
 def catch_up(cfg: Config, engine: Engine, names: Sequence[str] = (), now: datetime | None = None) -> list[Fire]:
@@ -151,27 +141,28 @@ def run_fire(cfg: Config, engine: Engine, fire: Fire) -> RunResult:
     """
     what = f"job {fire.job} fire {fire.fire_time.isoformat()} ({fire.kind}) as_of {fire.as_of}"
 
-    def already(_model_version: str) -> str | None:
+    def already(_plan: object) -> str | None:
         run_id = done_by(engine, fire.job, fire.as_of, fire.fire_time)
         return f"already scored by run {run_id}" if run_id is not None else None
 
     try:
         # Off a terminal (systemd, tests) this logs rows every BATCH_SCORER_PROGRESS_SECONDS.
-        with row_progress(f"job {fire.job}", interactive=False) as progress:
+        with row_progress(cfg.runtime.progress_seconds if hasattr(cfg, "runtime") else 10.0,
+                          interactive=False) as progress:
             result = run_job(cfg, engine, fire.job, fire.as_of, TRIGGER, progress, skip_if=already)
     except LockHeld as exc:
         log.warning("%s: skipped, another run holds the job's lock: %s", what, exc)
-        return RunResult(fire.job, "skipped", fire.as_of, error=str(exc), exit_code=exc.exit_code)
+        return RunResult(fire.job, Status.SKIPPED, fire.as_of, error=str(exc), exit_code=exc.exit_code)
     except BatchScorerError as exc:
         log.error("%s: failed: %s", what, exc)
-        return RunResult(fire.job, "failed", fire.as_of, error=str(exc), exit_code=exc.exit_code)
+        return RunResult(fire.job, Status.FAILED, fire.as_of, error=str(exc), exit_code=exc.exit_code)
     except sa.exc.SQLAlchemyError as exc:
         message = f"database error: {mask_text(first_line(exc))}"
         log.error("%s: failed: %s", what, message)
-        return RunResult(fire.job, "failed", fire.as_of, error=message, exit_code=1)
+        return RunResult(fire.job, Status.FAILED, fire.as_of, error=message, exit_code=1)
     except Exception as exc:  # noqa: BLE001 - the daemon must outlive any one run's bug
         log.exception("%s: failed with an unexpected error", what)
-        return RunResult(fire.job, "failed", fire.as_of, error=mask_text(str(exc)), exit_code=1)
+        return RunResult(fire.job, Status.FAILED, fire.as_of, error=mask_text(str(exc)), exit_code=1)
     if result.status == "already_done":
         log.info("%s: skipped, %s", what, result.error)
     else:

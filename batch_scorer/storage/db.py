@@ -38,16 +38,28 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def create_engine(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, **kw: Any) -> Engine:
-    """Build an engine for a batch-scorer process. The caller must ``dispose()`` it."""
+def create_engine(
+    url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, *, pool_size: int | None = None,
+    create: bool = True, **kw: Any,
+) -> Engine:
+    """Build an engine for a batch-scorer process. The caller must ``dispose()`` it.
+
+    ``pool_size`` None: one-shot use, no pool (``NullPool``); else a pool of that
+    size (and as many overflow connections) for a process running many jobs or
+    living long (the daemon). ``create=False``: a SQLite file that does not exist
+    is an error naming the path, instead of a new empty database.
+    """
     parsed = normalize_url(url)
-    kw.setdefault("poolclass", NullPool)
+    if pool_size is None:
+        kw.setdefault("poolclass", NullPool)
+    else:
+        kw.setdefault("pool_size", pool_size)
+        kw.setdefault("max_overflow", pool_size)
+        kw.setdefault("pool_pre_ping", True)
     try:
         if parsed.get_backend_name() == "sqlite":
-            _make_parent_folder(parsed)
-            engine = sa.create_engine(
-                parsed, connect_args={"timeout": busy_timeout_s}, **kw
-            )
+            _sqlite_file(parsed, create)
+            engine = sa.create_engine(parsed, connect_args={"timeout": busy_timeout_s}, **kw)
             _configure_sqlite(engine, busy_timeout_s)
         else:
             engine = sa.create_engine(parsed, **kw)
@@ -57,6 +69,20 @@ def create_engine(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
             "Supported: sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://..."
         ) from None
     return engine
+
+
+def _sqlite_file(url: URL, create: bool) -> None:
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return
+    path = Path(db).expanduser()
+    if create:
+        _make_parent_folder(url)
+    elif not path.exists():
+        raise ConfigError(
+            f"the SQLite database file {path} does not exist. Check database.url (a typo in the "
+            "path?); `batch-scorer init-db`, `run` or `demo` create it."
+        )
 
 
 def _make_parent_folder(url: URL) -> None:
@@ -90,9 +116,12 @@ def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
-def engine_for(url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> Iterator[Engine]:
+def engine_for(
+    url: str | URL, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, *, pool_size: int | None = None,
+    create: bool = True,
+) -> Iterator[Engine]:
     """Create an engine, check it answers, and dispose of it afterwards."""
-    engine = create_engine(url, busy_timeout_s)
+    engine = create_engine(url, busy_timeout_s, pool_size=pool_size, create=create)
     try:
         check_connection(engine)
         yield engine

@@ -1,9 +1,14 @@
 """The ``scoring_runs`` ledger: every query on it lives here.
 
 Runs are recorded when they start (``running``, committed at once so observers
-see them) and closed inside the transaction that publishes them. Whoever holds
-a job's lock (:mod:`batch_scorer.storage.locks`) knows every other ``running``
-row of that job is stale and marks it ``abandoned``.
+see them) and closed inside the transaction that publishes them. Attempts that
+could not start are recorded too, already closed: ``invalid`` (a bad model,
+source or output) and ``skipped`` (the job's lock was held, an upstream job
+failed). Whoever holds a job's lock (:mod:`batch_scorer.storage.locks`) knows
+every other ``running`` row of that job is stale and marks it ``abandoned``.
+A published run that a later run of the same job and as_of replaces keeps its
+``succeeded`` status and gets ``replaced_by`` (the run whose rows are now the
+set); one an operator retracts becomes ``retracted``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -19,12 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.storage.db import begin_write
-from batch_scorer.storage.schema import scoring_runs, utcnow
+from batch_scorer.storage.schema import RunStatus, scoring_runs, utcnow
 
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 ERROR_MAX_CHARS = 4000
+S = RunStatus
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,11 @@ class RunRecord:
 
     run_id: int
     job: str
-    model_version: str
+    model_version: str | None
+    model_sha256: str | None
+    model_sklearn_version: str | None
+    model_name: str | None
+    model_registry_version: int | None
     as_of: date
     trigger: str
     status: str
@@ -42,63 +53,81 @@ class RunRecord:
     rows_read: int
     rows_scored: int
     rows_rejected: int
+    output_table: str | None
     error: str | None
     host: str
     pid: int
+    replaced_by: int | None
+    drift_status: str | None
+
+    @property
+    def rows_published(self) -> int:
+        """Rows of this run a reader sees now (a succeeded run's, until a later run replaces them)."""
+        return self.rows_scored if self.status == S.SUCCEEDED and self.replaced_by is None else 0
+
+    @property
+    def seconds(self) -> float | None:
+        return (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
 
 
-def start_run(
-    engine: Engine,
-    *,
-    job: str,
-    model_version: str,
-    model_sha256: str,
-    model_sklearn_version: str,
-    as_of: date,
-    trigger: str,
-    output_table: str,
-) -> int:
+@dataclass(frozen=True)
+class ModelStamp:
+    """What the ledger records about the model a run scored with."""
+
+    version: str | None = None
+    sha256: str | None = None
+    sklearn_version: str | None = None
+    name: str | None = None
+    registry_version: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "model_version": self.version, "model_sha256": self.sha256,
+            "model_sklearn_version": self.sklearn_version, "model_name": self.name,
+            "model_registry_version": self.registry_version,
+        }
+
+
+def start_run(engine: Engine, *, job: str, model: ModelStamp, as_of: date, trigger: str, output_table: str) -> int:
     """Insert a ``running`` row and commit it at once, so observers see the run."""
     with begin_write(engine) as conn:
         result = conn.execute(
             scoring_runs.insert().values(
-                job=job,
-                model_version=model_version,
-                model_sha256=model_sha256,
-                model_sklearn_version=model_sklearn_version,
-                as_of=as_of,
-                trigger=trigger,
-                status="running",
-                started_at=utcnow(),
-                host=HOST,
-                pid=os.getpid(),
-                output_table=output_table,
+                job=job, as_of=as_of, trigger=trigger, status=S.RUNNING, started_at=utcnow(),
+                host=HOST, pid=os.getpid(), output_table=output_table, **model.values(),
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+
+def record_attempt(
+    engine: Engine, *, job: str, as_of: date, trigger: str, status: RunStatus, error: str,
+    model: ModelStamp | None = None, output_table: str | None = None,
+) -> int:
+    """Record an attempt that never started (``invalid`` or ``skipped``), already closed."""
+    now = utcnow()
+    with begin_write(engine) as conn:
+        result = conn.execute(
+            scoring_runs.insert().values(
+                job=job, as_of=as_of, trigger=trigger, status=status, started_at=now, finished_at=now,
+                host=HOST, pid=os.getpid(), output_table=output_table, error=error[:ERROR_MAX_CHARS],
+                **(model or ModelStamp()).values(),
             )
         )
         return int(result.inserted_primary_key[0])
 
 
 def finish_run(
-    conn: Connection,
-    run_id: int,
-    status: str,
-    *,
-    rows_read: int = 0,
-    rows_scored: int = 0,
-    rows_rejected: int = 0,
-    error: str | None = None,
+    conn: Connection, run_id: int, *, rows_read: int = 0, rows_scored: int = 0, rows_rejected: int = 0,
+    drift_status: str | None = None,
 ) -> None:
-    """Close a run's row inside the caller's transaction (the publish, for success)."""
+    """Close a run's row as ``succeeded`` inside the caller's (publish) transaction."""
     conn.execute(
         scoring_runs.update()
         .where(scoring_runs.c.run_id == run_id)
         .values(
-            status=status,
-            finished_at=utcnow(),
-            rows_read=rows_read,
-            rows_scored=rows_scored,
-            rows_rejected=rows_rejected,
-            error=error[:ERROR_MAX_CHARS] if error else None,
+            status=S.SUCCEEDED, finished_at=utcnow(), rows_read=rows_read, rows_scored=rows_scored,
+            rows_rejected=rows_rejected, drift_status=drift_status,
         )
     )
 
@@ -110,13 +139,8 @@ def fail_run(engine: Engine, run_id: int, error: str, **counts: int) -> None:
     with begin_write(engine) as conn:
         conn.execute(
             scoring_runs.update()
-            .where(scoring_runs.c.run_id == run_id, scoring_runs.c.status == "running")
-            .values(
-                status="failed",
-                finished_at=utcnow(),
-                error=error[:ERROR_MAX_CHARS],
-                **counts,
-            )
+            .where(scoring_runs.c.run_id == run_id, scoring_runs.c.status == S.RUNNING)
+            .values(status=S.FAILED, finished_at=utcnow(), error=error[:ERROR_MAX_CHARS], **counts)
         )
 
 
@@ -125,9 +149,9 @@ def mark_abandoned(engine: Engine, job: str) -> int:
     with begin_write(engine) as conn:
         result = conn.execute(
             scoring_runs.update()
-            .where(scoring_runs.c.job == job, scoring_runs.c.status == "running")
+            .where(scoring_runs.c.job == job, scoring_runs.c.status == S.RUNNING)
             .values(
-                status="abandoned",
+                status=S.ABANDONED,
                 finished_at=utcnow(),
                 error="the process stopped without finishing (found stale by a later run)",
             )
@@ -137,60 +161,146 @@ def mark_abandoned(engine: Engine, job: str) -> int:
     return int(result.rowcount or 0)
 
 
-def list_runs(engine: Engine, job: str | None = None, limit: int = 20) -> list[RunRecord]:
-    """The latest runs, newest first."""
-    stmt = sa.select(*(scoring_runs.c[f] for f in RunRecord.__dataclass_fields__))
-    if job:
+def replaced_runs(
+    conn: Connection, job: str, as_of: date, run_id: int, output_table: str | None
+) -> list[int]:
+    """The published runs of ``job`` for this as_of (into the same output table) that a new
+    run ``run_id`` replaces: an output table holds one set per job and as_of, whatever
+    model version scored it (rows are only ever published together with their run's
+    ``succeeded`` row)."""
+    stmt = sa.select(scoring_runs.c.run_id).where(
+        scoring_runs.c.job == job,
+        scoring_runs.c.as_of == as_of,
+        scoring_runs.c.status == S.SUCCEEDED,
+        scoring_runs.c.replaced_by.is_(None),
+        scoring_runs.c.run_id != run_id,
+    )
+    if output_table is not None:
+        stmt = stmt.where(sa.or_(scoring_runs.c.output_table == output_table, scoring_runs.c.output_table.is_(None)))
+    return list(conn.execute(stmt).scalars())
+
+
+def mark_replaced(conn: Connection, run_ids: Sequence[int], by: int) -> None:
+    """Inside the publish transaction: these runs' rows were just deleted."""
+    if run_ids:
+        conn.execute(
+            scoring_runs.update()
+            .where(scoring_runs.c.run_id.in_(list(run_ids)))
+            .values(replaced_by=by)
+        )
+
+
+def mark_retracted(conn: Connection, run_id: int, note: str) -> None:
+    """Inside the retract transaction: the run's rows were just deleted."""
+    conn.execute(
+        scoring_runs.update()
+        .where(scoring_runs.c.run_id == run_id)
+        .values(status=S.RETRACTED, error=note[:ERROR_MAX_CHARS])
+    )
+
+
+def get_run(conn: Connection | Engine, run_id: int) -> RunRecord | None:
+    """One ledger row, or None."""
+    stmt = _record_select().where(scoring_runs.c.run_id == run_id)
+    if isinstance(conn, Engine):
+        with conn.connect() as c:
+            row = c.execute(stmt).first()
+    else:
+        row = conn.execute(stmt).first()
+    return RunRecord(**row._mapping) if row is not None else None
+
+
+def _record_select() -> sa.Select[Any]:
+    return sa.select(*(scoring_runs.c[f] for f in RunRecord.__dataclass_fields__))
+
+
+def list_runs(
+    engine: Engine, job: str | Sequence[str] | None = None, limit: int = 20,
+    status: Sequence[str] = (), since: datetime | None = None,
+) -> list[RunRecord]:
+    """The latest runs, newest first (of one job or several, of some statuses, since a time)."""
+    stmt = _record_select()
+    if isinstance(job, str):
         stmt = stmt.where(scoring_runs.c.job == job)
+    elif job:
+        stmt = stmt.where(scoring_runs.c.job.in_(list(job)))
+    if status:
+        stmt = stmt.where(scoring_runs.c.status.in_(list(status)))
+    if since is not None:
+        stmt = stmt.where(scoring_runs.c.started_at >= since)
     stmt = stmt.order_by(scoring_runs.c.run_id.desc()).limit(limit)
     with engine.connect() as conn:
         return [RunRecord(**row._mapping) for row in conn.execute(stmt)]
 
 
-def succeeded_as_ofs(engine: Engine, job: str, model_version: str) -> set[date]:
-    """The as_of dates that have a succeeded run of ``job`` with this model version."""
+def published_as_ofs(engine: Engine, job: str, model_version: str) -> set[date]:
+    """The as_of dates whose published set of ``job`` was scored by this model version."""
     stmt = sa.select(scoring_runs.c.as_of).where(
         scoring_runs.c.job == job,
         scoring_runs.c.model_version == model_version,
-        scoring_runs.c.status == "succeeded",
+        scoring_runs.c.status == S.SUCCEEDED,
+        scoring_runs.c.replaced_by.is_(None),
     )
     with engine.connect() as conn:
         return {_as_date(v) for v in conn.execute(stmt).scalars()}
 
 
-def replaced_runs(conn: Connection, job: str, as_of: date, model_version: str, run_id: int) -> list[int]:
-    """The other succeeded runs of ``job`` for this as_of and model version: the runs
-    whose published rows a new run ``run_id`` replaces (rows are only ever
-    published together with their run's ``succeeded`` row)."""
-    stmt = sa.select(scoring_runs.c.run_id).where(
-        scoring_runs.c.job == job,
-        scoring_runs.c.as_of == as_of,
-        scoring_runs.c.model_version == model_version,
-        scoring_runs.c.status == "succeeded",
-        scoring_runs.c.run_id != run_id,
-    )
-    return list(conn.execute(stmt).scalars())
-
-
-def _as_date(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
-def holder_text(engine: Engine, job: str) -> str:
+def scored_since(engine: Engine, job: str, as_of: date, since: datetime) -> int | None:
+    """The run_id of a run that published this as_of and started at or after ``since`` (a
+    scheduled fire's time), even if a later run has replaced it since."""
     stmt = (
-        sa.select(
-            scoring_runs.c.run_id, scoring_runs.c.host, scoring_runs.c.pid,
-            scoring_runs.c.started_at, scoring_runs.c.as_of,
+        sa.select(scoring_runs.c.run_id)
+        .where(
+            scoring_runs.c.job == job,
+            scoring_runs.c.as_of == as_of,
+            scoring_runs.c.status == S.SUCCEEDED,
+            scoring_runs.c.started_at >= since,
         )
-        .where(scoring_runs.c.job == job, scoring_runs.c.status == "running")
+        .order_by(scoring_runs.c.run_id)
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        return conn.execute(stmt).scalar()
+
+
+def last_published(engine: Engine, job: str) -> RunRecord | None:
+    """The job's latest succeeded run (its model version tells whether the model changed)."""
+    stmt = _record_select().where(scoring_runs.c.job == job, scoring_runs.c.status == S.SUCCEEDED)
+    with engine.connect() as conn:
+        row = conn.execute(stmt.order_by(scoring_runs.c.run_id.desc()).limit(1)).first()
+    return RunRecord(**row._mapping) if row is not None else None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The run that holds a job's lock, as far as the ledger knows."""
+
+    run_id: int
+    as_of: date
+    pid: int
+    host: str
+    started_at: datetime
+
+    def text(self) -> str:
+        return (f"run {self.run_id} (as_of {self.as_of}, pid {self.pid} on host {self.host}, "
+                f"started {self.started_at:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def running_holder(engine: Engine, job: str) -> Holder | None:
+    """The job's newest ``running`` row: who holds its lock (None: just starting)."""
+    stmt = (
+        sa.select(scoring_runs.c.run_id, scoring_runs.c.as_of, scoring_runs.c.pid, scoring_runs.c.host,
+                  scoring_runs.c.started_at)
+        .where(scoring_runs.c.job == job, scoring_runs.c.status == S.RUNNING)
         .order_by(scoring_runs.c.run_id.desc())
         .limit(1)
     )
     with engine.connect() as conn:
         row = conn.execute(stmt).first()
     if row is None:
-        return "another process (its run is just starting)"
-    return (
-        f"run {row.run_id} (as_of {row.as_of}, pid {row.pid} on host {row.host}, "
-        f"started {row.started_at:%Y-%m-%d %H:%M:%S} UTC)"
-    )
+        return None
+    return Holder(int(row.run_id), _as_date(row.as_of), int(row.pid), str(row.host), row.started_at)
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))

@@ -1,9 +1,10 @@
 """The per-job lock: one run of a job at a time, across processes and hosts.
 
-``pg_try_advisory_lock`` on PostgreSQL (held by a dedicated session for the
+``pg_try_advisory_lock`` on PostgreSQL (held by a session of its own for the
 whole run, so it dies with the process), a row in ``job_locks`` on SQLite
-(taken over when its process is gone). :meth:`JobLock.verify` runs inside the
-publish transaction, so a run that lost its lock never publishes.
+(taken over when its process is gone). :meth:`JobLock.verify`
+runs inside the publish transaction, so a run that lost its lock never
+publishes; :class:`batch_scorer.errors.LockLost` makes the run retry whole.
 """
 
 from __future__ import annotations
@@ -17,38 +18,50 @@ from collections.abc import Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer.errors import LockHeld, RunFailed
+from batch_scorer.errors import LockHeld, LockLost
 from batch_scorer.storage.db import begin_write, is_postgres
-from batch_scorer.storage.ledger import HOST, holder_text
+from batch_scorer.storage.ledger import HOST, running_holder
 from batch_scorer.storage.schema import job_locks, utcnow
 
 log = logging.getLogger(__name__)
 
 
-def lock_key(engine: Engine, job: str) -> int:
+def lock_key(engine: Engine | Connection, job: str) -> int:
     """A signed 64-bit advisory-lock key for this job in this database schema."""
-    with engine.connect() as conn:
-        schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+    if isinstance(engine, Connection):
+        schema = engine.execute(sa.text("SELECT current_schema()")).scalar_one()
+    else:
+        with engine.connect() as conn:
+            schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
     digest = hashlib.sha256(f"batch-scorer:{schema}:{job}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class JobLock:
-    """A held job lock. :meth:`verify` runs inside the publish transaction, so a
-    run whose lock was lost (its lock session killed, its lock row taken over)
-    never publishes."""
+    """A held job lock; :meth:`verify` checks it from the publish transaction."""
 
     def __init__(self, job: str, check: Callable[[Connection], bool]) -> None:
         self.job = job
         self._check = check
 
     def verify(self, conn: Connection) -> None:
+        """Inside the publish transaction: raise :class:`LockLost` if the lock is gone."""
         if not self._check(conn):
-            raise RunFailed(
+            raise LockLost(
                 f"job {self.job!r}: this run lost its job lock before publishing (its lock "
                 "session ended or another process took the lock over); it was rolled back "
-                "and nothing was published. Run it again."
+                "and nothing was published."
             )
+
+
+def _held(engine: Engine, job: str, advice: str) -> LockHeld:
+    holder = running_holder(engine, job)
+    who = holder.text() if holder else "another process (its run is just starting)"
+    return LockHeld(
+        f"job {job!r} is already being scored by {who}; this run was skipped. {advice}",
+        holder_run_id=holder.run_id if holder else None,
+        holder_as_of=holder.as_of if holder else None,
+    )
 
 
 @contextlib.contextmanager
@@ -64,18 +77,14 @@ def job_lock(engine: Engine, job: str) -> Iterator[JobLock]:
 
 @contextlib.contextmanager
 def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
-    key = lock_key(engine, job)
     conn = engine.connect()
     try:
+        key = lock_key(conn, job)
         got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
         holder_pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         conn.commit()
         if not got:
-            raise LockHeld(
-                f"job {job!r} is already being scored by {holder_text(engine, job)}; "
-                "this run was skipped. Wait for it to finish (batch-scorer runs --job "
-                f"{job})."
-            )
+            raise _held(engine, job, _WAIT_ADVICE.format(job=job))
 
         def still_held(publish_conn: Connection) -> bool:
             # A bigint advisory key shows in pg_locks as classid (high 32 bits),
@@ -100,6 +109,12 @@ def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
             conn.close()
 
 
+_WAIT_ADVICE = (
+    "A run of the same as_of needs nothing more; for another as_of, run it again once that "
+    "run has finished (batch-scorer runs --job {job} shows it); the daemon waits and retries."
+)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -111,19 +126,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _row_lock(engine: Engine, job: str) -> Iterator[None]:
+def _row_lock(engine: Engine, job: str) -> Iterator[JobLock]:
     me = os.getpid()
     with begin_write(engine) as conn:
         row = conn.execute(sa.select(job_locks).where(job_locks.c.job == job)).first()
         if row is not None:
             stale = row.host == HOST and not _pid_alive(row.pid)
             if not stale:
-                advice = f"DELETE FROM job_locks WHERE job = '{job}'"  # noqa: S608 - advice text, not executed
-                raise LockHeld(
-                    f"job {job!r} is already being scored by {holder_text(engine, job)} "
-                    f"(lock row held by pid {row.pid} on host {row.host}); this run was "
-                    f"skipped. If that process is gone from another host, delete its row: {advice}."
-                )
+                delete = f"DELETE FROM job_locks WHERE job = '{job}'"  # noqa: S608 - advice text, not executed
+                raise _held(engine, job, _WAIT_ADVICE.format(job=job) + (
+                    f" (Lock row held by pid {row.pid} on host {row.host}; if that process is gone "
+                    f"from another host, delete its row: {delete}.)"))
             log.warning("job %s: taking over the lock of dead process %d", job, row.pid)
             conn.execute(sa.delete(job_locks).where(job_locks.c.job == job))
         conn.execute(job_locks.insert().values(job=job, host=HOST, pid=me, acquired_at=utcnow()))

@@ -108,6 +108,8 @@ def _is_driver_connection_loss(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """True if running the same work again may succeed: connection lost, serialization
     failure, deadlock. False for everything else, including anything from SQLite."""
+    if any(getattr(cur, "transient", False) for cur in _chain(exc)):
+        return True  # e.g. LockLost: the run's lock session ended
     code = sqlstate(exc)
     if code is not None:
         return code in TRANSIENT_SQLSTATES or code[:2] in TRANSIENT_SQLSTATE_CLASSES

@@ -1,30 +1,26 @@
-"""Every table and view the tool owns, defined once.
+"""Every table the tool owns, defined once.
 
-``scoring_runs`` (the ledger), ``rejected_rows``, ``job_locks`` (SQLite's lock
-rows), and the output tables with their ``<table>_latest`` views. ``sql/`` holds
-DDL generated from here (``render_ddl``); a test keeps it from drifting.
+The ledger (``scoring_runs``), ``rejected_rows``, ``job_locks`` (SQLite's lock
+rows), the model registry (``model_versions``, ``model_aliases``,
+``model_alias_events``), monitoring (``shadow_comparisons``,
+``feature_profiles``, ``drift``, ``model_metrics``) and the per-job output
+tables with their shadow twins. Views live in :mod:`batch_scorer.storage.views`;
+creating what is missing in :mod:`batch_scorer.storage.ddl`. ``sql/`` holds DDL
+generated from here; a test keeps it from drifting.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+import enum
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Dialect
 
-from batch_scorer.errors import DatabaseError
-from batch_scorer.masking import first_line
-from batch_scorer.names import latest_view_name, short_name, split_table_name
-from batch_scorer.storage.db import begin_write
-from batch_scorer.storage.retry import is_insufficient_privilege
-
-log = logging.getLogger(__name__)
-
+from batch_scorer.names import short_name, split_table_name
 
 _SQLITE_UTC_FORMAT = (
     "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d+00:00"
@@ -60,6 +56,31 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class RunStatus(enum.StrEnum):
+    """The status of a ledger row (docs/tables.md says what each means)."""
+
+    RUNNING = "running"  # started; its rows are invisible until it succeeds
+    SUCCEEDED = "succeeded"  # published (``replaced_by`` set: a later run of that as_of replaced its rows)
+    FAILED = "failed"  # started and failed; nothing of it is visible
+    ABANDONED = "abandoned"  # its process died; found stale by a later run
+    INVALID = "invalid"  # could not start: bad model, source or output (exit 2)
+    SKIPPED = "skipped"  # not started: another run held the lock, or an upstream job failed
+    RETRACTED = "retracted"  # was published; an operator removed its rows (batch-scorer retract)
+
+
+class Trigger(enum.StrEnum):
+    """What started a run."""
+
+    MANUAL = "manual"
+    CRON = "cron"
+    SCHEDULE = "schedule"
+    BACKFILL = "backfill"
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData()
@@ -69,8 +90,8 @@ scoring_runs = sa.Table(
     metadata,
     sa.Column("run_id", _BigId, primary_key=True, autoincrement=True),
     sa.Column("job", sa.String(100), nullable=False),
-    sa.Column("model_version", sa.String(64), nullable=False),
-    sa.Column("model_sha256", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("model_sha256", sa.String(64)),
     sa.Column("model_sklearn_version", sa.String(32)),
     sa.Column("as_of", sa.Date, nullable=False),
     sa.Column("trigger", sa.String(16), nullable=False),
@@ -84,12 +105,13 @@ scoring_runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
-    sa.CheckConstraint(
-        "status IN ('running', 'succeeded', 'failed', 'abandoned')", name="ck_scoring_runs_status"
-    ),
-    sa.CheckConstraint(
-        "\"trigger\" IN ('manual', 'cron', 'schedule', 'backfill')", name="ck_scoring_runs_trigger"
-    ),
+    # Part 2: the registered model a run scored, what replaced it, its drift.
+    sa.Column("model_name", sa.String(100)),
+    sa.Column("model_registry_version", sa.Integer),
+    sa.Column("replaced_by", sa.BigInteger),
+    sa.Column("drift_status", sa.String(8)),
+    sa.CheckConstraint(_in("status", RunStatus), name="ck_scoring_runs_status"),
+    sa.CheckConstraint(_in('"trigger"', Trigger), name="ck_scoring_runs_trigger"),
     sa.Index("ix_scoring_runs_job_status", "job", "status"),
     sa.Index("ix_scoring_runs_job_as_of", "job", "as_of", "model_version"),
 )
@@ -104,8 +126,8 @@ rejected_rows = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
 )
 
-# SQLite has no advisory locks: a run holds its job's row here (DESIGN.md).
-# PostgreSQL runs use pg_try_advisory_lock and never touch this table.
+# SQLite has no advisory locks: a run holds its job's row here. PostgreSQL
+# runs use pg_try_advisory_lock and never touch this table.
 job_locks = sa.Table(
     "job_locks",
     metadata,
@@ -116,7 +138,128 @@ job_locks = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
 )
 
-TOOL_TABLES = (scoring_runs, rejected_rows, job_locks)
+# The model registry: every host scores the same bytes, checked by sha256
+# before they are unpickled.
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("sklearn_version", sa.String(32)),
+    sa.Column("estimator_class", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("features", sa.Text, nullable=False),  # JSON list of column names
+    sa.Column("note", sa.Text),
+    sa.Column("registered_at", UTCDateTime, nullable=False),
+    sa.Column("registered_by", sa.String(255), nullable=False),
+    sa.Column("artifact", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("name", "sha256", name="uq_model_versions_sha256"),
+)
+
+model_aliases = sa.Table(
+    "model_aliases",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("alias", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("set_at", UTCDateTime, nullable=False),
+    sa.Column("set_by", sa.String(255), nullable=False),
+)
+
+model_alias_events = sa.Table(
+    "model_alias_events",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("alias", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # register | promote | rollback
+    sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("by", sa.String(255), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Index("ix_model_alias_events_name", "name", "alias", "id"),
+)
+
+shadow_comparisons = sa.Table(
+    "shadow_comparisons",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("job", sa.String(100), nullable=False),
+    sa.Column("challenger", sa.String(100), nullable=False),
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("rows", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("label_agreement", sa.Float(53)),
+    sa.Column("mean_abs_score_diff", sa.Float(53)),
+    sa.Column("max_abs_score_diff", sa.Float(53)),
+    sa.Column("error", sa.Text),
+)
+
+# One profile: the bins of each feature (and the score, and the predicted
+# class) with their row counts. profile_id is "run:<run_id>" for a run's own
+# profile, "reference:<model name>:<version>" for one given at registration.
+feature_profiles = sa.Table(
+    "feature_profiles",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", sa.String(220), nullable=False),
+    sa.Column("run_id", sa.BigInteger),
+    sa.Column("job", sa.String(100)),
+    sa.Column("model_name", sa.String(100)),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("feature", sa.String(130), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # numeric | categorical
+    sa.Column("bin", sa.Integer, nullable=False),
+    sa.Column("lower", sa.Float(53)),
+    sa.Column("upper", sa.Float(53)),
+    sa.Column("category", sa.Text),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Index("ix_feature_profiles_profile", "profile_id", "feature", "bin"),
+    sa.Index("ix_feature_profiles_run", "run_id"),
+)
+
+drift = sa.Table(
+    "drift",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("job", sa.String(100), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("feature", sa.String(130), nullable=False),
+    sa.Column("psi_reference", sa.Float(53)),
+    sa.Column("psi_previous", sa.Float(53)),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("reference_profile", sa.String(220)),
+    sa.Column("previous_run_id", sa.BigInteger),
+    sa.Index("ix_drift_job", "job", "run_id"),
+)
+
+model_metrics = sa.Table(
+    "model_metrics",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(100), nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # champion | challenger
+    sa.Column("challenger", sa.String(100)),
+    sa.Column("metric", sa.String(32), nullable=False),
+    sa.Column("value", sa.Float(53)),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("evaluated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_model_metrics_job", "job", "as_of"),
+)
+
+TOOL_TABLES = (
+    scoring_runs, rejected_rows, job_locks, model_versions, model_aliases, model_alias_events,
+    shadow_comparisons, feature_profiles, drift, model_metrics,
+)
+OUTPUT_CONSTANTS = ("job", "as_of", "model_version", "run_id", "scored_at")
+SHADOW_COLUMN = "challenger"
 
 
 def output_table(
@@ -125,8 +268,13 @@ def output_table(
     pass_through: Sequence[tuple[str, sa.types.TypeEngine[Any]]],
     prediction_type: sa.types.TypeEngine[Any],
     md: sa.MetaData | None = None,
+    shadow: bool = False,
 ) -> sa.Table:
-    """The definition of one predictions table (keys and pass-through vary by job)."""
+    """The definition of one predictions table (keys and pass-through vary by job).
+
+    ``shadow`` gives its ``<name>_shadow`` twin: the same columns plus
+    ``challenger`` (the alias or version that scored the row).
+    """
     schema, table = split_table_name(name)
     md = md if md is not None else sa.MetaData()
     keys = [k for k, _ in key_columns]
@@ -141,129 +289,22 @@ def output_table(
         sa.Column("score", sa.Float(53)),
     ]
     cols += [sa.Column(c, t) for c, t in pass_through]
+    extra = [SHADOW_COLUMN] if shadow else []
+    if shadow:
+        cols.append(sa.Column(SHADOW_COLUMN, sa.String(100), nullable=False))
     return sa.Table(
         table,
         md,
         *cols,
         # "Latest per entity" (the view, lookups by key). Unique: a key that
         # occurs twice in one run fails that run's write, at no extra cost.
-        sa.Index(short_name("ix", table, "_latest"), "job", *keys, "as_of", "run_id", unique=True),
+        sa.Index(short_name("ix", table, "_latest"), "job", *keys, "as_of", "run_id", *extra, unique=True),
         # A run's rows: a re-run deletes the rows it replaces by run_id, taken
         # from the ledger. On run_id alone, appended in order, this B-tree
-        # costs a third of what (job, as_of, model_version) did (issue 4).
+        # costs a third of what (job, as_of, model_version) did.
         sa.Index(short_name("ix", table, "_run"), "run_id"),
         schema=schema,
     )
-
-
-def latest_view_select(table: sa.Table, keys: Sequence[str]) -> sa.Select[Any]:
-    """Per job and entity: the latest as_of, and within it the latest run."""
-    rn = (
-        sa.func.row_number()
-        .over(
-            partition_by=[table.c.job, *(table.c[k] for k in keys)],
-            order_by=[table.c.as_of.desc(), table.c.run_id.desc()],
-        )
-        .label("_rn")
-    )
-    ranked = sa.select(*table.c, rn).subquery("ranked")
-    return sa.select(*(ranked.c[c.name] for c in table.c)).where(ranked.c._rn == 1)
-
-
-def create_view_sql(dialect: Dialect, view_name: str, select: sa.Select[Any]) -> str:
-    """``CREATE VIEW`` text with a dialect-quoted name (never an f-string identifier)."""
-    schema, name = split_table_name(view_name)
-    prep = dialect.identifier_preparer
-    quoted = prep.quote(name) if schema is None else f"{prep.quote_schema(schema)}.{prep.quote(name)}"
-    body = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-    return f"CREATE VIEW {quoted} AS {body}"
-
-
-def create_tool_tables(bind: Engine | Connection) -> None:
-    """Create the ledger, rejected_rows and job_locks tables if missing (idempotent)."""
-    _create_all(bind, metadata, TOOL_TABLES)
-
-
-def _create_all(bind: Engine | Connection, md: sa.MetaData, tables: Iterable[sa.Table]) -> None:
-    tables = list(tables)
-    try:
-        insp = sa.inspect(bind)
-        if all(insp.has_table(t.name, schema=t.schema) for t in tables):
-            return  # the common case: a read, no write lock taken
-        if isinstance(bind, Engine):
-            # BEGIN IMMEDIATE on SQLite: a deferred transaction that has read the
-            # schema and then upgrades to write gets SQLITE_BUSY at once (no busy
-            # wait) when another process holds the write lock at that moment.
-            with begin_write(bind) as conn:
-                md.create_all(conn, tables=tables, checkfirst=True)
-        else:
-            md.create_all(bind, tables=tables, checkfirst=True)
-    except SQLAlchemyError as exc:
-        # Two processes creating the same table at once: the loser's CREATE
-        # fails; what matters is that the table now exists.
-        insp = sa.inspect(bind)
-        if not all(insp.has_table(t.name, schema=t.schema) for t in tables):
-            if is_insufficient_privilege(exc):
-                raise _needs_init_db(bind, [t.fullname for t in tables], exc) from exc
-            raise
-
-
-def _needs_init_db(bind: Engine | Connection, names: Sequence[str], exc: Exception) -> DatabaseError:
-    # A least-privilege scorer role (sql/roles_postgresql.sql) may not CREATE:
-    # the schema owner creates everything once with `batch-scorer init-db`.
-    user = bind.engine.url.username or "the database user"
-    them = "it" if len(names) == 1 else "them"
-    exist = "does" if len(names) == 1 else "do"
-    return DatabaseError(
-        f"{', '.join(names)} {exist} not exist and {user} may not create {them} "
-        f"(permission denied: {first_line(exc)}). Tables and views are created by "
-        "`batch-scorer init-db` run as the schema owner (README: Least privilege); "
-        "run it, or re-run it after adding a job with a new output table."
-    )
-
-
-def ensure_output(bind: Engine, table: sa.Table, keys: Sequence[str]) -> None:
-    """Create an output table, its indexes and its ``_latest`` view if missing."""
-    _create_all(bind, table.metadata, [table])
-    full = table.name if table.schema is None else f"{table.schema}.{table.name}"
-    view = latest_view_name(full)
-    schema, view_table = split_table_name(view)
-    insp = sa.inspect(bind)
-    if view_table in insp.get_view_names(schema=schema):
-        return
-    sql = create_view_sql(bind.dialect, view, latest_view_select(table, keys))
-    try:
-        with begin_write(bind) as conn:
-            conn.exec_driver_sql(sql)
-    except SQLAlchemyError as exc:
-        if view_table not in sa.inspect(bind).get_view_names(schema=schema):
-            if is_insufficient_privilege(exc):
-                raise _needs_init_db(bind, [view], exc) from exc
-            raise
-
-
-def render_ddl(dialect_name: str) -> str:
-    """The DDL of the tool's tables and the default predictions table, for DBAs.
-
-    The example predictions table is keyed by ``customer_id BIGINT``; a real
-    deployment's key and pass-through columns follow its jobs' sources.
-    """
-    dialect: Dialect = postgresql.dialect() if dialect_name == "postgresql" else sqlite.dialect()
-    md = sa.MetaData()
-    parts = [f"-- Generated by batch_scorer.schema.render_ddl({dialect_name!r}); do not edit.\n"]
-    tables = list(TOOL_TABLES)
-    example = output_table(
-        "predictions", [("customer_id", sa.BigInteger())], [], sa.BigInteger(), md=md
-    )
-    for table in [*tables, example]:
-        parts.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip() + ";\n")
-        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            parts.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip() + ";\n")
-    parts.append(
-        create_view_sql(dialect, "predictions_latest", latest_view_select(example, ["customer_id"]))
-        + ";\n"
-    )
-    return "\n".join(parts)
 
 
 def utcnow() -> datetime:

@@ -1,37 +1,38 @@
-"""PostgreSQL's fast write: scored chunks into the output table with binary COPY.
+"""PostgreSQL's fast write: output frames into their tables with binary COPY.
 
-:mod:`batch_scorer.storage.sinks.pgcopy` encodes each scored chunk as binary
-COPY with numpy; a writer thread streams it into the output table on the
-run's own SQLAlchemy connection, inside the run's transaction, so nothing is
-visible until the commit that also closes the ledger row. The writer's queue
-holds at most two scored chunks (only the columns it writes).
+:mod:`batch_scorer.storage.sinks.pgcopy` encodes each output frame as binary
+COPY with numpy; one writer thread streams the frames of every output of a run
+(the champion's table, the shadow table) on the publication's connection,
+inside its transaction, so nothing is visible until the commit that also
+closes the ledger row. Consecutive frames for the same table share one
+``COPY ... FROM STDIN``; a frame for another table ends it and starts the
+next. The queue holds at most two frames (only the columns written).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from batch_scorer.errors import RunFailed
-from batch_scorer.storage.columns import exact_column
 from batch_scorer.storage.sinks import pgcopy
+from batch_scorer.storage.sinks.output import OutputSpec
 
 log = logging.getLogger(__name__)
 
-QUEUE_DEPTH = 2  # scored chunks waiting for the writer
+QUEUE_DEPTH = 2  # output frames waiting for the writer
 _POLL_S = 0.2
 _END = object()
+
 
 def column_oids(conn: Connection, table: sa.Table) -> dict[str, int]:
     """The type OID of each column of ``table`` as the server has it."""
@@ -46,92 +47,88 @@ def column_oids(conn: Connection, table: sa.Table) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-class CopyWriter:
-    """Scored chunks into the output table with binary COPY, on a writer thread.
+def copyable(oids: dict[str, int], table: sa.Table) -> list[str]:
+    """The columns of ``table`` binary COPY cannot encode here (empty: COPY it)."""
+    return sorted(c.name for c in table.columns if not pgcopy.supported(oids.get(c.name, 0)))
 
-    The COPY runs on the run's connection inside its open transaction, which
-    first deletes the rows a re-run replaces; :meth:`publish` waits for the
-    last chunk, calls ``finish`` (the ledger row) and commits.
-    """
 
-    def __init__(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        stamp: Any,
-        oids: dict[str, int],
-        delete_replaced: Callable[[Connection], None],
-    ) -> None:
-        self._conn = conn
-        self._tx = conn.begin()
-        # First, not at publish: publishing is then only the commit that
-        # follows the last COPY (readers see neither change before it).
-        delete_replaced(conn)
-        self._table = table
-        self._stamp = stamp
+class CopyEncoder:
+    """How one output's frames become binary COPY rows: column order, type OIDs, constants."""
+
+    def __init__(self, conn: Connection, output: OutputSpec, oids: dict[str, int]) -> None:
+        self.output = output
+        table = output.table
         names = [c.name for c in table.columns]
         self._oids = [oids[n] for n in names]
         by_name = dict(zip(names, self._oids, strict=True))
-        # The run's constants (the stamp's fields), encoded once.
-        self._const = {n: pgcopy.encode_constant(v, by_name[n]) for n, v in dataclasses.asdict(stamp).items()}
-        self._null = pgcopy.encode_constant(None, 25)
-        self._row_columns = [n for n in names if n not in self._const and n not in ("prediction", "score")]
+        # The run's constants, encoded once.
+        self._const = {n: pgcopy.encode_constant(v, by_name[n]) for n, v in output.constants.items()}
         prep = conn.dialect.identifier_preparer
-        self._copy_sql = (
+        self.copy_sql = (
             f"COPY {prep.format_table(table)} ({', '.join(prep.quote(n) for n in names)}) "
             "FROM STDIN (FORMAT binary)"
         )
+
+    def encode(self, frame: pd.DataFrame) -> bytes:
+        columns: list[Any] = [
+            self._const[c.name] if c.name in self._const else _arrow(frame[c.name])
+            for c in self.output.table.columns
+        ]
+        try:
+            return pgcopy.encode_rows(columns, self._oids, len(frame))
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+            raise self._misfit(columns) from exc
+
+    def _misfit(self, columns: list[Any]) -> RunFailed:
+        """Which column's values do not fit; the message never echoes a value."""
+        bad = "?"
+        table = self.output.table
+        for column, oid, arr in zip(table.columns, self._oids, columns, strict=True):
+            if isinstance(arr, bytes):
+                continue
+            try:
+                pgcopy.encode_rows([arr], [oid], len(arr))
+            except (pa.ArrowException, ValueError, TypeError, OverflowError):
+                bad = column.name
+                break
+        return RunFailed(
+            f"job {self.output.constants.get('job')!r}: values of column {bad!r} do not fit the output "
+            f"table {table.name!r}'s column of that name (out of range or another type); "
+            "nothing was published. Widen that column (as the table owner) or give the job "
+            "its own output.table."
+        )
+
+
+class CopyStream:
+    """The writer thread: ``(encoder, frame)`` items into COPYs on one connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_DEPTH)
         self._error: BaseException | None = None
         self._inner_error: BaseException | None = None
-        self._waited = self._encoding = self._sending = 0.0
+        self._pending: Any = None  # the first item of the next COPY
         self._stop = threading.Event()
+        self.waited = self.encoding = self.sending = 0.0
         self._thread = threading.Thread(target=self._run, name="bs-writer", daemon=True)
         self._thread.start()
 
-    # called from the main thread ------------------------------------------
-    def write(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> None:
+    # called from the run's thread -----------------------------------------
+    def put(self, encoder: CopyEncoder, frame: pd.DataFrame) -> None:
         self._raise_if_failed()
-        if not len(rows):
-            return
-        # Only the columns written wait in the queue, not the chunk's features:
-        # when the server is the bottleneck the queue is full (issue 4: memory).
-        rows = pd.DataFrame({c: exact_column(rows, c) for c in self._row_columns}, copy=False)
         t0 = time.perf_counter()
         while True:
             try:
-                self._queue.put((rows, prediction, score), timeout=_POLL_S)
-                self._waited += time.perf_counter() - t0
+                self._queue.put((encoder, frame), timeout=_POLL_S)
+                self.waited += time.perf_counter() - t0
                 return
             except queue.Full:
                 self._raise_if_failed()
                 if not self._thread.is_alive():
                     raise RuntimeError("the COPY writer thread ended unexpectedly") from None
 
-    def publish(self, finish: Any) -> None:
-        t0 = time.perf_counter()
-        self._drain()
-        t1 = time.perf_counter()
-        finish(self._conn)
-        self._tx.commit()
-        self._conn.close()
-        log.debug(
-            "run %s: waited %.2fs for the writer's queue, %.2fs for its last chunks, %.2fs to "
-            "publish; writer busy %.2fs encoding, %.2fs sending",
-            self._stamp.run_id, self._waited, t1 - t0, time.perf_counter() - t1, self._encoding,
-            self._sending,
-        )
-
-    def abort(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        try:
-            if self._tx.is_active:
-                self._tx.rollback()
-        finally:
-            self._conn.close()
-
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Wait until every frame is in the database (the last COPY ended)."""
         while True:
             try:
                 self._queue.put(_END, timeout=_POLL_S)
@@ -142,14 +139,20 @@ class CopyWriter:
             self._thread.join(timeout=_POLL_S)
         self._raise_if_failed()
 
+    def abort(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             exc, self._error = self._error, None
             raise exc
 
     # the writer thread ----------------------------------------------------
-    def _items(self) -> Iterator[bytes]:
-        yield pgcopy.HEADER
+    def _next(self) -> Any:
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return item
         while True:
             try:
                 item = self._queue.get(timeout=_POLL_S)
@@ -157,74 +160,56 @@ class CopyWriter:
                 if self._stop.is_set():
                     raise _Aborted() from None
                 continue
-            if item is _END:
-                break
             if self._stop.is_set():
                 raise _Aborted()
+            return item
+
+    def _segment(self, first: tuple[CopyEncoder, pd.DataFrame]) -> Iterator[bytes]:
+        """One COPY's bytes: ``first`` and the frames after it for the same table."""
+        yield pgcopy.HEADER
+        item: Any = first
+        while True:
+            encoder, frame = item
             t0 = time.perf_counter()
             try:
-                data = self._encode(*item)
+                data = encoder.encode(frame)
             except BaseException as exc:
                 self._inner_error = exc
                 raise
             t1 = time.perf_counter()
-            self._encoding += t1 - t0
+            self.encoding += t1 - t0
             yield data
-            self._sending += time.perf_counter() - t1
+            self.sending += time.perf_counter() - t1
+            item = self._next()
+            if item is _END or item[0] is not encoder:
+                self._pending = item
+                break
         yield pgcopy.TRAILER
 
     def _run(self) -> None:
         dbapi_conn = self._conn.connection.dbapi_connection
+        sql = ""
         try:
-            if hasattr(dbapi_conn, "pgconn"):  # psycopg 3
-                with dbapi_conn.cursor() as cur, cur.copy(self._copy_sql) as copy:
-                    for data in self._items():
-                        copy.write(data)
-            else:  # psycopg2
-                with dbapi_conn.cursor() as cur:
-                    cur.copy_expert(self._copy_sql, _Stream(self._items()), size=1 << 20)
+            while (item := self._next()) is not _END:
+                sql = item[0].copy_sql
+                _copy(dbapi_conn, sql, self._segment(item))
         except _Aborted:
             return
         except BaseException as exc:
             # Our own error raised inside the COPY (psycopg2 wraps it in its own).
             inner = self._inner_error
-            self._error = inner if inner is not None else _wrap_driver_error(self._conn, self._copy_sql, exc)
+            self._error = inner if inner is not None else _wrap_driver_error(self._conn, sql, exc)
             self._stop.set()
 
-    def _encode(self, rows: pd.DataFrame, prediction: np.ndarray, score: np.ndarray | None) -> bytes:
-        columns: list[Any] = []
-        for column in self._table.columns:
-            name = column.name
-            if name in self._const:
-                columns.append(self._const[name])
-            elif name == "prediction":
-                columns.append(_arrow(prediction))
-            elif name == "score":
-                columns.append(self._null if score is None else _arrow(score))
-            else:
-                columns.append(_arrow(rows[name]))
-        try:
-            return pgcopy.encode_rows(columns, self._oids, len(rows))
-        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
-            raise self._misfit(columns) from exc
 
-    def _misfit(self, columns: list[Any]) -> RunFailed:
-        """Which column's values do not fit; the message never echoes a value."""
-        bad = "?"
-        for column, oid, arr in zip(self._table.columns, self._oids, columns, strict=True):
-            if isinstance(arr, bytes):
-                continue
-            try:
-                pgcopy.encode_rows([arr], [oid], len(arr))
-            except (pa.ArrowException, ValueError, TypeError, OverflowError):
-                bad = column.name
-                break
-        return RunFailed(
-            f"job {self._stamp.job!r}: values of column {bad!r} do not fit the output table "
-            f"{self._table.name!r}'s column of that name (out of range or another type); "
-            "nothing was published. Widen that column (as the table owner) or give the job "
-            "its own output.table."
-        )
+def _copy(dbapi_conn: Any, sql: str, parts: Iterator[bytes]) -> None:
+    if hasattr(dbapi_conn, "pgconn"):  # psycopg 3
+        with dbapi_conn.cursor() as cur, cur.copy(sql) as copy:
+            for data in parts:
+                copy.write(data)
+    else:  # psycopg2
+        with dbapi_conn.cursor() as cur:
+            cur.copy_expert(sql, _Stream(parts), size=1 << 20)
 
 
 class _Aborted(Exception):

@@ -1,0 +1,175 @@
+"""Many jobs in one process: dependencies, shared reads, parallel groups, retries.
+
+:func:`run_batch` takes the plans of one invocation (``run`` with several jobs,
+``run --all``, a backfill date, the daemon's fires) and runs them:
+
+* a job runs after the jobs it depends on (``after:``) that are in the same
+  invocation; a job whose upstream job did not succeed is not run: it is
+  reported ``skipped`` (exit 1) and recorded so in the ledger;
+* jobs that are ready at the same time and read the same source rows (same
+  table or query, filters, parameters, time zone, as_of and chunk size) form one
+  group and read them once;
+* at most ``parallel`` jobs run at once (a group counts each of its jobs), in
+  groups on worker threads; a lone group runs on the calling thread, so a
+  signal interrupts it at once;
+* a group's jobs that failed with a transient error (a lost connection, a lost
+  lock session) run again, with backoff, up to ``retries`` more times; each
+  attempt has its own ledger row.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from batch_scorer.executors.base import Cancel
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime.outcome import RunResult, Status
+from batch_scorer.runtime.plan import RunPlan
+from batch_scorer.runtime.run import Attempt, GroupContext, run_group
+from batch_scorer.storage import ledger
+from batch_scorer.storage.retry import RetryPolicy, is_transient
+from batch_scorer.storage.schema import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How an invocation runs its jobs."""
+
+    parallel: int = 1
+    retry: RetryPolicy = RetryPolicy()
+    sleep: Callable[[float], None] = time.sleep
+
+
+def group_key(plan: RunPlan) -> tuple[object, ...]:
+    """Plans with equal keys read the same rows: one read serves them all."""
+    return (plan.source.identity(), plan.as_of, plan.settings.chunk_size)
+
+
+def run_batch(ctx: GroupContext, plans: Sequence[RunPlan], options: BatchOptions, cancel: Cancel) -> list[RunResult]:
+    """Run every plan (module doc); one result per plan, in the plans' order."""
+    names = {p.job for p in plans}
+    deps = {p.job: [d for d in p.depends_on if d in names] for p in plans}
+    pending = {p.job: p for p in plans}
+    done: dict[str, RunResult] = {}
+    with cf.ThreadPoolExecutor(max_workers=max(1, options.parallel), thread_name_prefix="bs-job") as pool:
+        running: dict[cf.Future[list[RunResult]], list[RunPlan]] = {}
+        while pending or running:
+            _skip_orphans(ctx, pending, deps, done)
+            free = options.parallel - sum(len(g) for g in running.values())
+            for group in _ready_groups(pending, deps, done, free):
+                for plan in group:
+                    del pending[plan.job]
+                if not running and not pending:  # the last group: on this thread
+                    _store(done, group, _with_retries(ctx, group, options))
+                else:
+                    running[pool.submit(_with_retries, ctx, group, options)] = group
+            if running:
+                _collect(running, done, cancel)
+            elif pending and not _ready_groups(pending, deps, done, options.parallel):
+                _skip_orphans(ctx, pending, deps, done)
+    return [done[p.job] for p in plans]
+
+
+def _collect(running: dict[cf.Future[list[RunResult]], list[RunPlan]], done: dict[str, RunResult],
+             cancel: Cancel) -> None:
+    try:
+        finished, _ = cf.wait(list(running), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+    except KeyboardInterrupt as exc:
+        # Runs on worker threads cannot see the signal: tell them, wait for
+        # them to roll back and record themselves, then stop.
+        cancel.set(getattr(exc, "signum", 2))
+        cf.wait(list(running))
+        raise
+    for future in finished:
+        _store(done, running.pop(future), future.result())
+
+
+def _store(done: dict[str, RunResult], group: list[RunPlan], results: list[RunResult]) -> None:
+    for plan, result in zip(group, results, strict=True):
+        done[plan.job] = result
+
+
+def _ready_groups(pending: dict[str, RunPlan], deps: dict[str, list[str]], done: dict[str, RunResult],
+                  free: int) -> list[list[RunPlan]]:
+    """Groups of ready plans (their upstream jobs done), together at most ``free`` jobs."""
+    groups: dict[tuple[object, ...], list[RunPlan]] = {}
+    for plan in pending.values():
+        if all(d in done for d in deps[plan.job]):
+            groups.setdefault(group_key(plan), []).append(plan)
+    out: list[list[RunPlan]] = []
+    for group in groups.values():
+        while group and free > 0:
+            take, group = group[:free], group[free:]
+            out.append(take)
+            free -= len(take)
+    return out
+
+
+def _skip_orphans(ctx: GroupContext, pending: dict[str, RunPlan], deps: dict[str, list[str]],
+                  done: dict[str, RunResult]) -> None:
+    """Jobs whose upstream job finished without succeeding are skipped (exit 1), recorded."""
+    for name in list(pending):
+        failed = [d for d in deps[name] if d in done and done[d].status != Status.SUCCEEDED]
+        if not failed:
+            continue
+        plan = pending.pop(name)
+        upstream = failed[0]
+        why = (f"job {name!r}: not run because its upstream job {upstream!r} "
+               f"{done[upstream].status} (run {done[upstream].run_id}) for as_of {plan.as_of}")
+        log.warning("%s", why)
+        run_id = None
+        try:
+            run_id = ledger.record_attempt(ctx.engine, job=name, as_of=plan.as_of, trigger=plan.trigger,
+                                           status=RunStatus.SKIPPED, error=why, model=plan.champion.stamp,
+                                           output_table=plan.output_name)
+        except Exception:  # noqa: BLE001 - the result still says why
+            log.debug("job %s: could not record the skipped attempt", name, exc_info=True)
+        done[name] = RunResult(name, Status.SKIPPED, plan.as_of, run_id=run_id, error=why, exit_code=1,
+                               model_version=plan.champion.stamp.version, output_table=plan.output_name)
+
+
+def _with_retries(ctx: GroupContext, group: list[RunPlan], options: BatchOptions) -> list[RunResult]:
+    """Run a group; re-run its jobs that failed with a transient error (module doc)."""
+    results: dict[str, RunResult] = {}
+    todo = list(group)
+    attempts = options.retry.retries + 1
+    for attempt in range(1, attempts + 1):
+        wait = options.retry.delay(attempt)
+        retry: list[RunPlan] = []
+        for a in run_group(ctx, todo):
+            results[a.plan.job] = a.result
+            if a.error is not None and is_transient(a.error):
+                _log_retry(a, attempt, attempts, wait)
+                if attempt < attempts:
+                    retry.append(a.plan)
+        if not retry:
+            break
+        options.sleep(wait)
+        todo = retry
+    return [results[p.job] for p in group]
+
+
+def _log_retry(attempt: Attempt, number: int, total: int, wait: float) -> None:
+    exc = attempt.error
+    assert exc is not None
+    what = f"job {attempt.plan.job} run {attempt.result.run_id} as_of {attempt.plan.as_of}"
+    cause = mask_text(first_line(_root(exc)))
+    if number < total:
+        log.warning("%s: attempt %d of %d failed with a transient database error (%s); retrying the "
+                    "whole run in %.1fs", what, number, total, cause, wait)
+    elif total > 1:
+        log.error("%s: attempt %d of %d failed with a transient database error (%s); giving up",
+                  what, number, total, cause)
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The driver's own error under our wrappers (the real reason, not "RunFailed")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc

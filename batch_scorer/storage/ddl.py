@@ -1,0 +1,222 @@
+"""Creating what is missing: the tool's tables and views, output tables and their views.
+
+Everything is idempotent and cheap when nothing is missing (one read of the
+catalogue, no write lock). Two processes creating the same object at once is
+fine: the loser's CREATE fails and what matters is that the object exists. A
+least-privilege scorer role may not create anything: then the error names
+``batch-scorer init-db``, which the schema owner runs once (docs/operations.md).
+
+Ledgers made by earlier versions are upgraded in place (:func:`upgrade_ledger`):
+new columns added, the status check widened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from batch_scorer.errors import DatabaseError, SourceError
+from batch_scorer.masking import first_line
+from batch_scorer.names import split_table_name
+from batch_scorer.storage.db import begin_write, is_sqlite
+from batch_scorer.storage.retry import is_insufficient_privilege
+from batch_scorer.storage.schema import TOOL_TABLES, RunStatus, metadata, output_table, scoring_runs
+from batch_scorer.storage.views import create_view_sql, output_views, tool_views
+
+log = logging.getLogger(__name__)
+
+
+def create_tool_tables(engine: Engine) -> None:
+    """Create the tool's tables and views if missing, and upgrade an older ledger."""
+    _create_tables(engine, metadata, TOOL_TABLES)
+    upgrade_ledger(engine)
+    _create_views(engine, tool_views())
+
+
+def ensure_output(engine: Engine, table: sa.Table, keys: Sequence[str], classifier: bool) -> None:
+    """Create an output table, its indexes and its ``_latest``/``_daily`` views if missing."""
+    _create_tables(engine, table.metadata, [table])
+    _create_views(engine, output_views(table, keys, classifier))
+
+
+def ensure_table(engine: Engine, table: sa.Table) -> None:
+    """Create one table (e.g. an output's ``_shadow`` twin) if missing."""
+    _create_tables(engine, table.metadata, [table])
+
+
+def missing_objects(engine: Engine, table: sa.Table, keys: Sequence[str], classifier: bool) -> list[str]:
+    """Which of an output table and its views do not exist yet (read-only)."""
+    insp = sa.inspect(engine)
+    missing = [] if insp.has_table(table.name, schema=table.schema) else [_full(table)]
+    for name in output_views(table, keys, classifier):
+        schema, view = split_table_name(name)
+        if view not in insp.get_view_names(schema=schema):
+            missing.append(name)
+    return missing
+
+
+def _full(table: sa.Table) -> str:
+    return table.name if table.schema is None else f"{table.schema}.{table.name}"
+
+
+def _create_tables(engine: Engine, md: sa.MetaData, tables: Iterable[sa.Table]) -> None:
+    tables = list(tables)
+
+    def exists() -> bool:
+        insp = sa.inspect(engine)
+        return all(insp.has_table(t.name, schema=t.schema) for t in tables)
+
+    # BEGIN IMMEDIATE on SQLite: a deferred transaction that has read the
+    # schema and then upgrades to write gets SQLITE_BUSY at once (no busy
+    # wait) when another process holds the write lock at that moment.
+    _create(engine, exists, lambda conn: md.create_all(conn, tables=tables, checkfirst=True),
+            [_full(t) for t in tables])
+
+
+def _create_views(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
+    def exists(name: str) -> Callable[[], bool]:
+        schema, view = split_table_name(name)
+        return lambda: view in sa.inspect(engine).get_view_names(schema=schema)
+
+    for name, select in views.items():
+        if not exists(name)() and _is_table(engine, name):
+            raise SourceError(
+                f"the view {name} cannot be created: a table of that name already exists in the "
+                "database (a name batch-scorer derives from an output table). Rename that table, "
+                "or give the job another output.table."
+            )
+        sql = create_view_sql(engine.dialect, name, select)
+        _create(engine, exists(name), lambda conn, sql=sql: conn.exec_driver_sql(sql), [name])
+
+
+def _is_table(engine: Engine, name: str) -> bool:
+    schema, table = split_table_name(name)
+    return table in sa.inspect(engine).get_table_names(schema=schema)
+
+
+def _create(engine: Engine, exists: Callable[[], bool], create: Callable[[Connection], Any],
+            names: Sequence[str]) -> None:
+    if exists():
+        return
+    try:
+        with begin_write(engine) as conn:
+            create(conn)
+    except SQLAlchemyError as exc:
+        if exists():
+            return
+        if is_insufficient_privilege(exc):
+            raise needs_init_db(engine, names, exc) from exc
+        raise
+
+
+def needs_init_db(engine: Engine, names: Sequence[str], exc: Exception) -> DatabaseError:
+    """The error for a role that may not create what a run needs."""
+    user = engine.url.username or "the database user"
+    them = "it" if len(names) == 1 else "them"
+    exist = "does" if len(names) == 1 else "do"
+    return DatabaseError(
+        f"{', '.join(names)} {exist} not exist and {user} may not create {them} "
+        f"(permission denied: {first_line(exc)}). Tables and views are created by "
+        "`batch-scorer init-db` run as the schema owner (docs/operations.md, least "
+        "privilege); run it, or re-run it after adding a job with a new output table."
+    )
+
+
+# ------------------------------------------------------------------ upgrade
+
+
+def upgrade_ledger(engine: Engine) -> None:
+    """Bring a ``scoring_runs`` made by an earlier version up to today's definition:
+    add the columns it lacks, allow the part-2 statuses and NULL model columns."""
+    missing = _missing_columns(engine)
+    stale_check = _status_check_is_stale(engine)
+    if not missing and not stale_check:
+        return
+    log.warning("upgrading the scoring_runs ledger (%s)", ", ".join(missing) or "status values")
+    try:
+        with begin_write(engine) as conn:
+            if is_sqlite(engine):
+                _rebuild_sqlite_ledger(conn) if stale_check else _add_columns(conn, missing)
+            else:
+                _add_columns(conn, missing)
+                if stale_check:
+                    _widen_postgres_ledger(conn)
+    except SQLAlchemyError as exc:
+        if is_insufficient_privilege(exc):
+            raise needs_init_db(engine, ["the upgraded scoring_runs"], exc) from exc
+        raise
+
+
+def _missing_columns(engine: Engine) -> list[str]:
+    have = {c["name"] for c in sa.inspect(engine).get_columns("scoring_runs")}
+    return [c.name for c in scoring_runs.columns if c.name not in have]
+
+
+def _status_check_is_stale(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'scoring_runs'")).scalar()
+        else:
+            sql = conn.execute(sa.text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conname = 'ck_scoring_runs_status' AND conrelid = 'scoring_runs'::regclass"
+            )).scalar()
+    return sql is not None and f"'{RunStatus.RETRACTED.value}'" not in str(sql)
+
+
+def _add_columns(conn: Connection, names: Sequence[str]) -> None:
+    prep = conn.dialect.identifier_preparer
+    for name in names:
+        col = scoring_runs.c[name]
+        ddl = col.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE scoring_runs ADD COLUMN {prep.quote(name)} {ddl}")
+
+
+def _widen_postgres_ledger(conn: Connection) -> None:
+    check = next(c for c in scoring_runs.constraints if c.name == "ck_scoring_runs_status")
+    conn.exec_driver_sql("ALTER TABLE scoring_runs DROP CONSTRAINT IF EXISTS ck_scoring_runs_status")
+    conn.exec_driver_sql(f"ALTER TABLE scoring_runs ADD CONSTRAINT ck_scoring_runs_status CHECK ({check.sqltext})")
+    for name in ("model_version", "model_sha256"):
+        conn.exec_driver_sql(f"ALTER TABLE scoring_runs ALTER COLUMN {name} DROP NOT NULL")
+
+
+def _rebuild_sqlite_ledger(conn: Connection) -> None:
+    """SQLite cannot alter a CHECK: copy the rows into today's table (its documented way)."""
+    have = [r[1] for r in conn.exec_driver_sql("PRAGMA table_info(scoring_runs)")]
+    conn.exec_driver_sql("ALTER TABLE scoring_runs RENAME TO scoring_runs_upgrading")
+    for index in scoring_runs.indexes:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+    metadata.create_all(conn, tables=[scoring_runs])
+    cols = ", ".join(f'"{c}"' for c in have)
+    conn.exec_driver_sql(f"INSERT INTO scoring_runs ({cols}) SELECT {cols} FROM scoring_runs_upgrading")  # noqa: S608 - catalogue names
+    conn.exec_driver_sql("DROP TABLE scoring_runs_upgrading")
+
+
+# --------------------------------------------------------------------- DDL
+
+
+def render_ddl(dialect_name: str) -> str:
+    """The DDL of the tool's tables and views and an example predictions table, for DBAs.
+
+    The example predictions table is keyed by ``customer_id BIGINT``; a real
+    deployment's key and pass-through columns follow its jobs' sources.
+    """
+    dialect: Dialect = postgresql.dialect() if dialect_name == "postgresql" else sqlite.dialect()
+    md = sa.MetaData()
+    parts = [f"-- Generated by batch_scorer.storage.ddl.render_ddl({dialect_name!r}); do not edit.\n"]
+    example = output_table("predictions", [("customer_id", sa.BigInteger())], [], sa.BigInteger(), md=md)
+    shadow = output_table("predictions_shadow", [("customer_id", sa.BigInteger())], [], sa.BigInteger(),
+                          md=md, shadow=True)
+    for table in [*TOOL_TABLES, example, shadow]:
+        parts.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip() + ";\n")
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            parts.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip() + ";\n")
+    views = {**tool_views(), **output_views(example, ["customer_id"], classifier=True)}
+    parts += [create_view_sql(dialect, name, select) + ";\n" for name, select in views.items()]
+    return "\n".join(parts)
