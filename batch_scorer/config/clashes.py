@@ -65,7 +65,7 @@ def _outputs_are_not_derived_names(jobs: list[JobConfig]) -> None:
             suffix = job.output.table[len(owner[1]):]
             raise ValueError(
                 f"job {job.name!r}: output.table {job.output.table!r} is the name batch-scorer "
-                f"gives the {suffix} table/view of job {owner[0]!r}'s output table {owner[1]!r}; "
+                f"gives the {suffix} table/view of output table {owner[1]!r} (of job {owner[0]!r}); "
                 "choose another name"
             )
 

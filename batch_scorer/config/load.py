@@ -106,7 +106,7 @@ class Config(Strict):
             raise ValueError(
                 "executor.kind dask needs a PostgreSQL database.url (postgresql://user@host/db): "
                 "Dask workers read the database themselves, and a SQLite file is local to "
-                "this machine. Use kind: local with SQLite."
+                "this machine. Use kind: local with SQLite"
             )
         return self
 
@@ -308,6 +308,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 def _explain(exc: ValidationError, source_file: Path | None, origins: Mapping[str, Expansion]) -> str:
     where = f" in {source_file}" if source_file else ""
     lines: list[str] = []
+    said: set[str] = set()
     for err in exc.errors():
         loc = tuple(err["loc"])
         shown, context = loc, ""
@@ -315,7 +316,7 @@ def _explain(exc: ValidationError, source_file: Path | None, origins: Mapping[st
         if origin is not None:
             # Name the key as the user wrote it (under the matrix job), plus which expansion.
             shown = ("jobs", origin.base, *loc[2:])
-            context = f" (in job {loc[1]!r}, the {origin.describe()})"
+            context = f" (in job {loc[1]!r}, from {origin.describe()})"
         key = ".".join(str(p) for p in shown)
         if err["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
@@ -326,8 +327,9 @@ def _explain(exc: ValidationError, source_file: Path | None, origins: Mapping[st
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             line = f"{key}: {msg}" if key else msg
-        if origin is not None and any(seen.startswith(line) for seen in lines):
-            continue  # the same mistake in every expansion: say it once
+        if line in said:
+            continue  # the same mistake in every expansion of a matrix job: say it once
+        said.add(line)
         lines.append(line + context)
     return f"invalid configuration{where}: " + "; ".join(lines) + "."
 

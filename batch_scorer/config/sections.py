@@ -18,7 +18,7 @@ from batch_scorer.config.environment import first_unset_variable, unset_variable
 from batch_scorer.errors import ConfigError
 from batch_scorer.masking import mask_text
 
-SUPPORTED_DATABASES = "sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://..."
+SUPPORTED_DATABASES = "sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://user@host/db"
 # Backend -> drivers the tool works with ("" = SQLAlchemy's default driver).
 _SUPPORTED_DRIVERS = {
     "sqlite": ("", "pysqlite"),
