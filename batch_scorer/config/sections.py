@@ -16,7 +16,6 @@ from sqlalchemy.exc import ArgumentError
 
 from batch_scorer.config.environment import first_unset_variable, unset_variable_message
 from batch_scorer.errors import ConfigError
-from batch_scorer.masking import mask_text
 
 SUPPORTED_DATABASES = "sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://user@host/db"
 # Backend -> drivers the tool works with ("" = SQLAlchemy's default driver).
@@ -58,7 +57,8 @@ class DatabaseConfig(Strict):
     """Transient errors (connection lost, serialization failure, deadlock) re-run the
     whole run up to this many more times. Default 2; 0..10."""
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)
-    """Wait before the first retry, doubling each time. Default 2.0; 0..300."""
+    """Wait before the first retry; each further retry waits twice as long (at most 60 s),
+    plus up to 25% random jitter. Default 2.0; 0..300."""
 
     @field_validator("url")
     @classmethod
@@ -67,11 +67,8 @@ class DatabaseConfig(Strict):
             return value  # require_url reports it when a command connects
         try:
             parsed = make_url(value)
-        except (ArgumentError, ValueError) as exc:  # ValueError: e.g. a port that is not a number
-            raise ValueError(
-                f"not a valid SQLAlchemy URL ({mask_text(str(exc))}); "
-                f"supported: {SUPPORTED_DATABASES} (%-encode special characters in a password)"
-            ) from None
+        except (ArgumentError, ValueError):
+            return value  # resolve_sqlite_url, after validation, says what is wrong with it
         # The driver is read from the text: get_driver_name() would import the dialect.
         backend, _, driver = parsed.drivername.partition("+")
         if driver not in _SUPPORTED_DRIVERS.get(backend, ()):
