@@ -27,6 +27,34 @@ RESERVED_OUTPUT_COLUMNS = (
     "score",
 )
 LATEST_VIEW_SUFFIX = "_latest"
+DAILY_SUFFIX = "_daily"
+SHADOW_SUFFIX = "_shadow"
+# Names the tool derives from every output table X (X_latest view, X_daily
+# summary, X_shadow challenger scores); no output table may be called like one.
+DERIVED_SUFFIXES = (LATEST_VIEW_SUFFIX, DAILY_SUFFIX, SHADOW_SUFFIX)
+
+# The tool's own tables and views; no output table may use one of these names.
+TOOL_TABLE_NAMES = (
+    "scoring_runs",
+    "rejected_rows",
+    "job_locks",
+    "model_versions",
+    "model_aliases",
+    "model_alias_events",
+    "shadow_comparisons",
+    "feature_profiles",
+    "drift",
+    "model_metrics",
+    "scoring_runs_bi",
+    "drift_latest",
+)
+
+# Bind parameter names the tool itself passes to source statements (a query's
+# :as_of; a table source's as_of range), so a matrix key may not use them.
+RESERVED_BIND_PARAMS = ("as_of", "as_of_lo", "as_of_hi")
+
+# A "plain name": matrix values, model registry names, model aliases.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 def check_identifier(value: str, what: str) -> str:
@@ -39,11 +67,27 @@ def check_identifier(value: str, what: str) -> str:
     return value
 
 
+def check_plain_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a plain name (letters, digits, '_', '-'), else raise ``ValueError``."""
+    if not PLAIN_NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a plain name "
+            "(letters, digits, '_' and '-', at most 100)"
+        )
+    return value
+
+
 def check_table_name(value: str, what: str) -> str:
     """Validate ``table`` or ``schema.table``."""
     parts = value.split(".")
     if len(parts) > 2:
         raise ValueError(f"{what} {value!r} must be 'table' or 'schema.table'")
+    if len(parts) == 2 and not all(parts):
+        empty = "schema part before" if not parts[0] else "table part after"
+        raise ValueError(
+            f"{what} {value!r} has an empty {empty} the '.'; "
+            "write 'table' or 'schema.table'"
+        )
     for part in parts:
         check_identifier(part, what)
     return value
@@ -60,6 +104,14 @@ def split_table_name(name: str) -> tuple[str | None, str]:
 def latest_view_name(output_name: str) -> str:
     """The ``_latest`` view of an output table (``schema.table`` keeps its schema)."""
     return output_name + LATEST_VIEW_SUFFIX
+
+
+def derived_names(output_table: str) -> tuple[str, ...]:
+    """The names the tool derives from an output table: ``X_latest``, ``X_daily``, ``X_shadow``.
+
+    A ``schema.table`` output keeps its schema (``s.t`` -> ``s.t_latest``, ...).
+    """
+    return tuple(output_table + suffix for suffix in DERIVED_SUFFIXES)
 
 
 def short_name(prefix: str, table: str, suffix: str = "") -> str:

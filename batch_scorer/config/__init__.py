@@ -5,7 +5,18 @@ from __future__ import annotations
 from batch_scorer.config.load import (
     CONFIG_ENV_VAR,
     Config,
+    DatabaseConfig,
+    Defaults,
+    ExecutorConfig,
     JobConfig,
+    LabelsConfig,
+    ModelConfig,
+    MonitorConfig,
+    OutputConfig,
+    RetentionConfig,
+    RuntimeConfig,
+    SchedulerConfig,
+    SourceConfig,
     config_from_dict,
     default_config_path,
     load_config,
@@ -13,6 +24,8 @@ from batch_scorer.config.load import (
 )
 
 __all__ = [
-    "CONFIG_ENV_VAR", "Config", "JobConfig", "config_from_dict", "default_config_path", "load_config",
-    "resolve_sqlite_url",
+    "CONFIG_ENV_VAR", "Config", "DatabaseConfig", "Defaults", "ExecutorConfig", "JobConfig",
+    "LabelsConfig", "ModelConfig", "MonitorConfig", "OutputConfig", "RetentionConfig",
+    "RuntimeConfig", "SchedulerConfig", "SourceConfig", "config_from_dict", "default_config_path",
+    "load_config", "resolve_sqlite_url",
 ]

@@ -1,9 +1,13 @@
 """Load ``config.yaml`` into one validated, frozen :class:`Config`.
 
-Rules (DESIGN.md, "Configuration"): ``${VAR}`` and ``${VAR:-default}`` expand
-from the environment; unknown keys are errors with a "did you mean" hint;
-relative paths (model files, SQL files, SQLite database files) resolve against
-the folder of the config file, not the working directory.
+Rules: ``${VAR}`` and ``${VAR:-default}`` expand from the environment (an
+unset variable in ``database.url`` is reported only when a command connects,
+see :meth:`DatabaseConfig.require_url`); a key written twice is an error with
+both line numbers; unknown keys are errors with a "did you mean" hint; jobs
+with ``matrix:`` expand into one job per combination; relative paths (model
+files, SQL files, SQLite database files) resolve against the folder of the
+config file, not the working directory; the runtime knobs' environment
+variables are applied once, here.
 """
 
 from __future__ import annotations
@@ -11,175 +15,77 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from batch_scorer.errors import ConfigError
+from batch_scorer.config.clashes import check_table_clashes
+from batch_scorer.config.environment import apply_env_overrides, expand_env, first_unset_variable
+from batch_scorer.config.job import JobConfig, LabelsConfig, ModelConfig, OutputConfig, SourceConfig
+from batch_scorer.config.matrix import MATRIX_KEY, Expansion, expand_jobs
+from batch_scorer.config.sections import (
+    DatabaseConfig,
+    Defaults,
+    ExecutorConfig,
+    MonitorConfig,
+    RetentionConfig,
+    RuntimeConfig,
+    SchedulerConfig,
+    Strict,
+    url_backend,
+)
+from batch_scorer.config.selection import dependency_order, matrix_jobs, resolve_after, select, unknown_name
+from batch_scorer.config.yamlfile import read_yaml
+from batch_scorer.errors import ConfigError, UsageError
 from batch_scorer.files import warn_if_writable_by_others
 from batch_scorer.masking import mask_text
-from batch_scorer.names import JOB_NAME, RESERVED_OUTPUT_COLUMNS, check_identifier, check_table_name
+from batch_scorer.names import JOB_NAME
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CONFIG_ENV_VAR", "Config", "DatabaseConfig", "Defaults", "ExecutorConfig", "JobConfig",
+    "LabelsConfig", "ModelConfig", "MonitorConfig", "OutputConfig", "RetentionConfig",
+    "RuntimeConfig", "SchedulerConfig", "SourceConfig", "config_from_dict", "default_config_path",
+    "load_config", "resolve_sqlite_url",
+]
 
 CONFIG_ENV_VAR = "BATCH_SCORER_CONFIG"
 DEFAULT_CONFIG_NAME = "config.yaml"
 
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+# Keys the loader fills in; written in the file they would be silently replaced.
+_LOADER_JOB_KEYS = ("name", "base", "matrix_values", "depends_on")
+_LOADER_SECTION_KEYS = {"source": ("params",), "labels": ("params",)}
+_NOT_USER_KEYS = {*_LOADER_JOB_KEYS, "params", "base_dir", "source_file"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatabaseConfig(_Strict):
-    url: str = "sqlite:///data/batch_scorer.db"
-    busy_timeout_seconds: float = Field(default=30.0, gt=0)
-    # Transient errors (connection lost, serialization failure, deadlock) re-run
-    # the whole run up to `retries` more times; see batch_scorer/retry.py.
-    retries: int = Field(default=2, ge=0, le=10)
-    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)
-
-
-class Defaults(_Strict):
-    chunk_size: int = Field(default=50_000, ge=1)
-    max_rejected_fraction: float = Field(default=0.01, ge=0, le=1)
-
-
-class ModelConfig(_Strict):
-    path: Path
-    sha256: str | None = None
-    version: str | None = None
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            raise ValueError("sha256 must be 64 hex digits (run: sha256sum MODEL_FILE)")
-        return value.lower() if value else value
-
-
-class SourceConfig(_Strict):
-    table: str | None = None
-    query: Path | None = None
-    key: list[str] = Field(min_length=1)
-    as_of_column: str | None = None
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str | None) -> str | None:
-        return check_table_name(value, "source.table") if value is not None else None
-
-    @field_validator("key")
-    @classmethod
-    def _keys(cls, value: list[str]) -> list[str]:
-        for name in value:
-            check_identifier(name, "source.key column")
-        if len(set(value)) != len(value):
-            raise ValueError("source.key lists a column twice")
-        return value
-
-    @field_validator("as_of_column")
-    @classmethod
-    def _as_of(cls, value: str | None) -> str | None:
-        return check_identifier(value, "source.as_of_column") if value is not None else None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SourceConfig:
-        if (self.table is None) == (self.query is None):
-            raise ValueError("give exactly one of source.table or source.query")
-        if self.query is not None and self.as_of_column is not None:
-            raise ValueError(
-                "source.as_of_column only applies to source.table; "
-                "a query filters with the :as_of bind parameter itself"
-            )
-        return self
-
-
-class OutputConfig(_Strict):
-    table: str = "predictions"
-    pass_through: list[str] = Field(default_factory=list)
-    # score column: true = the model must have predict_proba (else exit 2 before
-    # anything is written); false = leave it NULL; auto = when the model has one.
-    score: bool | Literal["auto"] = "auto"
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str) -> str:
-        return check_table_name(value, "output.table")
-
-    @field_validator("pass_through")
-    @classmethod
-    def _cols(cls, value: list[str]) -> list[str]:
-        for name in value:
-            check_identifier(name, "output.pass_through column")
-        return value
-
-
-class JobConfig(_Strict):
-    name: str
-    model: ModelConfig
-    source: SourceConfig
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    features: list[str] | None = None
-    schedule: str | None = None
-    as_of: Literal["fire_date", "previous_day"] = "fire_date"
-    chunk_size: int | None = Field(default=None, ge=1)
-    max_rejected_fraction: float | None = Field(default=None, ge=0, le=1)
-    allow_empty: bool = False
-    allow_version_mismatch: bool = False
-
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        # Checked here so a typo fails at config load, not at 02:00 in the daemon.
-        if value is not None:
-            from batch_scorer.config.cron import cron_trigger
-
-            cron_trigger(value, "UTC")
-        return value
-
-    @model_validator(mode="after")
-    def _reserved(self) -> JobConfig:
-        for col in [*self.source.key, *self.output.pass_through]:
-            if col in RESERVED_OUTPUT_COLUMNS:
-                raise ValueError(
-                    f"column {col!r} clashes with the output table's own column of that name; "
-                    "rename it in the source (e.g. in a query: SELECT x AS other_name)"
-                )
-        overlap = set(self.source.key) & set(self.output.pass_through)
-        if overlap:
-            raise ValueError(f"output.pass_through repeats key column(s) {sorted(overlap)}")
-        return self
-
-
-class SchedulerConfig(_Strict):
-    """Settings of the ``batch-scorer schedule`` daemon (README "Scheduling and backfill")."""
-
-    # On start, the latest fire of each job within this many hours is run once
-    # if the ledger shows no succeeded run for it (catch-up after downtime).
-    catch_up_hours: float = Field(default=24.0, ge=0, le=24 * 366)
-    # On SIGTERM/SIGINT a run in progress may finish for this long, then it is
-    # interrupted and rolled back.
-    stop_timeout_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
-
-
-class Config(_Strict):
+class Config(Strict):
     """The whole validated configuration. ``base_dir`` is the config file's folder."""
 
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    """The database (``url`` and connection settings)."""
     timezone: str = "UTC"
+    """IANA timezone (e.g. Europe/Berlin) for schedules and for "today". Default UTC."""
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    """Settings of the ``schedule`` daemon."""
     defaults: Defaults = Field(default_factory=Defaults)
+    """Values jobs take when they do not set their own."""
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    """Where chunks are scored: ``local`` threads (default) or a ``dask`` cluster."""
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    """How long predictions, rejected rows and ledger rows are kept."""
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    """Process knobs (threads, progress log interval), overridable by environment variables."""
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
+    """Every runnable job by name, in config order; a matrix job appears as its expansions."""
     base_dir: Path = Field(default_factory=Path.cwd)
+    """Set by the loader: the config file's folder (relative paths resolve against it)."""
     source_file: Path | None = None
+    """Set by the loader: the config file read, or None for a mapping."""
 
     @field_validator("timezone")
     @classmethod
@@ -193,39 +99,66 @@ class Config(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _shared_outputs(self) -> Config:
-        keys_by_table: dict[str, tuple[str, list[str]]] = {}
-        for job in self.jobs.values():
-            seen = keys_by_table.setdefault(job.output.table, (job.name, job.source.key))
-            if seen[1] != job.source.key:
-                raise ValueError(
-                    f"jobs {seen[0]!r} and {job.name!r} write to output table "
-                    f"{job.output.table!r} with different keys {seen[1]} and {job.source.key}; "
-                    "jobs sharing an output table must share key column names "
-                    "(give one of them its own output.table)"
-                )
+    def _across_jobs(self) -> Config:
+        check_table_clashes(self.jobs.values())
+        url = self.database.url
+        if self.executor.kind == "dask" and first_unset_variable(url) is None and url_backend(url) == "sqlite":
+            raise ValueError(
+                "executor.kind dask needs a PostgreSQL database.url (postgresql://user@host/db): "
+                "Dask workers read the database themselves, and a SQLite file is local to "
+                "this machine. Use kind: local with SQLite"
+            )
         return self
 
     def job(self, name: str) -> JobConfig:
-        """Return the job called ``name`` or raise a ConfigError listing the known ones."""
+        """Return the job called ``name`` (an expanded name) or raise a ConfigError listing the known ones."""
         try:
             return self.jobs[name]
         except KeyError:
-            hint = _did_you_mean(name, list(self.jobs))
-            known = ", ".join(sorted(self.jobs)) or "(none)"
-            raise ConfigError(
-                f"unknown job {name!r}{hint}. Jobs in {self.source_file or 'the config'}: {known}."
-            ) from None
+            expansions = self.matrix_jobs().get(name)
+            if expansions:
+                raise ConfigError(
+                    f"{name!r} is a matrix job; name one of its jobs ({', '.join(expansions)}), "
+                    f"or select them all with select([{name!r}])"
+                ) from None
+            raise unknown_name(self.jobs, name, self.source_file) from None
+
+    def select(self, names: Sequence[str], all_jobs: bool = False) -> list[str]:
+        """The expanded job names that ``names`` select (or every job with ``all_jobs``).
+
+        A job name selects that job; a matrix job's name every expansion of it
+        (in config order); ``churn.DE`` of a ``{country, tier}`` matrix the
+        expansions starting with DE. Order follows ``names``, without repeats.
+        An unknown name is a ConfigError (known names, did-you-mean); a bare
+        string, names together with ``all_jobs``, or neither is a UsageError.
+        ``all_jobs`` with no jobs defined gives [].
+        """
+        return select(self.jobs, names, all_jobs, self.source_file)
+
+    def order(self, names: Sequence[str]) -> list[list[str]]:
+        """Expanded job ``names`` in dependency waves: a job comes after the selected jobs it
+        depends on (transitively, via ``after:``); jobs not named are not added. Jobs in one
+        wave do not depend on each other. Unknown names are ConfigErrors."""
+        for name in names:
+            self.job(name)
+        return dependency_order({n: j.depends_on for n, j in self.jobs.items()}, names)
+
+    def matrix_jobs(self) -> dict[str, list[str]]:
+        """``{matrix job name: [its expanded job names in config order]}``."""
+        return matrix_jobs(self.jobs)
 
     def chunk_size(self, job: JobConfig) -> int:
+        """The job's chunk_size, else defaults.chunk_size."""
         return job.chunk_size or self.defaults.chunk_size
 
     def max_rejected_fraction(self, job: JobConfig) -> float:
+        """The job's max_rejected_fraction, else defaults.max_rejected_fraction."""
         if job.max_rejected_fraction is not None:
             return job.max_rejected_fraction
         return self.defaults.max_rejected_fraction
 
     def jobs_for_output(self, table: str) -> list[JobConfig]:
+        """Every job writing output table ``table``."""
         return [j for j in self.jobs.values() if j.output.table == table]
 
 
@@ -234,8 +167,19 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_NAME)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read, expand and validate a config file. Raises :class:`ConfigError`."""
+def load_config(path: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> Config:
+    """Read, expand and validate a config. Raises :class:`ConfigError`.
+
+    ``path`` is a file (str or path-like; None = :func:`default_config_path`), or an
+    already-parsed mapping, validated like :func:`config_from_dict` with the working
+    directory as ``base_dir``. Any other type is a :class:`UsageError`.
+    """
+    if isinstance(path, Mapping):
+        return config_from_dict(path)
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise UsageError(
+            f"a config is a file path (str or Path) or a mapping of its keys, not {type(path).__name__}"
+        )
     cfg_path = Path(path) if path is not None else default_config_path()
     try:
         text = cfg_path.read_text(encoding="utf-8")
@@ -246,10 +190,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(cfg_path)!r}: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(cfg_path)!r} is not valid YAML: {exc}") from exc
+    raw = read_yaml(text, cfg_path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -264,51 +205,85 @@ def config_from_dict(
 ) -> Config:
     """Validate an already-parsed mapping (handy from a notebook or a test)."""
     base = (base_dir or Path.cwd()).resolve()
-    data = _expand(dict(raw), ())
-    jobs = data.get("jobs") or {}
-    if not isinstance(jobs, dict):
-        raise ConfigError("'jobs' must be a mapping of job name to job settings")
-    for name, job in jobs.items():
-        if not JOB_NAME.match(str(name)):
-            raise ConfigError(
-                f"job name {name!r} must use letters, digits, '_', '.' or '-' (at most 100)"
-            )
-        if isinstance(job, dict):
-            job.setdefault("name", str(name))
+    data = apply_env_overrides(expand_env(dict(raw)))
+    jobs, origins = expand_jobs(_raw_jobs(data))
     data["jobs"] = jobs
     data["base_dir"] = base
     data["source_file"] = source_file
+    scheduler = data.get("scheduler")
+    allow = isinstance(scheduler, dict) and scheduler.get("allow_seconds_field") is True
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(data, context={"allow_seconds_field": allow})
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source_file)) from None
-    return _resolve_paths(cfg, base)
+        raise ConfigError(_explain(exc, source_file, origins)) from None
+    describe = {name: origin.describe() for name, origin in origins.items()}
+    deps = resolve_after(cfg.jobs, describe, source_file)
+    resolved = {n: j.model_copy(update={"depends_on": deps[n]}) for n, j in cfg.jobs.items()}
+    return _resolve_paths(cfg.model_copy(update={"jobs": resolved}), base)
 
 
-def _expand(value: Any, where: tuple[str, ...]) -> Any:
-    if isinstance(value, dict):
-        return {k: _expand(v, (*where, str(k))) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, (*where, str(i))) for i, v in enumerate(value)]
-    if isinstance(value, str):
+def _raw_jobs(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``jobs:`` mapping, names checked, loader keys refused, defaults.monitor merged in."""
+    jobs = data.get("jobs") or {}
+    if not isinstance(jobs, dict):
+        raise ConfigError("'jobs' must be a mapping of job name to job settings")
+    defaults = data.get("defaults")
+    inherited = defaults.get("monitor") if isinstance(defaults, dict) else None
+    out: dict[str, Any] = {}
+    for name, job in jobs.items():
+        _check_job_name(name)
+        if isinstance(job, dict):
+            _refuse_loader_keys(name, job)
+            job = dict(job)
+            if isinstance(inherited, dict) and isinstance(job.get("monitor", {}), dict):
+                job["monitor"] = {**inherited, **job.get("monitor", {})}
+            if MATRIX_KEY not in job:
+                job["name"] = name
+        out[name] = job
+    return out
 
-        def sub(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ and (os.environ[name] != "" or default is None):
-                return os.environ[name]
-            if default is not None:
-                return default
+
+def _check_job_name(name: Any) -> None:
+    if not isinstance(name, str):
+        kind = "number" if isinstance(name, int | float) and not isinstance(name, bool) else type(name).__name__
+        raise ConfigError(
+            f"job name {name!r} is read by YAML as a {kind}, not as text; quote it "
+            f"(\"{name}\":) or use a name with letters"
+        )
+    if not JOB_NAME.match(name):
+        raise ConfigError(
+            f"job name {name!r} must use letters, digits, '_', '.' or '-' (at most 100)"
+        )
+
+
+def _refuse_loader_keys(name: str, job: Mapping[str, Any]) -> None:
+    for key in _LOADER_JOB_KEYS:
+        if key in job:
             raise ConfigError(
-                f"config key {'.'.join(where)} uses ${{{name}}} but the environment variable "
-                f"{name} is not set. Export it, or write ${{{name}:-default}}."
+                f"unknown key jobs.{name}.{key}: batch-scorer sets it itself "
+                "(a job's name is its key under jobs:); remove it"
             )
-
-        return _ENV_PATTERN.sub(sub, value)
-    return value
+    for section, keys in _LOADER_SECTION_KEYS.items():
+        part = job.get(section)
+        for key in keys:
+            if isinstance(part, dict) and key in part:
+                raise ConfigError(
+                    f"unknown key jobs.{name}.{section}.{key}: a query's bind parameters come "
+                    "from the job's matrix values (and :as_of); write fixed values into the query"
+                )
 
 
 def _field_names(model: type[BaseModel]) -> list[str]:
-    return [n for n in model.model_fields if n not in {"name", "base_dir", "source_file"}]
+    names = [n for n in model.model_fields if n not in _NOT_USER_KEYS]
+    return [*names, MATRIX_KEY] if model is JobConfig else names
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a field (also inside ``X | None``), or None for a plain value."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -323,31 +298,39 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             model = JobConfig
             continue
         field = model.model_fields.get(str(part))
-        if field is None:
+        sub = _submodel(field.annotation) if field is not None else None
+        if sub is None:
             return None
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            return None
+        model = sub
     return model
 
 
-def _explain(exc: ValidationError, source_file: Path | None) -> str:
+def _explain(exc: ValidationError, source_file: Path | None, origins: Mapping[str, Expansion]) -> str:
     where = f" in {source_file}" if source_file else ""
-    lines = []
+    lines: list[str] = []
+    said: set[str] = set()
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc)
+        shown, context = loc, ""
+        origin = origins.get(str(loc[1])) if len(loc) > 1 and loc[0] == "jobs" else None
+        if origin is not None:
+            # Name the key as the user wrote it (under the matrix job), plus which expansion.
+            shown = ("jobs", origin.base, *loc[2:])
+            context = f" (in job {loc[1]!r}, from {origin.describe()})"
+        key = ".".join(str(p) for p in shown)
         if err["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
             hint = _did_you_mean(str(loc[-1]), _field_names(parent)) if parent else ""
-            lines.append(f"unknown key {key}{hint}")
+            line = f"unknown key {key}{hint}"
         elif err["type"] == "missing":
-            lines.append(f"missing key {key}")
+            line = f"missing key {key}"
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
-            lines.append(f"{key}: {msg}" if key else msg)
+            line = f"{key}: {msg}" if key else msg
+        if line in said:
+            continue  # the same mistake in every expansion of a matrix job: say it once
+        said.add(line)
+        lines.append(line + context)
     return f"invalid configuration{where}: " + "; ".join(lines) + "."
 
 
@@ -357,19 +340,39 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
-    def resolve(p: Path) -> Path:
-        p = p.expanduser()
-        return p if p.is_absolute() else (base / p)
-
     jobs = {}
     for name, job in cfg.jobs.items():
-        model = job.model.model_copy(update={"path": resolve(job.model.path)})
-        source = job.source
-        if source.query is not None:
-            source = source.model_copy(update={"query": resolve(source.query)})
-        jobs[name] = job.model_copy(update={"model": model, "source": source})
-    db = cfg.database.model_copy(update={"url": resolve_sqlite_url(cfg.database.url, base)})
+        update: dict[str, Any] = {}
+        if job.model.path is not None:
+            path = _resolve(job.model.path, base, f"jobs.{name}.model.path")
+            update["model"] = job.model.model_copy(update={"path": path})
+        if job.source.query is not None:
+            query = _resolve(job.source.query, base, f"jobs.{name}.source.query")
+            update["source"] = job.source.model_copy(update={"query": query})
+        if job.labels is not None and job.labels.query is not None:
+            query = _resolve(job.labels.query, base, f"jobs.{name}.labels.query")
+            update["labels"] = job.labels.model_copy(update={"query": query})
+        jobs[name] = job.model_copy(update=update)
+    url = cfg.database.url
+    if first_unset_variable(url) is None:
+        url = resolve_sqlite_url(url, base)
+    db = cfg.database.model_copy(update={"url": url})
     return cfg.model_copy(update={"jobs": jobs, "database": db})
+
+
+def _expanduser(path: Path, key: str) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # ~name of an unknown user, or no home directory
+        raise ConfigError(
+            f"{key} {str(path)!r} starts with '~', but that home directory is not known "
+            f"({exc}); write the path in full or relative to the config file's folder"
+        ) from None
+
+
+def _resolve(path: Path, base: Path, key: str) -> Path:
+    path = _expanduser(path, key)
+    return path if path.is_absolute() else (base / path)
 
 
 def resolve_sqlite_url(url: str, base: Path) -> str:
@@ -386,7 +389,7 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
         return url
     if parsed.database == ":memory:" or parsed.database.startswith("file:"):
         return url
-    db_path = Path(parsed.database).expanduser()
+    db_path = _expanduser(Path(parsed.database), "database.url path")
     if not db_path.is_absolute():
         db_path = base / db_path
     return parsed.set(database=str(db_path)).render_as_string(hide_password=False)
