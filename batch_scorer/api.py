@@ -27,10 +27,10 @@ from sqlalchemy.engine import Engine
 from batch_scorer.config import Config, load_config
 from batch_scorer.dates import check_not_future, to_date
 from batch_scorer.errors import EXIT_OK, BatchScorerError, ConfigError, UsageError
-from batch_scorer.executors.threads import limit_model_threads
+from batch_scorer.executors.threads import limit_model_threads, shutdown_pools
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime import backfill as backfilling
-from batch_scorer.runtime.jobs import Invocation, job_as_of, run_jobs
+from batch_scorer.runtime.jobs import Invocation, job_as_of, run_jobs, threads_of
 from batch_scorer.runtime.outcome import RunResult, RunResults
 from batch_scorer.runtime.plan import ModelCache, build_plan
 from batch_scorer.runtime.progress import DateFn, ProgressFn
@@ -45,7 +45,6 @@ from batch_scorer.storage.sinks.output import missing, prepare_output_table
 log = logging.getLogger(__name__)
 
 ConfigLike = Config | str | os.PathLike[str] | Mapping[str, Any] | None
-DEFAULT_PARALLEL = 2
 
 
 def as_config(config: ConfigLike) -> Config:
@@ -56,20 +55,11 @@ def as_config(config: ConfigLike) -> Config:
 
 
 def select_jobs(cfg: Config, names: Sequence[str] | str, all_jobs: bool) -> list[str]:
-    """The job names to act on; every name is checked against the config."""
-    if isinstance(names, str):
-        raise UsageError(f"jobs must be a list of job names, e.g. [{names!r}], not a string")
-    if all_jobs and names:
-        raise UsageError("give job names or all_jobs=True, not both")
-    if all_jobs:
-        if not cfg.jobs:
-            raise UsageError(f"no jobs are defined in {cfg.source_file or 'the config'}")
-        return list(cfg.jobs)
-    if not names:
-        raise UsageError("name at least one job, or pass all_jobs=True (--all on the command line)")
-    for name in names:
-        cfg.job(name)
-    return list(dict.fromkeys(names))
+    """The expanded job names to act on (a matrix job's name selects every expansion)."""
+    selected = cfg.select(names, all_jobs)  # type: ignore[arg-type]
+    if all_jobs and not selected:
+        raise UsageError(f"no jobs are defined in {cfg.source_file or 'the config'}")
+    return selected
 
 
 def _trigger(value: str) -> str:
@@ -80,7 +70,7 @@ def _trigger(value: str) -> str:
 
 
 def _parallel(cfg: Config, parallel: int | None) -> int:
-    value = parallel if parallel is not None else getattr(cfg.defaults, "parallel_jobs", DEFAULT_PARALLEL)
+    value = parallel if parallel is not None else cfg.defaults.parallel_jobs
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UsageError(f"parallel must be a whole number of at least 1, not {value!r}")
     return value
@@ -88,7 +78,7 @@ def _parallel(cfg: Config, parallel: int | None) -> int:
 
 @contextlib.contextmanager
 def _engine(cfg: Config, *, create: bool = True, pool_size: int | None = None) -> Iterator[Engine]:
-    with engine_for(cfg.database.url, cfg.database.busy_timeout_seconds, pool_size=pool_size,
+    with engine_for(cfg.database.require_url(), cfg.database.busy_timeout_seconds, pool_size=pool_size,
                     create=create) as engine:
         yield engine
 
@@ -115,20 +105,31 @@ def run(
     (the same as ``results.raise_for_failures()``).
     """
     cfg = as_config(config)
+    cfg.database.require_url()
     names = select_jobs(cfg, jobs, all_jobs)
     day = _as_of(cfg, as_of, allow_future)
     workers = _parallel(cfg, parallel)
-    with _engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, limit_model_threads():
+    with _engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, _threads(cfg):
         inv = Invocation(cfg, engine, _trigger(trigger), workers, on_progress=on_progress)
         results = run_jobs(inv, names, day)
     return results.raise_for_failures() if check else results
+
+
+@contextlib.contextmanager
+def _threads(cfg: Config) -> Iterator[None]:
+    """The model thread cap for one command; the scoring threads end with it."""
+    try:
+        with limit_model_threads(threads_of(cfg)):
+            yield
+    finally:
+        shutdown_pools()
 
 
 def _as_of(cfg: Config, value: Any, allow_future: bool) -> date | None:
     if value is None:
         return None
     day = to_date(value, cfg.timezone)
-    check_not_future(day, cfg.timezone, getattr(cfg.defaults, "future_days", 1), allow_future)
+    check_not_future(day, cfg.timezone, cfg.defaults.future_days, allow_future)
     return day
 
 
@@ -287,9 +288,9 @@ def backfill(
     cfg = as_config(config)
     names = select_jobs(cfg, [job], False)
     days = backfilling.date_range(to_date(start, cfg.timezone, "start"), to_date(end, cfg.timezone, "end"))
-    check_not_future(days[-1], cfg.timezone, getattr(cfg.defaults, "future_days", 1), allow_future)
+    check_not_future(days[-1], cfg.timezone, cfg.defaults.future_days, allow_future)
     workers = _parallel(cfg, parallel)
-    with _engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, limit_model_threads():
+    with _engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, _threads(cfg):
         inv = Invocation(cfg, engine, Trigger.BACKFILL.value, workers, on_progress=on_progress)
         return backfilling.backfill(inv, names, days, rerun=rerun, fail_fast=fail_fast, on_date=on_date)
 

@@ -147,7 +147,7 @@ def run_demo(config: api.ConfigLike = None) -> DemoResult:
     for name in DEMO_JOBS:
         cfg.job(name)
     features = make_features()
-    with engine_for(cfg.database.url, cfg.database.busy_timeout_seconds) as engine:
+    with engine_for(cfg.database.require_url(), cfg.database.busy_timeout_seconds) as engine:
         rows = _write_features(engine, features)
     models = None
     for name in DEMO_JOBS:
@@ -164,7 +164,7 @@ def run_demo(config: api.ConfigLike = None) -> DemoResult:
         "SELECT job, as_of, model_version, count(*) FROM predictions GROUP BY 1, 2, 3;",
         "SELECT run_id, job, status, rows_scored FROM scoring_runs ORDER BY run_id DESC;",
     )
-    with engine_for(cfg.database.url, cfg.database.busy_timeout_seconds) as engine:
+    with engine_for(cfg.database.require_url(), cfg.database.busy_timeout_seconds) as engine:
         sample = pd.read_sql(
             sa.text(
                 "SELECT job, customer_id, as_of, model_version, prediction, score, country "

@@ -19,9 +19,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from batch_scorer.config import load_config
+from batch_scorer.config import config_from_dict, load_config
 from batch_scorer.executors import threads
-from batch_scorer.executors.threads import model_threads
 from batch_scorer.runtime import progress
 from batch_scorer.runtime.plan import source_spec
 from batch_scorer.storage.db import create_engine, libpq_uri
@@ -159,10 +158,10 @@ def test_a_chunk_scored_in_halves_on_two_threads_is_exact(
 ) -> None:
     """One chunk of all N rows, split across the scoring threads (threshold lowered to N/4)."""
     monkeypatch.setattr(threads, "PARALLEL_MIN_ROWS", N // 4)
-    monkeypatch.setenv(threads.SCORING_ENV, "2")
+    monkeypatch.setenv("BATCH_SCORER_SCORING_THREADS", "2")
     used: list[int] = []
     real_pool = threads.scoring_pool
-    monkeypatch.setattr(threads, "scoring_pool", lambda: used.append(1) or real_pool())
+    monkeypatch.setattr(threads, "scoring_pool", lambda settings: used.append(1) or real_pool(settings))
     config, model = _setup(db_url, tmp_path, "multiclass", N, PASS)
     result = cli_run(config, "run", "churn", "--as-of", AS_OF.isoformat())
     assert result.exit_code == 0, result.output
@@ -306,6 +305,6 @@ def test_progress_bar_on_a_terminal_shows_each_job_with_rows_and_rate() -> None:
 
 def test_model_threads_leave_cores_for_reader_and_writer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BATCH_SCORER_MODEL_THREADS", raising=False)
-    assert model_threads() >= 1
+    assert config_from_dict({}).runtime.resolved_model_threads() >= 1
     monkeypatch.setenv("BATCH_SCORER_MODEL_THREADS", "3")
-    assert model_threads() == 3
+    assert config_from_dict({}).runtime.resolved_model_threads() == 3

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from batch_scorer.config import config_from_dict
 from batch_scorer.executors import threads
 from batch_scorer.executors.threads import PARALLEL_MIN_ROWS
 from batch_scorer.models.loader import load_model
@@ -32,10 +34,8 @@ def test_a_chunk_scored_in_parts_equals_the_models_own_output(
         rows = rows.dropna(subset=NUMERIC)
     X = prepare_features(model, rows)
 
-    monkeypatch.setenv(threads.SCORING_ENV, "1")
-    whole = threads.score_in_parts(model, X)
-    monkeypatch.setenv(threads.SCORING_ENV, "2")
-    parts = threads.score_in_parts(model, X)
+    whole = threads.score_in_parts(model, X, threads.ThreadSettings(scoring_threads=1))
+    parts = threads.score_in_parts(model, X, threads.ThreadSettings(scoring_threads=2))
 
     expected = estimator.predict(rows[columns])
     np.testing.assert_array_equal(whole[0], expected)
@@ -50,10 +50,13 @@ def test_a_chunk_scored_in_parts_equals_the_models_own_output(
 
 
 def test_scoring_threads_default_to_two_on_two_cores_and_can_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(threads.SCORING_ENV, raising=False)
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
-    assert threads.scoring_workers() == 2
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 1)
-    assert threads.scoring_workers() == 1
-    monkeypatch.setenv(threads.SCORING_ENV, "3")
-    assert threads.scoring_workers() == 3
+    monkeypatch.delenv("BATCH_SCORER_SCORING_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert config_from_dict({}).runtime.resolved_scoring_threads() == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert config_from_dict({}).runtime.resolved_scoring_threads() == 1
+    monkeypatch.setenv("BATCH_SCORER_SCORING_THREADS", "3")
+    assert config_from_dict({}).runtime.resolved_scoring_threads() == 3
+    assert config_from_dict({"runtime": {"scoring_threads": 4}}).runtime.resolved_scoring_threads() == 3
+    monkeypatch.delenv("BATCH_SCORER_SCORING_THREADS")
+    assert config_from_dict({"runtime": {"scoring_threads": 4}}).runtime.resolved_scoring_threads() == 4

@@ -148,9 +148,7 @@ def _progress_seconds(ctx: click.Context) -> float:
         cfg = api.as_config(_config(ctx))
     except BatchScorerError:
         return 10.0
-    runtime = getattr(cfg, "runtime", None)
-    env = os.environ.get("BATCH_SCORER_PROGRESS_SECONDS")  # until config owns it
-    return float(env) if env else float(getattr(runtime, "progress_seconds", 10.0))
+    return cfg.runtime.progress_seconds
 
 
 @cli.command("init-db")
@@ -289,8 +287,8 @@ def _print_backfill(job: str, results: Any) -> None:
     )
     for r in results:
         if not r.ok:
-            click.echo(f"Error: {r.job} as_of {r.as_of}: {r.error}" if several else f"Error: as_of {r.as_of}: {r.error}",
-                       err=True)
+            where = f"{r.job} as_of {r.as_of}" if several else f"as_of {r.as_of}"
+            click.echo(f"Error: {where}: {r.error}", err=True)
 
 
 def _parse_datetime(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:

@@ -14,15 +14,16 @@ from sqlalchemy.engine import Engine
 
 from batch_scorer.core.chunk import process_chunk
 from batch_scorer.executors.base import Cancel, StreamJob, StreamSpec
-from batch_scorer.executors.threads import score_in_parts
+from batch_scorer.executors.threads import ThreadSettings, scorer
 from batch_scorer.storage.sources.sql import read_chunks
 
 
 class LocalExecutor:
     """Streams on the calling thread; chunks are scored on the process's scoring threads."""
 
-    def __init__(self, cancel: Cancel | None = None) -> None:
+    def __init__(self, threads: ThreadSettings, cancel: Cancel | None = None) -> None:
         self.cancel = cancel or Cancel()
+        self.score = scorer(threads)
 
     def stream(self, engine: Engine, spec: StreamSpec, jobs: Sequence[StreamJob]) -> None:
         with engine.connect() as conn, contextlib.closing(
@@ -32,7 +33,7 @@ class LocalExecutor:
                 self.cancel.check()
                 for job in [j for j in jobs if j.alive]:
                     try:
-                        job.absorb(process_chunk(job.work, chunk, score_in_parts))
+                        job.absorb(process_chunk(job.work, chunk, self.score))
                     except Exception as exc:  # noqa: BLE001 - fails this job only
                         job.fail(exc)
                     job.progress()

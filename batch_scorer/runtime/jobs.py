@@ -23,6 +23,7 @@ from batch_scorer.dates import as_of_for
 from batch_scorer.errors import BatchScorerError
 from batch_scorer.executors.base import Cancel
 from batch_scorer.executors.local import LocalExecutor
+from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.batch import BatchOptions, run_batch
 from batch_scorer.runtime.outcome import RunResult, RunResults, from_exception
@@ -48,6 +49,11 @@ class Invocation:
     on_progress: ProgressFn | None = None
     cancel: Cancel = field(default_factory=Cancel)
     models: ModelCache = field(default_factory=ModelCache)
+
+
+def threads_of(cfg: Config) -> ThreadSettings:
+    """The thread knobs of the configuration's ``runtime:`` section, resolved."""
+    return ThreadSettings(cfg.runtime.resolved_model_threads(), cfg.runtime.resolved_scoring_threads())
 
 
 def job_as_of(cfg: Config, name: str, now: datetime | None = None) -> date:
@@ -78,7 +84,8 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
     if results and sa.inspect(inv.engine).has_table("scoring_runs"):
         for name, result in results.items():
             results[name] = _recorded(inv, result)
-    ctx = GroupContext(inv.engine, LocalExecutor(inv.cancel), skip_if=inv.skip_if, on_progress=inv.on_progress)
+    executor = LocalExecutor(threads_of(inv.cfg), inv.cancel)
+    ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress)
     options = BatchOptions(parallel=inv.parallel,
                            retry=RetryPolicy(inv.cfg.database.retries, inv.cfg.database.retry_backoff_seconds))
     for plan, result in zip(plans, run_batch(ctx, plans, options, inv.cancel), strict=True):

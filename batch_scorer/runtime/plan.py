@@ -43,6 +43,8 @@ def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
         table=src.table,
         query=src.query,
         as_of_column=src.as_of_column,
+        where=tuple(src.where.items()),
+        params=tuple(src.params.items()),
         pass_through=tuple(job.output.pass_through),
         timezone=cfg.timezone,
     )
@@ -165,6 +167,7 @@ def build_plan(
             allow_empty=job.allow_empty,
             want_score=job.output.score is not False,
         ),
+        depends_on=tuple(job.depends_on),
     )
 
 
