@@ -3,7 +3,7 @@
 How it works (README "Scheduling and backfill"):
 
 - Each job with a ``schedule:`` gets an APScheduler job on a
-  :class:`~batch_scorer.cron.ScheduleTrigger` in the configured timezone. The
+  :class:`~batch_scorer.config.cron.ScheduleTrigger` in the configured timezone. The
   APScheduler job only *announces* the fire (job, fire time); the runs happen
   one at a time in the daemon's main thread, so runs never overlap, SIGTERM
   can roll a run back, and a fire that comes while its job is still running
@@ -79,7 +79,9 @@ def triggers(cfg: Config, names: Sequence[str] = ()) -> dict[str, ScheduleTrigge
             raise UsageError(f"job {name!r} has no schedule: key; add one (e.g. schedule: \"0 2 * * *\")")
     chosen = [cfg.job(n) for n in names] if names else list(cfg.jobs.values())
     tz = ZoneInfo(cfg.timezone)
-    out = {j.name: cron_trigger(j.schedule, tz) for j in chosen if j.schedule is not None}
+    # scheduler.allow_seconds_field (test-only 6-field crons) where the config has it.
+    seconds = bool(getattr(cfg.scheduler, "allow_seconds_field", False))
+    out = {j.name: cron_trigger(j.schedule, tz, allow_seconds=seconds) for j in chosen if j.schedule is not None}
     if not out:
         raise UsageError(
             f"no job in {cfg.source_file or 'the config'} has a schedule: key, so the daemon "
@@ -99,7 +101,7 @@ def upcoming(
     fires = []
     for name, trigger in triggers(cfg, names).items():
         job = cfg.job(name)
-        fires.extend(Fire(name, f, fire_as_of(job, f, tz)) for f in next_fires(trigger, start, count))
+        fires.extend(Fire(name, f.astimezone(tz), fire_as_of(job, f, tz)) for f in next_fires(trigger, start, count))
     return fires
 
 
@@ -128,6 +130,8 @@ def catch_up(cfg: Config, engine: Engine, names: Sequence[str] = (), now: dateti
     out = []
     for name, trigger in triggers(cfg, names).items():
         fire_time = latest_fire(trigger, now, window)
+        if fire_time is not None:
+            fire_time = fire_time.astimezone(tz)  # shown in the configured timezone
         if fire_time is None:
             log.info("job %s: no fire in the last %gh to catch up", name, cfg.scheduler.catch_up_hours)
             continue
@@ -192,7 +196,8 @@ class _Fires:
         with self._lock:
             old = self._pending.get(fire.job)
             if old is not None:
-                if fire.fire_time <= old.fire_time:
+                # In UTC: same-zone comparisons go by the wall clock (wrong in the repeated hour).
+                if fire.fire_time.astimezone(UTC) <= old.fire_time.astimezone(UTC):
                     return
                 log.warning(
                     "job %s: fire %s (as_of %s) coalesced into the newer fire %s (as_of %s): "
@@ -227,8 +232,10 @@ class Daemon:
         self._running: Fire | None = None
         self._interrupting = False
         grace = max(cfg.scheduler.catch_up_hours * 3600, 3600)
+        # UTC: APScheduler subtracts and compares its `now` with fire times, which
+        # is exact across DST only between instants of different zones or UTC.
         self.scheduler = BackgroundScheduler(
-            timezone=self.tz,
+            timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": int(grace)},
         )
 
@@ -277,7 +284,7 @@ class Daemon:
             self.scheduler.start()
             for job in self.scheduler.get_jobs():
                 log.info("job %s: schedule %r (%s), next fire %s", job.id, self.cfg.job(job.id).schedule,
-                         self.cfg.timezone, job.next_run_time.isoformat())
+                         self.cfg.timezone, job.next_run_time.astimezone(self.tz).isoformat())
             log.info("scheduler started: %d job(s); SIGTERM or Ctrl-C stops it", len(self.triggers))
             self._loop()
         except Interrupted as exc:
