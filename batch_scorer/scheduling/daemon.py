@@ -25,6 +25,11 @@ How it works (README "Scheduling and backfill"):
   ``scheduler.catch_up_hours`` runs once if it is not done. APScheduler's
   misfire grace is not relied on (it is set generously anyway, and a missed
   fire it reports is queued like any other).
+- SIGHUP: re-read and validate the same config file, after the run in
+  progress; on success the new jobs and schedules replace the old ones (one
+  log line says what changed), on error the old configuration stays (one log
+  line with the error). ``database.url`` and ``busy_timeout_seconds`` need a
+  restart (:mod:`~batch_scorer.scheduling.reload`).
 - SIGTERM/SIGINT: no new fires; a run in progress may finish for
   ``scheduler.stop_timeout_seconds``, then it is interrupted and rolled back
   (a second signal interrupts it at once); the daemon exits 0.
@@ -59,11 +64,13 @@ from batch_scorer.runtime.progress import row_progress
 from batch_scorer.runtime.run import RunResult, run_job
 from batch_scorer.runtime.signals import Interrupted
 from batch_scorer.scheduling.fires import Fire, FireQueue, lock_deadline, lock_decision, retry_delay
+from batch_scorer.scheduling.reload import config_changes, keep_restart_settings
 from batch_scorer.storage.schema import create_tool_tables, scoring_runs
 
 log = logging.getLogger(__name__)
 
 TRIGGER = "schedule"
+ReloadFn = Callable[[], Config]
 _Fires = FireQueue  # the name the tests knew it by
 
 __all__ = ["TRIGGER", "Daemon", "Fire", "catch_up", "done_by", "fire_as_of", "run_fire", "triggers", "upcoming"]
@@ -205,15 +212,24 @@ def lock_holder(exc: LockHeld) -> str:
     return found.group(1) if found else f"another run ({exc})"
 
 
-class Daemon:
-    """Runs scheduled fires until :meth:`stop` or SIGTERM/SIGINT. Use :func:`serve`."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(mask_text(str(exc)).split())
 
-    def __init__(self, cfg: Config, engine: Engine, names: Sequence[str] = ()) -> None:
+
+class Daemon:
+    """Runs scheduled fires until :meth:`stop` or SIGTERM/SIGINT. Use :func:`serve`.
+
+    ``reload`` returns the configuration anew (SIGHUP); None: nothing to reload."""
+
+    def __init__(self, cfg: Config, engine: Engine, names: Sequence[str] = (),
+                 reload: ReloadFn | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
         self.names = tuple(names)
         self.tz = ZoneInfo(cfg.timezone)
         self.triggers = triggers(cfg, self.names)
+        self._reload_fn = reload
+        self._reload_asked = False
         self._stop = threading.Event()
         self._stop_signal: int | None = None
         self._running: Fire | None = None
@@ -233,7 +249,7 @@ class Daemon:
         else:
             times = list(getattr(event, "scheduled_run_times", []))
             kind = "schedule"
-        cfg = self.cfg
+        cfg = self.cfg  # one configuration for the whole announcement (SIGHUP swaps it)
         if not times or self._stop.is_set() or event.job_id not in cfg.jobs:
             return
         fire_time = max(times, key=lambda t: t.astimezone(UTC))
@@ -262,7 +278,8 @@ class Daemon:
             for fire in missed:
                 self.fires.put(fire)
             self.start_scheduler(now)
-            log.info("scheduler started: %d job(s); SIGTERM or Ctrl-C stops it", len(self.triggers))
+            log.info("scheduler started: %d job(s); SIGTERM or Ctrl-C stops it, SIGHUP reloads "
+                     "the configuration", len(self.triggers))
             self._loop()
         except Interrupted as exc:
             log.warning("stopped by %s: the run in progress was rolled back", exc.signame)
@@ -300,11 +317,15 @@ class Daemon:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._reload_asked:
+                self._reload()
             fire = self.fires.get(timeout=0.2)
             if fire is None or self._stop.is_set():
                 if fire is not None:
                     self.fires.put(fire)  # listed as not run at the end
                 continue
+            if fire.job not in self.cfg.jobs:
+                continue  # removed by a reload after it was queued
             self._running = fire
             try:
                 run_fire(self.cfg, self.engine, fire)
@@ -340,6 +361,38 @@ class Daemon:
         delay = min(retry_delay(fire.retries), (deadline - now).total_seconds())
         self.fires.put(replace(fire, retries=fire.retries + 1), delay=max(delay, 0.0), lock_wait=True)
 
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config file and swap in its jobs and schedules, or keep the old ones."""
+        self._reload_asked = False
+        if self._reload_fn is None:
+            log.warning("received SIGHUP: this daemon was given a configuration object, not a file; "
+                        "there is nothing to reload")
+            return
+        source = self.cfg.source_file or "the configuration"
+        try:
+            new = self._reload_fn()
+            new_triggers = triggers(new, self.names)
+        except Exception as exc:  # noqa: BLE001 - a bad edit must not stop the daemon
+            log.error("received SIGHUP: reloading %s failed, keeping the configuration in use: %s",
+                      source, _one_line(exc))
+            return
+        changes = config_changes(self.cfg, new, self.triggers, new_triggers)
+        self.cfg = keep_restart_settings(self.cfg, new)
+        self.tz, self.triggers = ZoneInfo(new.timezone), new_triggers
+        now = datetime.now(UTC)
+        for name in changes.removed:
+            self.scheduler.remove_job(name)
+            for fire in self.fires.drop_job(name):
+                log.info("%s: not run: the job was removed from the configuration", fire.label)
+        for name in changes.rescheduled:
+            self.scheduler.remove_job(name)
+            self._add_job(name, new_triggers[name], now)
+        for name in changes.added:
+            self._add_job(name, new_triggers[name], now)
+        log.info("received SIGHUP: reloaded %s: %s", source, changes.summary())
+        for name in (*changes.added, *changes.rescheduled):
+            self._log_next(name)
+
     def _install_signals(self) -> Callable[[], None]:
         if not _main_thread():
             return lambda: None
@@ -366,9 +419,15 @@ class Daemon:
                 log.warning("the run did not finish within scheduler.stop_timeout_seconds; rolling it back")
                 self._interrupt(self._stop_signal or signal.SIGTERM)
 
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            # Only a flag: the main loop reloads between fires, so a run in
+            # progress finishes with the configuration it started with.
+            self._reload_asked = True
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_stop)
         previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
 
         def restore() -> None:
             signal.setitimer(signal.ITIMER_REAL, 0)
