@@ -55,9 +55,10 @@ _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _ITEM = re.compile(r"^(\*|\?|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/(\d+))?$")
 _DAY = 86400
-# A schedule that can fire at all fires within 8 years (29 February around a
-# non-leap 2100); the day walk stops after this many days.
-_MAX_DAYS = 9 * 366
+# The calendar repeats every 400 years, so a schedule that can fire at all fires
+# within them (29 February on a given weekday can be 28 years away); the day walk
+# stops after this many steps (a month that does not match is one step).
+_MAX_DAYS = 400 * 366
 
 
 @dataclass(frozen=True)
@@ -284,9 +285,12 @@ class ScheduleTrigger(BaseTrigger):
         # From the day before: a spring-shifted fire of that day can be after midnight.
         day = start.astimezone(self.timezone).date() - timedelta(days=1)
         for _ in range(_MAX_DAYS):
-            if day.month not in self._months:
-                day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
-                continue
+            try:
+                if day.month not in self._months:
+                    day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+                    continue
+            except OverflowError:
+                return None
             fire = self._first_on(day, start_utc) if self._day_matches(day) else None
             if fire is not None:
                 # A shifted fire past midnight: the next day may fire before it.
