@@ -312,10 +312,13 @@ def schedule(config: ConfigLike = None, jobs: Sequence[str] = ()) -> int:
 
     Every job with a ``schedule:`` (or only ``jobs``) runs on its cron in the
     configured timezone; missed fires within ``scheduler.catch_up_hours`` run once on
-    start. See :mod:`batch_scorer.scheduling.daemon`."""
+    start. SIGHUP re-reads the config file (given a Config object, there is none to
+    re-read). See :mod:`batch_scorer.scheduling.daemon`."""
     cfg = as_config(config)
-    with _engine(cfg, pool_size=6) as engine:
-        return scheduler.Daemon(cfg, engine, jobs).serve()
+    source = cfg.source_file
+    reload = None if isinstance(config, Config) or source is None else (lambda: load_config(source))
+    with _engine(cfg, pool_size=6) as engine, _threads(cfg):
+        return scheduler.Daemon(cfg, engine, jobs, reload=reload).serve()
 
 
 __all__ = [

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 
+from batch_scorer.storage.db import create_engine
+from batch_scorer.storage.ddl import create_tool_tables
+from batch_scorer.storage.schema import job_locks, scoring_runs
 from tests.faults_support import Run
 from tests.helpers import features_frame, job, load_table, save_model, train, write_config
 
@@ -51,9 +57,37 @@ def stop(run: Run, timeout: float = 30) -> int:
 
 
 def count_lines(run: Run, text: str) -> int:
+    """How many stderr lines so far contain ``text``."""
     return sum(text in line for line in run.lines)
 
 
+def hold_job_lock(url: str, job: str, as_of: date) -> int:
+    """Hold ``job``'s SQLite lock as another run would (a backfill of ``as_of``): a
+    ``running`` ledger row and a lock row, both of this test's live process. Returns the run_id."""
+    engine = create_engine(url)
+    try:
+        create_tool_tables(engine)
+        with engine.begin() as conn:
+            run_id = conn.execute(scoring_runs.insert().values(
+                job=job, model_version="other", model_sha256="0" * 64, as_of=as_of, trigger="backfill",
+                status="running", started_at=datetime.now(UTC), host=socket.gethostname(), pid=os.getpid(),
+            )).inserted_primary_key[0]
+            conn.execute(job_locks.insert().values(
+                job=job, run_id=run_id, host=socket.gethostname(), pid=os.getpid(), acquired_at=datetime.now(UTC),
+            ))
+        return int(run_id)
+    finally:
+        engine.dispose()
+
+
+def release_job_lock(url: str, job: str) -> None:
+    """Let go of the lock :func:`hold_job_lock` took (the holder finished)."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(job_locks).where(job_locks.c.job == job))
+    finally:
+        engine.dispose()
 
 
 def wait_count(run: Run, text: str, n: int, timeout: float = 20) -> None:

@@ -14,6 +14,7 @@ from tests.schedule_support import count_lines, daemon, scheduled_job, stop, wai
 
 FIRE_OK = ": succeeded, run "
 ROWS = 20_000
+PROGRESS = re.compile(r"job j run \d+: [1-9]\d* rows read")  # a run has scored some rows
 
 
 def test_daemon_runs_each_fire_with_trigger_schedule_and_stops_on_sigterm(tmp_path: Path, sqlite_url: str) -> None:
@@ -100,7 +101,7 @@ def _start_big_run(tmp_path: Path, url: str, stop_timeout: int) -> Run:
     cfg = scheduled_job(tmp_path, url, "* * * * * *", rows=ROWS, kind="forest", chunk_size=1_000,
                         scheduler={"catch_up_hours": 0, "stop_timeout_seconds": stop_timeout})
     run = daemon(cfg)
-    run.wait_for(lambda ln: re.search(r"job j: [1-9]\d* rows", ln) is not None, timeout=30)
+    run.wait_for(lambda ln: PROGRESS.search(ln) is not None, timeout=30)
     assert run.proc.poll() is None
     return run
 
@@ -122,7 +123,7 @@ def test_runs_never_overlap_and_sigterm_lets_the_current_run_finish(tmp_path: Pa
     run = _start_big_run(tmp_path, sqlite_url, stop_timeout=60)
     wait_count(run, FIRE_OK, 2, timeout=30)
     seen = len(run.lines)
-    run.wait_for(lambda ln: run.lines.index(ln) >= seen and re.search(r"job j: [1-9]\d* rows", ln) is not None)
+    run.wait_for(lambda ln: run.lines.index(ln) >= seen and PROGRESS.search(ln) is not None)
     assert stop(run) == 0, run.stderr
     assert "taking no new fires" in run.stderr
     runs = query(sqlite_url, "SELECT status, started_at, finished_at FROM scoring_runs ORDER BY run_id")

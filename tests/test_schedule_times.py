@@ -142,3 +142,67 @@ def test_a_fire_arriving_while_one_waits_is_coalesced_with_a_log_line(caplog: py
     got = [fires.get(timeout=0.1), fires.get(timeout=0.1), fires.get(timeout=0.1)]
     assert [(f.job, f.fire_time.minute) for f in got if f] == [("a", 2), ("b", 0)]
     assert sum("coalesced into the newer fire" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_day_of_month_and_day_of_week_both_restricted_fire_on_either(tmp_path: Path) -> None:
+    # crontab(5): "13 * 5" is every 13th and every Friday; "*/2 * 1" (a field
+    # starting with *) is both: odd days that are Mondays.
+    cfg = _config(tmp_path, "UTC", either={"schedule": "0 2 13 * 5"}, both={"schedule": "0 2 */2 * 1"})
+    result = cli_run(cfg, "schedule", "--next", "4", "--after", "2026-01-01T00:00")  # a Thursday
+    assert result.exit_code == 0, result.output
+    assert [(job, fire[:10]) for job, fire, _ in _table(result.output)] == [
+        ("either", "2026-01-02"), ("either", "2026-01-09"), ("either", "2026-01-13"), ("either", "2026-01-16"),
+        ("both", "2026-01-05"), ("both", "2026-01-19"), ("both", "2026-02-09"), ("both", "2026-02-23"),
+    ]
+
+
+def test_a_schedule_that_can_never_fire_is_a_config_error(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, nightly={"schedule": "0 0 30 2 *"})
+    result = cli_run(cfg, "schedule", "--next", "1")
+    assert result.exit_code == 2, result.output
+    assert "jobs.nightly.schedule" in result.output and "never fire" in result.output
+
+
+def test_hourly_schedule_fires_by_elapsed_time_through_the_spring_gap(tmp_path: Path) -> None:
+    # 02:30 does not exist: its shifted instant is 03:30, which fires once.
+    cfg = _config(tmp_path, hourly={"schedule": "30 * * * *"}, fixed={"schedule": "15,45 2 * * *"})
+    result = cli_run(cfg, "schedule", "--next", "3", "--after", "2026-03-29T01:00")
+    assert [row[:2] for row in _table(result.output)] == [
+        ("hourly", "2026-03-29T01:30:00+01:00"), ("hourly", "2026-03-29T03:30:00+02:00"),
+        ("hourly", "2026-03-29T04:30:00+02:00"),
+        ("fixed", "2026-03-29T03:15:00+02:00"), ("fixed", "2026-03-29T03:45:00+02:00"),
+        ("fixed", "2026-03-30T02:15:00+02:00"),
+    ]
+
+
+def test_a_range_of_hours_fires_at_both_occurrences_of_the_repeated_hour(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, window={"schedule": "0 1-3 * * *"}, listed={"schedule": "0 1,2,3 * * *"})
+    result = cli_run(cfg, "schedule", "--next", "4", "--after", "2026-10-25T00:00")
+    assert [row[:2] for row in _table(result.output)] == [
+        ("window", "2026-10-25T01:00:00+02:00"), ("window", "2026-10-25T02:00:00+02:00"),
+        ("window", "2026-10-25T02:00:00+01:00"), ("window", "2026-10-25T03:00:00+01:00"),
+        ("listed", "2026-10-25T01:00:00+02:00"), ("listed", "2026-10-25T02:00:00+02:00"),
+        ("listed", "2026-10-25T03:00:00+01:00"), ("listed", "2026-10-26T01:00:00+01:00"),
+    ]
+
+
+def test_trigger_gives_utc_instants_and_takes_the_seconds_field_as_a_parameter() -> None:
+    from zoneinfo import ZoneInfo
+
+    from batch_scorer.config.cron import cron_trigger, fires_between, latest_fire
+
+    berlin = ZoneInfo("Europe/Berlin")
+    with pytest.raises(ValueError, match="has 6 fields"):
+        cron_trigger("*/20 30 * * * *", berlin)
+    trigger = cron_trigger("*/20 30 * * * *", berlin, allow_seconds=True)
+    # Across the repeated hour: local times of one zone compare by wall clock, so
+    # the helpers must work on instants (02:30+01:00 is after 02:45+02:00).
+    start = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00+02:00
+    fires = fires_between(trigger, start, start + timedelta(hours=2))
+    assert [f.astimezone(berlin).isoformat() for f in fires] == [
+        "2026-10-25T02:30:00+02:00", "2026-10-25T02:30:20+02:00", "2026-10-25T02:30:40+02:00",
+        "2026-10-25T02:30:00+01:00", "2026-10-25T02:30:20+01:00", "2026-10-25T02:30:40+01:00",
+    ]
+    assert all(f.tzinfo is UTC for f in fires)
+    now = datetime(2026, 10, 25, 2, 50, tzinfo=berlin, fold=1)  # 01:50 UTC
+    assert latest_fire(trigger, now, timedelta(hours=1)) == datetime(2026, 10, 25, 1, 30, 40, tzinfo=UTC)

@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from batch_scorer.config.cron import ALLOW_SECONDS_ENV
 from batch_scorer.errors import ConfigError
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -89,7 +88,7 @@ def apply_env_overrides(data: dict[str, Any]) -> dict[str, Any]:
         (MODEL_THREADS_ENV, "runtime", "model_threads", _count),
         (SCORING_THREADS_ENV, "runtime", "scoring_threads", _count),
         (PROGRESS_SECONDS_ENV, "runtime", "progress_seconds", _seconds),
-        (ALLOW_SECONDS_ENV, "scheduler", "allow_seconds_field", _switch),
+        ("BATCH_SCORER_ALLOW_SECONDS_CRON", "scheduler", "allow_seconds_field", _switch),
     ]
     out = dict(data)
     for env_name, section, key, parse in overrides:

@@ -271,23 +271,13 @@ class LabelsConfig(Strict):
 def check_schedule(expr: str, allow_seconds_field: bool) -> str:
     """Validate a cron ``schedule:``; ``ValueError`` says what is wrong.
 
-    With ``allow_seconds_field`` a 6-field form is accepted: its leading seconds
-    field is checked here and the other five by :func:`cron_trigger`.
+    With ``allow_seconds_field`` the test-only 6-field form (a leading seconds
+    field) is accepted too.
     """
     # Imported here: only configs with schedules need APScheduler at load.
     from batch_scorer.config.cron import cron_trigger
 
-    fields = expr.split() if isinstance(expr, str) else []
-    if allow_seconds_field and len(fields) == 6:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger(second=fields[0])
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"schedule {expr!r} has an invalid seconds field: {exc}") from None
-        cron_trigger(" ".join(fields[1:]), "UTC")
-    else:
-        cron_trigger(expr, "UTC")
+    cron_trigger(expr, "UTC", allow_seconds=allow_seconds_field)
     return expr
 
 

@@ -32,7 +32,7 @@ from batch_scorer.runtime.run import GroupContext, ProgressFn, SkipCheck
 from batch_scorer.storage import ledger
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.retry import RetryPolicy
-from batch_scorer.storage.schema import RunStatus
+from batch_scorer.storage.schema import RunStatus, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
         for name, result in results.items():
             results[name] = _recorded(inv, result)
     executor = LocalExecutor(threads_of(inv.cfg), inv.cancel)
-    ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress)
+    ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
+                       record_lock_skips=inv.trigger != Trigger.SCHEDULE)
     options = BatchOptions(parallel=inv.parallel,
                            retry=RetryPolicy(inv.cfg.database.retries, inv.cfg.database.retry_backoff_seconds))
     for plan, result in zip(plans, run_batch(ctx, plans, options, inv.cancel), strict=True):

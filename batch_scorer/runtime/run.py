@@ -221,6 +221,9 @@ class GroupContext:
     executor: Executor
     skip_if: SkipCheck | None = None
     on_progress: ProgressFn | None = None
+    # Record a lost lock as a `skipped` ledger row (run, cron, backfill); the
+    # daemon does not: it waits and retries, or finds the fire done.
+    record_lock_skips: bool = True
 
 
 def stream_spec(plans: Sequence[RunPlan]) -> StreamSpec:
@@ -274,7 +277,7 @@ def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempt
         lock = held.enter_context(locks.job_lock(engine, plan.job))
     except LockHeld as exc:
         log.warning("job %s as_of %s: skipped: %s", plan.job, plan.as_of, exc)
-        run_id = _record(engine, plan, RunStatus.SKIPPED, str(exc))
+        run_id = _record(engine, plan, RunStatus.SKIPPED, str(exc)) if ctx.record_lock_skips else None
         attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, exc, run_id=run_id), exc))
         return None
     ledger.mark_abandoned(engine, plan.job)

@@ -3,35 +3,49 @@
 How it works (README "Scheduling and backfill"):
 
 - Each job with a ``schedule:`` gets an APScheduler job on a
-  :class:`~batch_scorer.cron.ScheduleTrigger` in the configured timezone. The
-  APScheduler job only *announces* the fire (job, fire time); the runs happen
-  one at a time in the daemon's main thread, so runs never overlap, SIGTERM
-  can roll a run back, and a fire that comes while its job is still running
-  waits (one pending fire per job; further ones are coalesced with a log line).
+  :class:`~batch_scorer.config.cron.ScheduleTrigger` in the configured
+  timezone (fire times and DST rules: that module). The APScheduler job only
+  *announces* the fire (job, fire time); the runs happen one at a time in the
+  daemon's main thread, so runs never overlap, SIGTERM can roll a run back, and
+  a fire that comes while the daemon is busy waits in a queue
+  (:class:`~batch_scorer.scheduling.fires.FireQueue`: one waiting fire per job
+  and as_of; a newer one of the same as_of coalesces, with a log line).
 - as_of of a fire: the fire time's date in the timezone (``as_of: fire_date``,
   the default) or the day before (``as_of: previous_day``).
 - A fire is *done* when the ledger has a succeeded run of the job for its
   as_of that started at or after the fire time. Checked while holding the
   job's lock right before the run starts, so two daemons (or a daemon and a
-  cron line) on one database score a fire once: the loser either finds the
-  lock held (logged, skipped) or finds the fire done.
+  cron line) on one database score a fire once.
+- Lock held by another run (a backfill, a manual run, another daemon): if it
+  scores the fire's as_of, the fire is a no-op; otherwise the fire waits and
+  retries (1 s, doubling, at most 30 s) until ``scheduler.catch_up_hours``
+  after its fire time, without holding up other jobs' fires
+  (:func:`~batch_scorer.scheduling.fires.lock_decision`).
 - Catch-up: on start, the latest fire of each job within
   ``scheduler.catch_up_hours`` runs once if it is not done. APScheduler's
   misfire grace is not relied on (it is set generously anyway, and a missed
   fire it reports is queued like any other).
+- SIGHUP: re-read and validate the same config file, after the run in
+  progress; on success the new jobs and schedules replace the old ones (one
+  log line says what changed), on error the old configuration stays (one log
+  line with the error). ``database.url`` and ``busy_timeout_seconds`` need a
+  restart (:mod:`~batch_scorer.scheduling.reload`).
 - SIGTERM/SIGINT: no new fires; a run in progress may finish for
   ``scheduler.stop_timeout_seconds``, then it is interrupted and rolled back
   (a second signal interrupts it at once); the daemon exits 0.
+
+Every log line about a fire starts with :attr:`Fire.label` (job, fire time,
+kind, as_of) and names the run id once there is one.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import re
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -44,34 +58,37 @@ from sqlalchemy.engine import Engine
 
 from batch_scorer.config import Config, JobConfig
 from batch_scorer.config.cron import ScheduleTrigger, cron_trigger, latest_fire, next_fires
+from batch_scorer.dates import as_of_for
 from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, UsageError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.jobs import run_job
 from batch_scorer.runtime.outcome import RunResult, Status
 from batch_scorer.runtime.progress import row_progress
 from batch_scorer.runtime.signals import Interrupted
+from batch_scorer.scheduling.fires import Fire, FireQueue, lock_deadline, lock_decision, retry_delay
+from batch_scorer.scheduling.reload import config_changes, keep_restart_settings
 from batch_scorer.storage import ledger
 from batch_scorer.storage.ddl import create_tool_tables
 
 log = logging.getLogger(__name__)
 
 TRIGGER = "schedule"
+ReloadFn = Callable[[], Config]
+_Fires = FireQueue  # the name the tests knew it by
 
-
-@dataclass(frozen=True)
-class Fire:
-    """One fire of one job: when it was due and the as_of it scores."""
-
-    job: str
-    fire_time: datetime
-    as_of: date
-    kind: str = "schedule"  # schedule | catch-up | missed
+__all__ = ["TRIGGER", "Daemon", "Fire", "catch_up", "done_by", "fire_as_of", "run_fire", "triggers", "upcoming"]
 
 
 def fire_as_of(job: JobConfig, fire_time: datetime, tz: ZoneInfo) -> date:
-    """The as_of a fire implies: its date in ``tz``, or the day before for ``previous_day``."""
-    day = fire_time.astimezone(tz).date()
-    return day - timedelta(days=1) if job.as_of == "previous_day" else day
+    """The as_of a fire implies: its date in ``tz``, or the day before for ``previous_day``
+    (the same rule a run without a date applies to now)."""
+    return as_of_for(job.as_of, fire_time, str(tz))
+
+
+def _fire(cfg: Config, name: str, fire_time: datetime, kind: str) -> Fire:
+    tz = ZoneInfo(cfg.timezone)
+    local = fire_time.astimezone(tz)  # shown in the configured timezone
+    return Fire(name, local, fire_as_of(cfg.job(name), local, tz), kind)
 
 
 def triggers(cfg: Config, names: Sequence[str] = ()) -> dict[str, ScheduleTrigger]:
@@ -81,7 +98,9 @@ def triggers(cfg: Config, names: Sequence[str] = ()) -> dict[str, ScheduleTrigge
             raise UsageError(f"job {name!r} has no schedule: key; add one (e.g. schedule: \"0 2 * * *\")")
     chosen = [cfg.job(n) for n in names] if names else list(cfg.jobs.values())
     tz = ZoneInfo(cfg.timezone)
-    out = {j.name: cron_trigger(j.schedule, tz) for j in chosen if j.schedule is not None}
+    # scheduler.allow_seconds_field (test-only 6-field crons) where the config has it.
+    seconds = cfg.scheduler.allow_seconds_field
+    out = {j.name: cron_trigger(j.schedule, tz, allow_seconds=seconds) for j in chosen if j.schedule is not None}
     if not out:
         raise UsageError(
             f"no job in {cfg.source_file or 'the config'} has a schedule: key, so the daemon "
@@ -94,14 +113,12 @@ def upcoming(
     cfg: Config, count: int, after: datetime | None = None, names: Sequence[str] = ()
 ) -> list[Fire]:
     """The next ``count`` fires of each scheduled job after ``after`` (default: now)."""
-    tz = ZoneInfo(cfg.timezone)
     start = after or datetime.now(UTC)
     if start.tzinfo is None:
-        start = start.replace(tzinfo=tz)
+        start = start.replace(tzinfo=ZoneInfo(cfg.timezone))
     fires = []
     for name, trigger in triggers(cfg, names).items():
-        job = cfg.job(name)
-        fires.extend(Fire(name, f, fire_as_of(job, f, tz)) for f in next_fires(trigger, start, count))
+        fires.extend(_fire(cfg, name, f, "schedule") for f in next_fires(trigger, start, count))
     return fires
 
 
@@ -112,7 +129,6 @@ def done_by(engine: Engine, job: str, as_of: date, fire_time: datetime) -> int |
 
 def catch_up(cfg: Config, engine: Engine, names: Sequence[str] = (), now: datetime | None = None) -> list[Fire]:
     """The fires to run on start: each job's latest fire in the catch-up window, if not done."""
-    tz = ZoneInfo(cfg.timezone)
     now = now or datetime.now(UTC)
     window = timedelta(hours=cfg.scheduler.catch_up_hours)
     out = []
@@ -121,25 +137,31 @@ def catch_up(cfg: Config, engine: Engine, names: Sequence[str] = (), now: dateti
         if fire_time is None:
             log.info("job %s: no fire in the last %gh to catch up", name, cfg.scheduler.catch_up_hours)
             continue
-        fire = Fire(name, fire_time, fire_as_of(cfg.job(name), fire_time, tz), "catch-up")
+        fire = _fire(cfg, name, fire_time, "catch-up")
         run_id = done_by(engine, name, fire.as_of, fire_time)
         if run_id is not None:
             log.info("job %s: last fire %s (as_of %s) was scored by run %d; nothing to catch up",
-                     name, fire_time.isoformat(), fire.as_of, run_id)
+                     name, fire.fire_time.isoformat(), fire.as_of, run_id)
         else:
             log.warning("job %s: last fire %s (as_of %s) has no succeeded run; running it now (catch-up)",
-                        name, fire_time.isoformat(), fire.as_of)
+                        name, fire.fire_time.isoformat(), fire.as_of)
             out.append(fire)
     return out
+
+
+def _without_job(message: str, job: str) -> str:
+    """An error message without its leading ``job 'x': `` (the fire's label names the job)."""
+    prefix = f"job {job!r}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def run_fire(cfg: Config, engine: Engine, fire: Fire) -> RunResult:
     """Run one fire (the done-check is repeated under the job's lock) and log one line for it.
 
-    Errors are logged and returned, never raised (the daemon keeps going);
-    only an interrupt (:class:`KeyboardInterrupt`) propagates.
-    """
-    what = f"job {fire.job} fire {fire.fire_time.isoformat()} ({fire.kind}) as_of {fire.as_of}"
+    Errors are logged and returned, never raised (the daemon keeps going),
+    except :class:`LockHeld` (the daemon decides whether the fire waits) and
+    an interrupt (:class:`KeyboardInterrupt`)."""
+    what = fire.label
 
     def already(_plan: object) -> str | None:
         run_id = done_by(engine, fire.job, fire.as_of, fire.fire_time)
@@ -147,15 +169,15 @@ def run_fire(cfg: Config, engine: Engine, fire: Fire) -> RunResult:
 
     try:
         # Off a terminal (systemd, tests) this logs rows every BATCH_SCORER_PROGRESS_SECONDS.
-        with row_progress(cfg.runtime.progress_seconds if hasattr(cfg, "runtime") else 10.0,
-                          interactive=False) as progress:
+        with row_progress(cfg.runtime.progress_seconds, interactive=False) as progress:
             result = run_job(cfg, engine, fire.job, fire.as_of, TRIGGER, progress, skip_if=already)
-    except LockHeld as exc:
-        log.warning("%s: skipped, another run holds the job's lock: %s", what, exc)
-        return RunResult(fire.job, Status.SKIPPED, fire.as_of, error=str(exc), exit_code=exc.exit_code)
+    except LockHeld:
+        raise
     except BatchScorerError as exc:
-        log.error("%s: failed: %s", what, exc)
-        return RunResult(fire.job, Status.FAILED, fire.as_of, error=str(exc), exit_code=exc.exit_code)
+        run = f", run {exc.run_id}" if exc.run_id is not None else ""
+        log.error("%s: failed%s: %s", what, run, _without_job(str(exc), fire.job))
+        return RunResult(fire.job, Status.FAILED, fire.as_of, run_id=exc.run_id, error=str(exc),
+                         exit_code=exc.exit_code)
     except sa.exc.SQLAlchemyError as exc:
         message = f"database error: {mask_text(first_line(exc))}"
         log.error("%s: failed: %s", what, message)
@@ -163,7 +185,7 @@ def run_fire(cfg: Config, engine: Engine, fire: Fire) -> RunResult:
     except Exception as exc:  # noqa: BLE001 - the daemon must outlive any one run's bug
         log.exception("%s: failed with an unexpected error", what)
         return RunResult(fire.job, Status.FAILED, fire.as_of, error=mask_text(str(exc)), exit_code=1)
-    if result.status == "already_done":
+    if result.status == Status.ALREADY_DONE:
         log.info("%s: skipped, %s", what, result.error)
     else:
         log.info("%s: succeeded, run %s, %d rows scored, %d rejected, %.1fs",
@@ -171,56 +193,43 @@ def run_fire(cfg: Config, engine: Engine, fire: Fire) -> RunResult:
     return result
 
 
-class _Fires:
-    """Fires waiting to run, oldest first, at most one per job (newer ones coalesce)."""
+def lock_holder(exc: LockHeld) -> str:
+    """Who holds the lock, from the error: its run and as_of when known, else its message's words."""
+    run_id, as_of = getattr(exc, "holder_run_id", None), getattr(exc, "holder_as_of", None)
+    if run_id is not None or as_of is not None:
+        return " ".join(filter(None, (f"run {run_id}" if run_id is not None else "a run",
+                                      f"(as_of {as_of})" if as_of is not None else "")))
+    found = re.search(r"already being scored by (.+?); this run was skipped", str(exc))
+    return found.group(1) if found else f"another run ({exc})"
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._pending: dict[str, Fire] = {}
-        self._lock = threading.Lock()
 
-    def put(self, fire: Fire) -> None:
-        with self._lock:
-            old = self._pending.get(fire.job)
-            if old is not None:
-                if fire.fire_time <= old.fire_time:
-                    return
-                log.warning(
-                    "job %s: fire %s (as_of %s) coalesced into the newer fire %s (as_of %s): "
-                    "the job's previous run was still going",
-                    fire.job, old.fire_time.isoformat(), old.as_of, fire.fire_time.isoformat(), fire.as_of,
-                )
-                self._pending[fire.job] = fire
-                return
-            self._pending[fire.job] = fire
-        self._queue.put(fire.job)
-
-    def get(self, timeout: float) -> Fire | None:
-        try:
-            name = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        with self._lock:
-            return self._pending.pop(name)
+def _one_line(exc: BaseException) -> str:
+    return " ".join(mask_text(str(exc)).split())
 
 
 class Daemon:
-    """Runs scheduled fires until :meth:`stop` or SIGTERM/SIGINT. Use :func:`serve`."""
+    """Runs scheduled fires until :meth:`stop` or SIGTERM/SIGINT. Use :func:`serve`.
 
-    def __init__(self, cfg: Config, engine: Engine, names: Sequence[str] = ()) -> None:
+    ``reload`` returns the configuration anew (SIGHUP); None: nothing to reload."""
+
+    def __init__(self, cfg: Config, engine: Engine, names: Sequence[str] = (),
+                 reload: ReloadFn | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
+        self.names = tuple(names)
         self.tz = ZoneInfo(cfg.timezone)
-        self.triggers = triggers(cfg, names)
-        self.fires = _Fires()
+        self.triggers = triggers(cfg, self.names)
+        self._reload_fn = reload
+        self._reload_asked = False
         self._stop = threading.Event()
         self._stop_signal: int | None = None
         self._running: Fire | None = None
         self._interrupting = False
-        grace = max(cfg.scheduler.catch_up_hours * 3600, 3600)
+        self.fires = FireQueue(running=lambda: self._running)
+        # UTC: APScheduler subtracts and compares its `now` with fire times, which
+        # is exact across DST only between instants of different zones or UTC.
         self.scheduler = BackgroundScheduler(
-            timezone=self.tz,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": int(grace)},
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1},
         )
 
     def _announce(self, event: JobEvent) -> None:
@@ -231,11 +240,11 @@ class Daemon:
         else:
             times = list(getattr(event, "scheduled_run_times", []))
             kind = "schedule"
-        if not times or self._stop.is_set():
+        cfg = self.cfg  # one configuration for the whole announcement (SIGHUP swaps it)
+        if not times or self._stop.is_set() or event.job_id not in cfg.jobs:
             return
-        fire_time = max(times).astimezone(UTC).astimezone(self.tz)
-        job = self.cfg.job(event.job_id)
-        self.fires.put(Fire(job.name, fire_time, fire_as_of(job, fire_time, self.tz), kind))
+        fire_time = max(times, key=lambda t: t.astimezone(UTC))
+        self.fires.put(_fire(cfg, event.job_id, fire_time, kind))
 
     def stop(self) -> None:
         """Take no new fires; the loop ends after the current run."""
@@ -259,17 +268,9 @@ class Daemon:
         try:
             for fire in missed:
                 self.fires.put(fire)
-            for name, trigger in self.triggers.items():
-                first = next_fires(trigger, now, 1)
-                # (next_run_time=None would mean "paused" to APScheduler.)
-                when = {"next_run_time": first[0]} if first else {}
-                self.scheduler.add_job(_announced, trigger, id=name, name=name, **when)
-            self.scheduler.add_listener(self._announce, EVENT_JOB_SUBMITTED | EVENT_JOB_MISSED)
-            self.scheduler.start()
-            for job in self.scheduler.get_jobs():
-                log.info("job %s: schedule %r (%s), next fire %s", job.id, self.cfg.job(job.id).schedule,
-                         self.cfg.timezone, job.next_run_time.isoformat())
-            log.info("scheduler started: %d job(s); SIGTERM or Ctrl-C stops it", len(self.triggers))
+            self.start_scheduler(now)
+            log.info("scheduler started: %d job(s); SIGTERM or Ctrl-C stops it, SIGHUP reloads "
+                     "the configuration", len(self.triggers))
             self._loop()
         except Interrupted as exc:
             log.warning("stopped by %s: the run in progress was rolled back", exc.signame)
@@ -278,21 +279,110 @@ class Daemon:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
             restore()
+        for fire in self.fires.waiting():
+            log.warning("%s: not run: the daemon stopped before it could run", fire.label)
         log.info("scheduler stopped")
         return 0
 
+    def start_scheduler(self, now: datetime) -> None:
+        """Start APScheduler with one job per trigger, its first fire after ``now``."""
+        for name, trigger in self.triggers.items():
+            self._add_job(name, trigger, now)
+        self.scheduler.add_listener(self._announce, EVENT_JOB_SUBMITTED | EVENT_JOB_MISSED)
+        self.scheduler.start()
+        for job in self.scheduler.get_jobs():
+            self._log_next(job.id)
+
+    def _add_job(self, name: str, trigger: ScheduleTrigger, now: datetime) -> None:
+        first = next_fires(trigger, now, 1)
+        # (next_run_time=None would mean "paused" to APScheduler.)
+        when = {"next_run_time": first[0]} if first else {}
+        grace = int(max(self.cfg.scheduler.catch_up_hours * 3600, 3600))
+        self.scheduler.add_job(_announced, trigger, id=name, name=name, misfire_grace_time=grace, **when)
+
+    def _log_next(self, name: str) -> None:
+        job = self.scheduler.get_job(name)
+        when = job.next_run_time.astimezone(self.tz).isoformat() if job and job.next_run_time else "none"
+        log.info("job %s: schedule %r (%s), next fire %s", name, self.cfg.job(name).schedule,
+                 self.cfg.timezone, when)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._reload_asked:
+                self._reload()
             fire = self.fires.get(timeout=0.2)
             if fire is None or self._stop.is_set():
+                if fire is not None:
+                    self.fires.put(fire)  # listed as not run at the end
                 continue
+            if fire.job not in self.cfg.jobs:
+                continue  # removed by a reload after it was queued
             self._running = fire
             try:
                 run_fire(self.cfg, self.engine, fire)
+            except LockHeld as exc:
+                self._lock_held(fire, exc)
             finally:
                 self._running = None
                 if _main_thread():
                     signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _lock_held(self, fire: Fire, exc: LockHeld) -> None:
+        """Another run holds the fire's job lock: no-op, wait (queued again later) or give up."""
+        holder = lock_holder(exc)
+        now = datetime.now(UTC)
+        hours = self.cfg.scheduler.catch_up_hours
+        decision = lock_decision(fire, getattr(exc, "holder_as_of", None), now, hours)
+        if decision == "no-op":
+            run_id = getattr(exc, "holder_run_id", None)
+            who = f"run {run_id}" if run_id is not None else "another run"  # its as_of is the fire's
+            log.info("%s: skipped, %s holds the job's lock and scores the same as_of", fire.label, who)
+            return
+        if decision == "give-up":
+            log.warning("%s: skipped, %s still holds the job's lock %gh (scheduler.catch_up_hours) after "
+                        "the fire; this fire is not retried (score it with batch-scorer backfill)",
+                        fire.label, holder, hours)
+            return
+        deadline = lock_deadline(fire, hours)
+        if fire.retries == 0:
+            log.warning("%s: waiting for the job's lock, held by %s; retrying until %s",
+                        fire.label, holder, deadline.astimezone(self.tz).isoformat())
+        else:
+            log.debug("%s: the job's lock is still held by %s", fire.label, holder)
+        delay = min(retry_delay(fire.retries), (deadline - now).total_seconds())
+        self.fires.put(replace(fire, retries=fire.retries + 1), delay=max(delay, 0.0), lock_wait=True)
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config file and swap in its jobs and schedules, or keep the old ones."""
+        self._reload_asked = False
+        if self._reload_fn is None:
+            log.warning("received SIGHUP: this daemon was given a configuration object, not a file; "
+                        "there is nothing to reload")
+            return
+        source = self.cfg.source_file or "the configuration"
+        try:
+            new = self._reload_fn()
+            new_triggers = triggers(new, self.names)
+        except Exception as exc:  # noqa: BLE001 - a bad edit must not stop the daemon
+            log.error("received SIGHUP: reloading %s failed, keeping the configuration in use: %s",
+                      source, _one_line(exc))
+            return
+        changes = config_changes(self.cfg, new, self.triggers, new_triggers)
+        self.cfg = keep_restart_settings(self.cfg, new)
+        self.tz, self.triggers = ZoneInfo(new.timezone), new_triggers
+        now = datetime.now(UTC)
+        for name in changes.removed:
+            self.scheduler.remove_job(name)
+            for fire in self.fires.drop_job(name):
+                log.info("%s: not run: the job was removed from the configuration", fire.label)
+        for name in changes.rescheduled:
+            self.scheduler.remove_job(name)
+            self._add_job(name, new_triggers[name], now)
+        for name in changes.added:
+            self._add_job(name, new_triggers[name], now)
+        log.info("received SIGHUP: reloaded %s: %s", source, changes.summary())
+        for name in (*changes.added, *changes.rescheduled):
+            self._log_next(name)
 
     def _install_signals(self) -> Callable[[], None]:
         if not _main_thread():
@@ -320,9 +410,15 @@ class Daemon:
                 log.warning("the run did not finish within scheduler.stop_timeout_seconds; rolling it back")
                 self._interrupt(self._stop_signal or signal.SIGTERM)
 
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            # Only a flag: the main loop reloads between fires, so a run in
+            # progress finishes with the configuration it started with.
+            self._reload_asked = True
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_stop)
         previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
 
         def restore() -> None:
             signal.setitimer(signal.ITIMER_REAL, 0)
