@@ -214,9 +214,14 @@ def test_profile_rows_round_trip_through_a_real_table(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         table = sa.Table(
-            "profile_round_trip", sa.MetaData(),
-            sa.Column("feature", sa.Text), sa.Column("bin", sa.Integer), sa.Column("lower", sa.Float),
-            sa.Column("upper", sa.Float), sa.Column("category", sa.Text), sa.Column("rows", sa.BigInteger),
+            "profile_round_trip",
+            sa.MetaData(),
+            sa.Column("feature", sa.Text),
+            sa.Column("bin", sa.Integer),
+            sa.Column("lower", sa.Float),
+            sa.Column("upper", sa.Float),
+            sa.Column("category", sa.Text),
+            sa.Column("rows", sa.BigInteger),
         )
         with engine.begin() as conn:
             table.create(conn)
