@@ -1,0 +1,480 @@
+"""Streaming feature profiles: each model input (and the score) counted into fixed bins.
+
+A profile is a handful of integer counts per feature, so a run can profile every
+chunk while it streams (no second read) in memory independent of the row count.
+The bins come from a *reference* (the model's training data, or a model version's
+first succeeded run) and are reused for every later run, so PSI compares like with
+like:
+
+* **numeric** features: the reference deciles are the interior edges (``n_bins=10``
+  gives 9 edges; equal edges collapse into one, so a feature with many ties gets
+  fewer bins). Bins are closed on the right: bin 0 is ``(-inf, e0]``, bin ``i`` is
+  ``(e[i-1], e[i]]`` and the last interval is ``(e[-1], +inf]`` (``+inf`` values
+  land there, ``-inf`` in bin 0). Then one NULL bin (``None``/``NaN``/``NaT``).
+  Values that are not numbers (text that does not parse) count as NULL.
+  Datetimes are profiled as numbers: seconds since 1970-01-01 UTC (timezone-naive
+  values are taken as UTC); timedeltas as seconds.
+* **categorical** features: one bin per *named* category, then ``other``, then NULL.
+  A category is named only if the reference holds it in at least
+  ``min_category_rows`` rows (default 20), and at most ``max_categories`` of the most
+  frequent are named; anything else counts in ``other``. Values are compared as
+  text: ``True``/``False`` for booleans, ``7`` for an integral number (``7.0`` too),
+  ISO dates, else ``str(value)`` (the same text forms the model's text features get).
+
+Which kind a column is: the ``kinds`` mapping the caller passes (``"numeric"`` or
+``"text"``, as ``batch_scorer.models.features.fitted_kinds`` gives, or
+``"categorical"``), else inferred from the reference column's dtype (numbers,
+datetimes and timedeltas are numeric; anything else categorical). Booleans are
+always categorical.
+
+The score is profiled as the numeric column :data:`SCORE` and a classifier's
+predicted class as the categorical column :data:`PREDICTION`: the caller adds them to
+the frame it passes to :meth:`Profile.update`. Pass the same representation to the
+reference and to every run (e.g. the features as the model sees them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from batch_scorer.errors import SourceError
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+SCORE = "score"
+PREDICTION = "prediction"
+OTHER_LABEL = "other"
+NULL_LABEL = "NULL"
+# Kinds the caller may pass (models.features gives "numeric"/"text").
+_CATEGORICAL_KINDS = {"text", CATEGORICAL}
+_NUMERIC_INFERRED = {"integer", "floating", "mixed-integer-float", "decimal", "date", "datetime", "datetime64"}
+_DATE_INFERRED = {"date", "datetime", "datetime64"}
+
+
+@dataclass(frozen=True)
+class Bin:
+    """One bin as a table row: ``role`` is ``range``, ``category``, ``other`` or ``null``."""
+
+    index: int
+    label: str
+    role: str
+    lower: float | None = None
+    upper: float | None = None
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureBins:
+    """The bins of one feature: numeric ``edges`` (interior, sorted) or named ``categories``.
+
+    Layout by index: numeric ``len(edges) + 1`` intervals then NULL; categorical the
+    named categories, then ``other``, then NULL. The NULL bin is always the last.
+    """
+
+    feature: str
+    kind: str
+    edges: tuple[float, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in (NUMERIC, CATEGORICAL):
+            raise ValueError(f"feature {self.feature!r}: kind must be 'numeric' or 'categorical', not {self.kind!r}")
+        if self.kind == NUMERIC and any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError(f"feature {self.feature!r}: edges must be strictly increasing")
+
+    @property
+    def size(self) -> int:
+        """Number of bins, the NULL bin (and ``other``) included."""
+        if self.kind == NUMERIC:
+            return len(self.edges) + 2
+        return len(self.categories) + 2
+
+    @property
+    def bins(self) -> tuple[Bin, ...]:
+        """Every bin with its index, label and bounds or category, in index order."""
+        if self.kind == NUMERIC:
+            bounds = (-math.inf, *self.edges, math.inf)
+            out = [
+                Bin(i, f"({_num(lo)}, {_num(hi)}]", "range", lower=lo, upper=hi)
+                for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False))
+            ]
+        else:
+            out = [Bin(i, c, "category", category=c) for i, c in enumerate(self.categories)]
+            out.append(Bin(len(out), OTHER_LABEL, "other"))
+        out.append(Bin(len(out), NULL_LABEL, "null"))
+        return tuple(out)
+
+    def count(self, values: pd.Series) -> np.ndarray:
+        """Counts per bin (int64, length :attr:`size`) of one column; vectorised."""
+        if self.kind == NUMERIC:
+            x = numeric_values(values)
+            null = np.isnan(x)
+            # side="left": the first edge >= x, i.e. e[i-1] < x <= e[i] (closed on the right).
+            where = np.searchsorted(np.asarray(self.edges, dtype="float64"), x[~null], side="left")
+            counts = np.bincount(where, minlength=self.size)
+            counts[-1] = int(null.sum())
+            return counts.astype("int64")
+        keys, per_key, nulls = category_counts(values)
+        slot = pd.Index(self.categories, dtype=object).get_indexer(keys)
+        slot[slot < 0] = len(self.categories)  # other
+        counts = np.bincount(slot, weights=per_key, minlength=self.size).astype("int64")
+        counts[-1] = nulls
+        return counts
+
+    @classmethod
+    def from_rows(cls, feature: str, rows: Iterable[Mapping[str, Any]]) -> FeatureBins:
+        """Rebuild from stored rows (``bin``, ``lower``, ``upper``, ``category``) of one feature.
+
+        Numeric iff some row has a ``lower`` bound (numeric intervals always have
+        both, ``-inf``/``+inf`` at the ends).
+        """
+        ordered = sorted(rows, key=lambda r: int(r["bin"]))
+        if [int(r["bin"]) for r in ordered] != list(range(len(ordered))) or len(ordered) < 2:
+            raise ValueError(f"feature {feature!r}: stored bins must be numbered 0..n-1 with n >= 2")
+        if any(r.get("lower") is not None for r in ordered):
+            edges = tuple(float(r["upper"]) for r in ordered[:-2])
+            return cls(feature, NUMERIC, edges=edges)
+        return cls(feature, CATEGORICAL, categories=tuple(str(r["category"]) for r in ordered[:-2]))
+
+
+def _num(value: float) -> str:
+    return "-inf" if value == -math.inf else "inf" if value == math.inf else f"{value:.4g}"
+
+
+def numeric_values(values: pd.Series) -> np.ndarray:
+    """A column as float64 with NaN for NULL; datetimes as epoch seconds, non-numbers as NaN."""
+    dtype = values.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return _epoch_seconds(values)
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        return values.dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan)
+    if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+        return values.to_numpy(dtype="float64", na_value=np.nan)
+    if pd.api.types.infer_dtype(values, skipna=True) in _DATE_INFERRED:
+        return _epoch_seconds(pd.to_datetime(values, errors="coerce", utc=True))
+    return pd.to_numeric(values.astype(object), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _epoch_seconds(values: pd.Series) -> np.ndarray:
+    if getattr(values.dt, "tz", None) is not None:
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    stamps = values.to_numpy(dtype="datetime64[us]")
+    out = stamps.astype("int64").astype("float64") / 1e6
+    out[np.isnat(stamps)] = np.nan
+    return out
+
+
+def category_counts(values: pd.Series) -> tuple[pd.Index, np.ndarray, int]:
+    """``(keys, counts, nulls)``: each distinct value's text key, its row count, and NULL rows.
+
+    Vectorised: ``pd.factorize`` codes the rows; only the distinct values are turned
+    into text (one Python call per distinct value, not per row).
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    valid = codes >= 0
+    per_unique = np.bincount(codes[valid], minlength=len(uniques))
+    nulls = int(len(codes) - valid.sum())
+    if pd.api.types.infer_dtype(uniques, skipna=True) in ("string", "empty"):
+        return pd.Index(np.asarray(uniques, dtype=object), dtype=object), per_unique, nulls
+    keys = pd.Series(per_unique, index=pd.Index([category_text(u) for u in uniques], dtype=object))
+    merged = keys.groupby(level=0, sort=False).sum()  # 7 and 7.0 and "7" are one category
+    return merged.index, merged.to_numpy(), nulls
+
+
+def category_text(value: Any) -> str:
+    """The text a categorical value is compared as (booleans, integral numbers, dates)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, pd.Timestamp) and value == value.normalize() and value.tz is None:
+        return value.date().isoformat()
+    isoformat = getattr(value, "isoformat", None)
+    return str(isoformat()) if callable(isoformat) else str(value)
+
+
+def feature_kind(values: pd.Series, declared: str | None) -> str:
+    """``numeric`` or ``categorical`` for one column: booleans and ``text`` are categorical,
+    ``numeric`` is numeric, anything else is inferred from the dtype."""
+    if declared in _CATEGORICAL_KINDS or pd.api.types.is_bool_dtype(values.dtype):
+        return CATEGORICAL
+    if declared == NUMERIC:
+        return NUMERIC
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return CATEGORICAL
+    if (
+        pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+    ):
+        return NUMERIC
+    if pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(values, skipna=True) in _NUMERIC_INFERRED:
+        return NUMERIC
+    return CATEGORICAL
+
+
+def decile_edges(values: np.ndarray, n_bins: int) -> tuple[float, ...]:
+    """The ``n_bins - 1`` interior quantile edges of the finite values, equal ones collapsed."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, not {n_bins}")
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or n_bins == 1:
+        return ()
+    edges = np.unique(np.quantile(finite, np.arange(1, n_bins) / n_bins))
+    return tuple(float(e) for e in edges)
+
+
+def named_categories(counts: pd.Series, min_rows: int, max_categories: int) -> tuple[str, ...]:
+    """Categories held in at least ``min_rows`` rows, most frequent first (ties by name)."""
+    kept = counts[counts >= min_rows]
+    order = sorted(zip(kept.index, kept.to_numpy(), strict=True), key=lambda kv: (-kv[1], str(kv[0])))
+    return tuple(str(k) for k, _ in order[:max_categories])
+
+
+def profiled_kinds(feature_kinds: Mapping[str, str], classifier: bool) -> dict[str, str]:
+    """The kinds to profile a run with: the model's feature kinds, the score (numeric) and,
+    for a classifier, the predicted class (categorical, whatever its dtype)."""
+    kinds = dict(feature_kinds)
+    kinds[SCORE] = NUMERIC
+    if classifier:
+        kinds[PREDICTION] = CATEGORICAL
+    return kinds
+
+
+def bins_from_reference(
+    frame: pd.DataFrame,
+    kinds: Mapping[str, str],
+    n_bins: int = 10,
+    min_category_rows: int = 20,
+    max_categories: int = 200,
+) -> dict[str, FeatureBins]:
+    """The bins of every column of an in-memory reference (e.g. a notebook's training data).
+
+    Exact: deciles over all the column's finite values, categories by exact counts.
+    """
+    out: dict[str, FeatureBins] = {}
+    for name in frame.columns:
+        col = frame[name]
+        feature = str(name)
+        if feature_kind(col, kinds.get(feature)) == NUMERIC:
+            out[feature] = FeatureBins(feature, NUMERIC, edges=decile_edges(numeric_values(col), n_bins))
+        else:
+            keys, counts, _ = category_counts(col)
+            named = named_categories(pd.Series(counts, index=keys), min_category_rows, max_categories)
+            out[feature] = FeatureBins(feature, CATEGORICAL, categories=named)
+    return out
+
+
+class Profile:
+    """Counts per bin of each feature, added chunk by chunk.
+
+    State: one int64 array of :attr:`FeatureBins.size` per feature, whatever the
+    number of rows.
+    """
+
+    def __init__(self, bins: Mapping[str, FeatureBins]) -> None:
+        """Empty counts for each feature's bins."""
+        self.bins: dict[str, FeatureBins] = dict(bins)
+        self._counts: dict[str, np.ndarray] = {f: np.zeros(b.size, dtype="int64") for f, b in self.bins.items()}
+
+    def update(self, frame: pd.DataFrame) -> None:
+        """Add one chunk's rows; every profiled feature must be a column of ``frame``."""
+        missing = [f for f in self.bins if f not in frame.columns]
+        if missing:
+            raise SourceError(
+                f"monitoring: the chunk has no column {missing[0]!r}, which the profile counts "
+                f"(profiled: {', '.join(sorted(self.bins))}); profile the same columns as the reference"
+            )
+        for feature, fbins in self.bins.items():
+            self._counts[feature] += fbins.count(frame[feature])
+
+    def counts(self, feature: str) -> np.ndarray:
+        """A copy of the counts per bin of ``feature`` (the NULL bin last)."""
+        return self._counts[feature].copy()
+
+    def rows(self, feature: str) -> int:
+        """Rows counted for ``feature`` (NULLs included)."""
+        return int(self._counts[feature].sum())
+
+    def arrays(self) -> list[np.ndarray]:
+        """The numpy arrays the profile holds (its whole state)."""
+        return list(self._counts.values())
+
+    def to_rows(self) -> Iterator[dict[str, Any]]:
+        """Plain dicts ``feature, bin, lower, upper, category, rows``, one per bin.
+
+        Numeric intervals carry ``lower``/``upper`` (``-inf``/``inf`` at the ends, which
+        PostgreSQL and SQLite both store); the NULL and ``other`` bins carry neither,
+        and are told apart by position (NULL is last).
+        """
+        for feature, fbins in self.bins.items():
+            counts = self._counts[feature]
+            for b in fbins.bins:
+                yield {
+                    "feature": feature,
+                    "bin": b.index,
+                    "lower": b.lower,
+                    "upper": b.upper,
+                    "category": b.category,
+                    "rows": int(counts[b.index]),
+                }
+
+    @classmethod
+    def from_counts(cls, bins: Mapping[str, FeatureBins], counts: Mapping[str, Sequence[int]]) -> Profile:
+        """A profile with the given counts per feature (each as long as its bins)."""
+        profile = cls(bins)
+        for feature, fbins in profile.bins.items():
+            values = np.asarray(counts.get(feature, ()), dtype="int64")
+            if values.shape != (fbins.size,):
+                raise ValueError(f"feature {feature!r}: {values.size} counts for {fbins.size} bins")
+            profile._counts[feature] = values.copy()
+        return profile
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Profile:
+        """Rebuild a stored profile from rows as :meth:`to_rows` gives them."""
+        by_feature: dict[str, list[Mapping[str, Any]]] = {}
+        for row in rows:
+            by_feature.setdefault(str(row["feature"]), []).append(row)
+        bins = {f: FeatureBins.from_rows(f, r) for f, r in by_feature.items()}
+        counts = {f: [int(x["rows"]) for x in sorted(r, key=lambda x: int(x["bin"]))] for f, r in by_feature.items()}
+        return cls.from_counts(bins, counts)
+
+
+class _NumericSample:
+    """A uniform sample without replacement of at most ``size`` non-NULL values.
+
+    Bottom-k sampling: every value gets a uniform random key and the ``size``
+    smallest keys are kept, so each value is equally likely to be in the sample
+    however the stream is chunked.
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size = size
+        self.rng = rng
+        self.values = np.empty(0, dtype="float64")
+        self.keys = np.empty(0, dtype="float64")
+
+    def add(self, x: np.ndarray) -> None:
+        x = x[~np.isnan(x)]
+        values = np.concatenate([self.values, x])
+        keys = np.concatenate([self.keys, self.rng.random(x.size)])
+        if values.size > self.size:
+            keep = np.argpartition(keys, self.size - 1)[: self.size]
+            values, keys = values[keep], keys[keep]
+        self.values, self.keys = values, keys
+
+
+class _HeavyHitters:
+    """Misra-Gries counts of at most ``counters`` categories (merged chunk by chunk).
+
+    Counts are lower bounds of the true counts, each short by at most
+    :attr:`shortfall` (the sum of the decrements), which is at most
+    ``rows / (counters + 1)``; while no more than ``counters`` distinct values
+    have been seen the counts are exact.
+    """
+
+    def __init__(self, counters: int) -> None:
+        self.counters = counters
+        self.summary = pd.Series(dtype="int64", index=pd.Index([], dtype=object))
+        self.shortfall = 0
+
+    def add(self, keys: pd.Index, counts: np.ndarray) -> None:
+        merged = self.summary.add(pd.Series(counts, index=keys, dtype="int64"), fill_value=0).astype("int64")
+        if len(merged) > self.counters:
+            # Subtract the (counters+1)-th largest count from every counter and drop
+            # the ones left at zero or below: at most `counters` remain.
+            cut = int(np.partition(merged.to_numpy(), len(merged) - self.counters - 1)[len(merged) - self.counters - 1])
+            merged = merged - cut
+            merged = merged[merged > 0]
+            self.shortfall += cut
+        self.summary = merged
+
+
+class ReferenceSketch:
+    """Builds a reference's bins in one streaming pass, in bounded memory.
+
+    For a model version with no reference data: its first succeeded run's chunks
+    are fed to :meth:`update` and :meth:`bins` gives the bins for every later run.
+
+    Approximation: numeric deciles are those of a uniform sample of at most
+    ``sample_size`` values per feature (exact while the feature has fewer non-NULL
+    values); the rank error of each decile is about ``0.5 / sqrt(sample_size)``
+    (about 0.4 percentage points for 20,000). Categories come from Misra-Gries
+    counters (``counters`` per feature) whose counts never exceed the true ones, so
+    a category held by fewer than ``min_category_rows`` rows is never named; one
+    held by more may be missed only if its count is below ``min_category_rows`` plus
+    ``rows / (counters + 1)`` (never while the feature has at most ``counters``
+    distinct values). The sample seed is fixed: same chunks, same bins.
+    Memory per feature: ``sample_size`` floats or ``counters`` categories, whatever
+    the number of rows. A feature's kind is decided at the first chunk.
+    """
+
+    def __init__(
+        self,
+        kinds: Mapping[str, str] | None = None,
+        features: Sequence[str] | None = None,
+        *,
+        n_bins: int = 10,
+        min_category_rows: int = 20,
+        max_categories: int = 200,
+        sample_size: int = 20_000,
+        counters: int = 1_000,
+        seed: int = 0,
+    ) -> None:
+        """Sketch ``features`` (default: every column of the first chunk); ``kinds`` as for
+        :func:`bins_from_reference`."""
+        if sample_size < 1 or counters < 1:
+            raise ValueError("sample_size and counters must be at least 1")
+        self.kinds = dict(kinds or {})
+        self.features = list(features) if features is not None else None
+        self.n_bins, self.min_category_rows, self.max_categories = n_bins, min_category_rows, max_categories
+        self.sample_size, self.counters = sample_size, counters
+        self.rng = np.random.default_rng(seed)
+        self.numeric: dict[str, _NumericSample] = {}
+        self.categorical: dict[str, _HeavyHitters] = {}
+        self.rows = 0
+
+    def update(self, frame: pd.DataFrame) -> None:
+        """Add one chunk."""
+        if self.features is None:
+            self.features = [str(c) for c in frame.columns]
+        for feature in self.features:
+            if feature not in frame.columns:
+                raise SourceError(f"monitoring: the chunk has no column {feature!r}, which the reference sketch counts")
+            col = frame[feature]
+            if feature not in self.numeric and feature not in self.categorical:
+                if feature_kind(col, self.kinds.get(feature)) == NUMERIC:
+                    self.numeric[feature] = _NumericSample(self.sample_size, self.rng)
+                else:
+                    self.categorical[feature] = _HeavyHitters(self.counters)
+            if feature in self.numeric:
+                self.numeric[feature].add(numeric_values(col))
+            else:
+                keys, counts, _ = category_counts(col)
+                self.categorical[feature].add(keys, counts)
+        self.rows += len(frame)
+
+    def bins(self) -> dict[str, FeatureBins]:
+        """The bins of every sketched feature, in the order of :attr:`features`."""
+        out: dict[str, FeatureBins] = {}
+        for feature in self.features or []:
+            if feature in self.numeric:
+                edges = decile_edges(self.numeric[feature].values, self.n_bins)
+                out[feature] = FeatureBins(feature, NUMERIC, edges=edges)
+            elif feature in self.categorical:
+                summary = self.categorical[feature].summary
+                named = named_categories(summary, self.min_category_rows, self.max_categories)
+                out[feature] = FeatureBins(feature, CATEGORICAL, categories=named)
+        return out
