@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from batch_scorer.errors import UsageError
 from batch_scorer.storage.sources.spec import SourceSpec
-from batch_scorer.storage.sources.sql import select_rows
+from batch_scorer.storage.sources.sql import select_rows, value_bind
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _row(keys: Sequence[sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
 def _values(values: tuple[Any, ...]) -> sa.ColumnElement[Any]:
     # Typed by the value (as the database returned it), not by the column: a
     # boundary goes back to the database exactly as it came.
-    binds = [sa.bindparam(None, v) for v in values]
+    binds = [value_bind(v) for v in values]
     return binds[0] if len(binds) == 1 else sa.tuple_(*binds)
 
 

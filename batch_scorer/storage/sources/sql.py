@@ -121,7 +121,7 @@ def _query(conn: Connection, spec: SourceSpec, as_of: date) -> _Query:
             f"parameters ({', '.join(values) or 'none'}) are bound. Give them a value, or fix the query."
         )
     binds = tuple(
-        sa.bindparam("as_of", as_of, type_=sa.Date) if n == "as_of" else sa.bindparam(n, values[n])
+        sa.bindparam("as_of", as_of, type_=sa.Date) if n == "as_of" else _bind(values[n], n)
         for n in prepared.binds
     )
     return _Query(f"\n{prepared.sql}\n", binds)
@@ -258,10 +258,29 @@ def select_rows(
 
 
 def _equals(col: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
-    """``col = value`` as a bound parameter typed by the value (NULL: ``IS NULL``)."""
+    """``col = value`` with ``value`` bound (NULL: ``IS NULL``)."""
     if value is None:
         return col.is_(None)
-    return col == sa.bindparam(None, value)
+    return col == value_bind(value)
+
+
+def value_bind(value: Any) -> sa.ColumnElement[Any]:
+    """A bound value from the config or the data to compare a column with, typed by the value.
+
+    A string stays untyped (not even the compared column's type), so the
+    database reads it as it reads a string literal: as the column's type
+    (``'5'`` for an integer column), as the PostgreSQL fast path's literals do.
+    Other values carry their own type (a date is ISO text on SQLite, a cast on
+    psycopg).
+    """
+    bind = _bind(value)
+    return sa.type_coerce(bind, bind.type) if isinstance(value, str) else bind
+
+
+def _bind(value: Any, name: str | None = None) -> sa.BindParameter[Any]:
+    if isinstance(value, str):
+        return sa.bindparam(name, value, type_=sa.types.NullType())
+    return sa.bindparam(name, value)
 
 
 def duplicate_source_keys(conn: Connection, spec: SourceSpec, as_of: date) -> DuplicateKeys:
