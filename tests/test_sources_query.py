@@ -66,7 +66,7 @@ def test_bind_names_inside_block_and_line_comments_are_not_binds(engine: sa.Engi
 
 
 def test_string_literals_with_comment_marks_and_colons_come_back_unchanged(engine: sa.Engine, tmp_path: Path) -> None:
-    literals = ["-- not a comment", "/* nor this */", ":as_of", ":name", "12:30", "a::b", "\\:x", "it''s"]
+    literals = ["-- not a comment", "/* nor this */", ":as_of", ":name", "12:30", "a::b", "\\:x", "it''s", "100%"]
     select = ", ".join(f"'{text}' AS c{i}" for i, text in enumerate(literals))
     spec = _spec(tmp_path, f"SELECT entity_id, {select}, \"note\" AS \"odd:name -- x\"\n"
                            "FROM features WHERE snapshot_date = :as_of AND entity_id = 1")
