@@ -72,6 +72,12 @@ def test_a_hostile_value_held_by_a_row_matches_that_row_exactly(engine: sa.Engin
     assert _ids(engine, _spec(("note", value))) == [HOSTILE.index(value) + 1]
 
 
+def test_a_value_that_is_not_a_scalar_is_refused_before_reading(engine: sa.Engine) -> None:
+    spec = _spec(("region", ["north", "south"]))
+    with engine.connect() as conn, pytest.raises(SourceError, match="where 'region' has a value of type list"):
+        probe_columns(conn, spec, AS_OF)
+
+
 def test_a_missing_where_column_is_named_before_reading(engine: sa.Engine) -> None:
     spec = _spec(("region", "north"), ("country", "DE"))
     with engine.connect() as conn:

@@ -64,7 +64,9 @@ class _LiteralCompiler(PGCompiler):
         return pg_literal(value)
 
 
-class _LiteralDialect(postgresql.dialect):  # type: ignore[misc,valid-type]
+class _LiteralDialect(postgresql.dialect):
+    """PostgreSQL's SQL, with bound values rendered by :class:`_LiteralCompiler`."""
+
     statement_compiler = _LiteralCompiler
 
 

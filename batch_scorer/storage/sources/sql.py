@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -154,6 +155,7 @@ def probe_columns(conn: Connection, spec: SourceSpec, as_of: date) -> SourceColu
     parameter fails here, before a run is recorded: the day's bounds (a
     UsageError out of the date range), the query's binds (a SourceError).
     """
+    _check_values(spec)
     if spec.table is not None:
         table = source_table(conn, spec)
         if spec.as_of_column:
@@ -177,6 +179,20 @@ def probe_columns(conn: Connection, spec: SourceSpec, as_of: date) -> SourceColu
     else:
         types = _sqlite_query_types(conn, spec, as_of, names)
     return SourceColumns(types)
+
+
+_SCALARS = (str, int, float, Decimal, date, type(None))  # bool is an int; datetime a date
+
+
+def _check_values(spec: SourceSpec) -> None:
+    """Filter and parameter values must be scalars every database can take as a bound value."""
+    for what, pairs in (("where", spec.where), ("query parameter", spec.params)):
+        for name, value in pairs:
+            if not isinstance(value, _SCALARS):
+                raise SourceError(
+                    f"job {spec.job!r}: {what} {name!r} has a value of type {type(value).__name__}; "
+                    "use a string, a number, a date, a timestamp, true/false or null."
+                )
 
 
 def _sqlite_query_types(
