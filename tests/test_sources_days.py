@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -25,6 +26,7 @@ from batch_scorer.storage.sources.days import as_of_day
 from batch_scorer.storage.sources.postgres_arrow import render_sql
 from batch_scorer.storage.sources.spec import SourceSpec
 from batch_scorer.storage.sources.sql import probe_columns, read_chunks, select_rows
+from tests.helpers import AS_OF as AS_OF_DAY
 from tests.helpers import cli_run, features_frame, job, load_table, save_model, train, write_config
 
 CASES = [
@@ -147,6 +149,19 @@ def test_a_day_without_computable_bounds_is_a_usage_error_naming_the_as_of(as_of
     with pytest.raises(UsageError, match=as_of.isoformat()) as err:
         as_of_day("j", as_of, zone)
     assert err.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_dates_held_as_text_are_read_by_their_date(db_url: str) -> None:
+    frame = pd.concat([features_frame(4), features_frame(3, as_of=date(2026, 4, 1))], ignore_index=True)
+    frame["snapshot_date"] = [d.isoformat() + (" 23:59:59" if i % 2 else "") for i, d in enumerate(frame.snapshot_date)]
+    load_table(db_url, frame, snapshot_date=sa.Text())
+    spec = SourceSpec(job="j", key=("entity_id",), table="features", as_of_column="snapshot_date")
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert sum(len(c) for c in read_chunks(conn, spec, AS_OF_DAY, ["entity_id"], 10)) == 4
+    finally:
+        engine.dispose()
 
 
 def test_the_last_day_with_a_next_day_still_reads(db_url: str) -> None:

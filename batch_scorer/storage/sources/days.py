@@ -5,7 +5,8 @@ is depends on what the column holds:
 
 - ``date`` and ``timestamp without time zone`` (PostgreSQL), declared ``DATE``
   (SQLite): a plain date range ``col >= as_of AND col < as_of + 1``; a naive
-  timestamp is the wall time of the configured zone already.
+  timestamp is the wall time of the configured zone already. A PostgreSQL
+  text column gets the same range as ISO text (dates or naive timestamps).
 - ``timestamp with time zone`` (PostgreSQL): instants from the zone's local
   midnight of as_of to the next local midnight, computed here with zoneinfo
   (a DST day has 23 or 25 hours), bound as timestamptz: the comparison does
@@ -78,7 +79,7 @@ def day_filter(col: sa.ColumnElement[Any], dialect: str, day: Day) -> sa.ColumnE
         if isinstance(kind, sa.DateTime) and kind.timezone:
             return sa.and_(col >= _bind(day.start, sa.DateTime(timezone=True)),
                            col < _bind(day.end, sa.DateTime(timezone=True)))
-        return _date_range(col, day.first, day.after, sa.Date())
+        return _date_range(col, day.first, day.after, sa.String() if isinstance(kind, sa.String) else sa.Date())
     if isinstance(kind, sa.Date):  # declared DATE on SQLite: dates only
         return _date_range(col, day.first, day.after, sa.Date())
     return _sqlite_text_day(col, day)
