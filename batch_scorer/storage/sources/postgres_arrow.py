@@ -11,15 +11,30 @@ by the chunk size.
 Keys and pass-through columns keep their exact database types end to end
 (Arrow-backed pandas columns, see :mod:`batch_scorer.storage.columns`); feature
 columns get the same pandas types the generic path gives the model.
+
+Bound values (as_of, day bounds, filters, query parameters, partition bounds)
+reach COPY as literals: COPY takes no parameters, and ADBC's bound-parameter
+path buffers the whole result in memory instead of streaming it (3M rows:
+860 MB against 170 MB). :func:`pg_literal` writes each literal from the
+value's Python type alone: strings as ``E'...'`` with backslashes and quotes
+doubled and everything outside printable ASCII as a ``\\u`` escape, so the
+text is the same value whatever ``standard_conforming_strings`` or the client
+encoding are, and no value can end its literal.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
+from datetime import time as clock
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -27,9 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.base import PGCompiler
 from sqlalchemy.engine import Connection
 
-from batch_scorer.errors import DatabaseError
+from batch_scorer.errors import DatabaseError, SourceError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.storage.columns import exact_name
 from batch_scorer.storage.db import libpq_uri
@@ -39,10 +55,84 @@ log = logging.getLogger(__name__)
 READ_AHEAD = 1  # chunks read ahead of the one being scored
 _POLL_S = 0.2
 _END = object()
-# Render the read statement with its (date) literals for the driver; "named"
-# so a '%' in a query file is not doubled as it would be for psycopg.
-_LITERAL_DIALECT = postgresql.dialect(paramstyle="named")
 
+
+class _LiteralCompiler(PGCompiler):
+    """Renders every bound value with :func:`pg_literal` (never a type's own literal renderer)."""
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine[Any]) -> str:
+        return pg_literal(value)
+
+
+class _LiteralDialect(postgresql.dialect):
+    """PostgreSQL's SQL, with bound values rendered by :class:`_LiteralCompiler`."""
+
+    statement_compiler = _LiteralCompiler
+
+
+# "named" so a '%' in a query file is not doubled as it would be for psycopg.
+_LITERAL_DIALECT = _LiteralDialect(paramstyle="named")
+
+
+def render_sql(stmt: sa.Select[Any]) -> str:
+    """``stmt`` as one SQL text with its bound values as literals (see :func:`pg_literal`)."""
+    return str(stmt.compile(dialect=_LITERAL_DIALECT, compile_kwargs={"literal_binds": True}))
+
+
+def pg_literal(value: Any) -> str:
+    """A PostgreSQL literal for ``value``, by its Python type; TypeError for a type it does not know."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, numbers.Integral):
+        # Parenthesised: "10 -:p" must not become "10 --5", a comment.
+        return str(int(value)) if value >= 0 else f"({int(value)})"
+    if isinstance(value, float):
+        text = repr(value) if math.isfinite(value) else {"nan": "NaN", "inf": "Infinity"}.get(
+            repr(value), "-Infinity")
+        return f"CAST('{text}' AS DOUBLE PRECISION)"
+    if isinstance(value, Decimal):
+        if value.is_snan():
+            raise TypeError("a signalling NaN decimal has no PostgreSQL value")
+        return f"CAST('{value}' AS NUMERIC)"
+    if isinstance(value, str):
+        return _pg_string(value)
+    return _pg_typed_literal(value)
+
+
+def _pg_typed_literal(value: Any) -> str:
+    if isinstance(value, datetime):
+        kind = "TIMESTAMP" if value.tzinfo is None else "TIMESTAMPTZ"
+        return f"{kind} '{value.isoformat()}'"
+    if isinstance(value, date):
+        return f"DATE '{value.isoformat()}'"
+    if isinstance(value, clock):
+        return f"{'TIME' if value.tzinfo is None else 'TIMETZ'} '{value.isoformat()}'"
+    if isinstance(value, timedelta):
+        return f"CAST('{value.days} days {value.seconds} seconds {value.microseconds} microseconds' AS INTERVAL)"
+    if isinstance(value, uuid.UUID):
+        return f"CAST('{value}' AS UUID)"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"DECODE('{bytes(value).hex()}', 'hex')"
+    raise TypeError(f"a value of type {type(value).__name__} cannot be passed to PostgreSQL")
+
+
+def _pg_string(value: str) -> str:
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch == "\\" or ch == "'":
+            out.append(ch * 2)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code == 0 or 0xD800 <= code <= 0xDFFF:
+            raise TypeError("a string with a NUL character or a lone surrogate has no PostgreSQL value")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(f"\\U{code:08X}")
+    return "E'" + "".join(out) + "'"
 
 
 def read_chunks(
@@ -61,7 +151,10 @@ def read_chunks(
     on); a column in both lists also gets an exact copy under
     :func:`exact_name`.
     """
-    sql = str(stmt.compile(dialect=_LITERAL_DIALECT, compile_kwargs={"literal_binds": True}))
+    try:
+        sql = render_sql(stmt)
+    except (TypeError, sa.exc.CompileError) as exc:
+        raise SourceError(f"job {job!r}: a filter or query parameter value cannot be sent: {exc}") from None
     uri = libpq_uri(conn.engine.url)
     secrets = (conn.engine.url.password or "",)
     chunks: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)

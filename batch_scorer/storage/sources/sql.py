@@ -1,17 +1,25 @@
 """Reading a job's source: probing its columns, then streaming it in chunks.
 
-The column check happens before a row is read. Rows are streamed (a
-server-side cursor on PostgreSQL, SQLite's own cursor), never the whole table.
+The column check happens before a row is read. Rows are streamed (binary COPY
+into Arrow on PostgreSQL, SQLite's own cursor), never the whole table. A table
+source is filtered to the as_of day (cut in the configured time zone, see
+:mod:`batch_scorer.storage.sources.days`) and to ``where`` equalities; a query
+file gets ``:as_of`` and its parameters bound (see
+:mod:`batch_scorer.storage.sources.sqltext`). Values are always bound
+parameters: never pasted into SQL by the generic path, and on PostgreSQL's
+fast path written as literals built from the value's type alone
+(:func:`batch_scorer.storage.sources.postgres_arrow.pg_literal`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
-from typing import Any
+from datetime import date
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -23,7 +31,12 @@ from batch_scorer.masking import first_line, mask_text
 from batch_scorer.names import split_table_name
 from batch_scorer.storage.db import DuplicateKeys, duplicate_keys
 from batch_scorer.storage.sources import postgres_arrow
+from batch_scorer.storage.sources.days import as_of_day, day_filter
 from batch_scorer.storage.sources.spec import SourceSpec
+from batch_scorer.storage.sources.sqltext import QueryText, prepare_query
+
+if TYPE_CHECKING:
+    from batch_scorer.storage.sources.partitions import Partition
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +56,6 @@ _PG_OID_TYPES: dict[int, sa.types.TypeEngine[Any]] = {
     1114: sa.DateTime(),
     1184: sa.DateTime(timezone=True),
 }
-_AS_OF_PARAM = re.compile(r"(?<![:\w]):as_of\b")
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ def needed_columns(spec: SourceSpec, features: Sequence[str]) -> list[str]:
     return out
 
 
-def _query_text(spec: SourceSpec) -> str:
+def _prepared_query(spec: SourceSpec, postgres: bool) -> QueryText:
     assert spec.query is not None
     try:
         sql = spec.query.read_text(encoding="utf-8")
@@ -75,30 +87,52 @@ def _query_text(spec: SourceSpec) -> str:
             f"job {spec.job!r}: cannot read source.query file {spec.query}: {exc.strerror}. "
             "Fix the path (relative paths resolve against the config file's folder)."
         ) from None
-    # Whole-line comments go: SQLAlchemy would read a ":name" in them as a bind.
-    sql = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
-    sql = sql.strip().rstrip(";").strip()
-    if not sql:
+    try:
+        prepared = prepare_query(sql, postgres)
+    except ValueError as exc:
+        raise SourceError(f"job {spec.job!r}: source.query file {spec.query}: {exc}. Close it.") from None
+    if not prepared.sql:
         raise SourceError(f"job {spec.job!r}: source.query file {spec.query} is empty")
-    return sql
+    return prepared
 
 
-def _query_clause(spec: SourceSpec, as_of: date) -> sa.TextClause:
-    sql = _query_text(spec)
-    clause = sa.text(sql)
-    if _AS_OF_PARAM.search(sql):
-        clause = clause.bindparams(sa.bindparam("as_of", as_of, type_=sa.Date))
-    return clause
+@dataclass(frozen=True)
+class _Query:
+    """A query file's SQL (on lines of its own, so a wrapper never ends up in a comment) and its binds."""
+
+    sql: str
+    binds: tuple[sa.BindParameter[Any], ...]
+
+    def clause(self, sql: str | None = None) -> sa.TextClause:
+        return sa.text(self.sql if sql is None else sql).bindparams(*self.binds)
 
 
-def _wrapped(spec: SourceSpec, as_of: date, limit: str) -> sa.TextClause:
+def _query(conn: Connection, spec: SourceSpec, as_of: date) -> _Query:
+    """The query with ``:as_of`` and ``spec.params`` bound; SourceError for a bind it cannot fill."""
+    prepared = _prepared_query(spec, conn.dialect.name == "postgresql")
+    values = dict(spec.params)
+    if "as_of" in values:
+        raise SourceError(f"job {spec.job!r}: a query parameter may not be called 'as_of': "
+                          ":as_of is always the run's as_of date. Rename the parameter.")
+    missing = [n for n in prepared.binds if n != "as_of" and n not in values]
+    if missing:
+        raise SourceError(
+            f"job {spec.job!r}: source.query {spec.query} uses parameter(s) "
+            f"{', '.join(':' + n for n in missing)}, which have no value: only :as_of and the job's "
+            f"parameters ({', '.join(values) or 'none'}) are bound. Give them a value, or fix the query."
+        )
+    binds = tuple(
+        sa.bindparam("as_of", as_of, type_=sa.Date) if n == "as_of" else _bind(values[n], n)
+        for n in prepared.binds
+    )
+    return _Query(f"\n{prepared.sql}\n", binds)
+
+
+def _wrapped(conn: Connection, spec: SourceSpec, as_of: date, limit: str) -> sa.TextClause:
     # The query file is trusted SQL written by the job's owner; only it is
     # wrapped here, never an identifier from the config.
-    inner = _query_clause(spec, as_of)
-    clause = sa.text(f"SELECT * FROM ({inner.text}) AS src {limit}")  # noqa: S608
-    if inner._bindparams:
-        clause = clause.bindparams(*inner._bindparams.values())
-    return clause
+    query = _query(conn, spec, as_of)
+    return query.clause(f"SELECT * FROM ({query.sql}) AS src {limit}")  # noqa: S608
 
 
 def source_table(conn: Connection, spec: SourceSpec) -> sa.Table:
@@ -115,12 +149,21 @@ def source_table(conn: Connection, spec: SourceSpec) -> sa.Table:
 
 
 def probe_columns(conn: Connection, spec: SourceSpec, as_of: date) -> SourceColumns:
-    """The source's columns and types, read without fetching the rows."""
+    """The source's columns and types, read without fetching the rows.
+
+    Also checks what reading ``as_of`` will need, so a bad as_of or query
+    parameter fails here, before a run is recorded: the day's bounds (a
+    UsageError out of the date range), the query's binds (a SourceError).
+    """
+    _check_values(spec)
     if spec.table is not None:
         table = source_table(conn, spec)
+        if spec.as_of_column:
+            as_of_day(spec.job, as_of, spec.timezone)
         return SourceColumns({c.name: _portable(c.type) for c in table.columns})
+    wrapped = _wrapped(conn, spec, as_of, "LIMIT 0")
     try:
-        result = conn.execute(_wrapped(spec, as_of, "LIMIT 0"))
+        result = conn.execute(wrapped)
     except SQLAlchemyError as exc:
         raise SourceError(
             f"job {spec.job!r}: the source query {spec.query} failed: "
@@ -138,11 +181,25 @@ def probe_columns(conn: Connection, spec: SourceSpec, as_of: date) -> SourceColu
     return SourceColumns(types)
 
 
+_SCALARS = (str, int, float, Decimal, date, type(None))  # bool is an int; datetime a date
+
+
+def _check_values(spec: SourceSpec) -> None:
+    """Filter and parameter values must be scalars every database can take as a bound value."""
+    for what, pairs in (("where", spec.where), ("query parameter", spec.params)):
+        for name, value in pairs:
+            if not isinstance(value, _SCALARS):
+                raise SourceError(
+                    f"job {spec.job!r}: {what} {name!r} has a value of type {type(value).__name__}; "
+                    "use a string, a number, a date, a timestamp, true/false or null."
+                )
+
+
 def _sqlite_query_types(
     conn: Connection, spec: SourceSpec, as_of: date, names: list[str]
 ) -> dict[str, sa.types.TypeEngine[Any]]:
     # SQLite reports no result types; look at one row's values instead.
-    row = conn.execute(_wrapped(spec, as_of, "LIMIT 1")).first()
+    row = conn.execute(_wrapped(conn, spec, as_of, "LIMIT 1")).first()
     types: dict[str, sa.types.TypeEngine[Any]] = {}
     for i, name in enumerate(names):
         value = row[i] if row is not None else None
@@ -183,30 +240,63 @@ def check_columns(spec: SourceSpec, features: Sequence[str], columns: SourceColu
         problems.append(f"pass_through column(s) {missing_pass}")
     if spec.as_of_column and spec.as_of_column not in have:
         problems.append(f"as_of_column {spec.as_of_column!r}")
+    missing_where = [c for c, _ in spec.where if c not in have]
+    if missing_where:
+        problems.append(f"where column(s) {missing_where}")
     if problems:
         raise SourceError(
             f"job {spec.job!r}: source {spec.describe()} lacks {'; '.join(problems)}. "
             f"It has: {', '.join(columns.names) or '(no columns)'}. Add the columns to the "
-            "source (or alias them in the query), or fix the job's key/pass_through."
+            "source (or alias them in the query), or fix the job's key/pass_through/where."
         )
 
 
-def select_rows(conn: Connection, spec: SourceSpec, as_of: date, columns: Sequence[str]) -> sa.Select[Any]:
-    """The statement that reads the job's rows for ``as_of``."""
+def select_rows(
+    conn: Connection, spec: SourceSpec, as_of: date, columns: Sequence[str], partition: Partition | None = None
+) -> sa.Select[Any]:
+    """The statement that reads the job's rows for ``as_of`` (only ``partition``'s, if given)."""
+    conditions: list[sa.ColumnElement[bool]] = []
     if spec.table is not None:
         table = source_table(conn, spec)
-        stmt = sa.select(*(table.c[c] for c in columns))
+        cols = table.c
         if spec.as_of_column:
-            col = table.c[spec.as_of_column]
-            # A half-open day range works whether the column holds dates,
-            # timestamps or (on SQLite) ISO text, and can use an index.
-            stmt = stmt.where(
-                col >= sa.bindparam("as_of_lo", as_of, type_=sa.Date),
-                col < sa.bindparam("as_of_hi", as_of + timedelta(days=1), type_=sa.Date),
-            )
-        return stmt
-    sub = _query_clause(spec, as_of).columns(*(sa.column(c) for c in columns)).subquery("src")
-    return sa.select(*sub.c)
+            day = as_of_day(spec.job, as_of, spec.timezone)
+            conditions.append(day_filter(cols[spec.as_of_column], conn.dialect.name, day))
+    else:
+        # The key and where columns are named too, so conditions can use them.
+        names = dict.fromkeys([*columns, *spec.key, *(c for c, _ in spec.where)])
+        sub = _query(conn, spec, as_of).clause().columns(*(sa.column(c) for c in names)).subquery("src")
+        cols = sub.c
+    conditions.extend(_equals(cols[c], value) for c, value in spec.where)
+    if partition is not None:
+        conditions.append(partition.predicate([cols[k] for k in spec.key]))
+    return sa.select(*(cols[c] for c in columns)).where(*conditions)
+
+
+def _equals(col: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
+    """``col = value`` with ``value`` bound (NULL: ``IS NULL``)."""
+    if value is None:
+        return col.is_(None)
+    return col == value_bind(value)
+
+
+def value_bind(value: Any) -> sa.ColumnElement[Any]:
+    """A bound value from the config or the data to compare a column with, typed by the value.
+
+    A string stays untyped (not even the compared column's type), so the
+    database reads it as it reads a string literal: as the column's type
+    (``'5'`` for an integer column), as the PostgreSQL fast path's literals do.
+    Other values carry their own type (a date is ISO text on SQLite, a cast on
+    psycopg).
+    """
+    bind = _bind(value)
+    return sa.type_coerce(bind, bind.type) if isinstance(value, str) else bind
+
+
+def _bind(value: Any, name: str | None = None) -> sa.BindParameter[Any]:
+    if isinstance(value, str):
+        return sa.bindparam(name, value, type_=sa.types.NullType())
+    return sa.bindparam(name, value)
 
 
 def duplicate_source_keys(conn: Connection, spec: SourceSpec, as_of: date) -> DuplicateKeys:
@@ -222,17 +312,39 @@ def read_chunks(
     columns: Sequence[str],
     chunk_size: int,
     features: Sequence[str] = (),
+    partition: Partition | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yield DataFrames of at most ``chunk_size`` rows, streaming from the database.
 
     PostgreSQL reads through :mod:`batch_scorer.storage.sources.postgres_arrow` (binary COPY into Arrow,
     on a reader thread; keys and pass-through columns keep their exact types);
-    other databases through SQLAlchemy's streaming cursor.
+    other databases through SQLAlchemy's streaming cursor. With ``partition``
+    (from :func:`batch_scorer.storage.sources.partitions.key_partitions`),
+    only that partition's rows.
     """
-    stmt = select_rows(conn, spec, as_of, columns)
+    stmt = select_rows(conn, spec, as_of, columns, partition)
+    yield from _stream(conn, spec, stmt, chunk_size, features)
+
+
+def probe_row(
+    conn: Connection, spec: SourceSpec, as_of: date, columns: Sequence[str], features: Sequence[str]
+) -> pd.DataFrame:
+    """At most one source row for ``as_of`` (the first the database returns), typed as
+    :func:`read_chunks` types it: read through the same path. Empty if there is none."""
+    stmt = select_rows(conn, spec, as_of, columns).limit(1)
+    with contextlib.closing(_stream(conn, spec, stmt, 1, features)) as chunks:
+        for chunk in chunks:
+            return chunk
+    return pd.DataFrame(columns=list(columns))
+
+
+def _stream(
+    conn: Connection, spec: SourceSpec, stmt: sa.Select[Any], chunk_size: int, features: Sequence[str]
+) -> Iterator[pd.DataFrame]:
     if conn.dialect.name == "postgresql":
         yield from postgres_arrow.read_chunks(conn, stmt, chunk_size, spec.exact, features, spec.job)
         return
+    columns = [c.name for c in stmt.selected_columns]
     # Plain tuples from the DBAPI cursor, with SQLAlchemy's result conversion
     # (dates, booleans, decimals) applied column-wise where a type has one:
     # building a Row object per row cost more than the rest of the read (issue 4).
@@ -246,7 +358,7 @@ def read_chunks(
         cursor = result.cursor
         assert cursor is not None
         while rows := cursor.fetchmany(chunk_size):
-            yield _frame(rows, list(columns), processors)
+            yield _frame(rows, columns, processors)
         result.close()
     except SQLAlchemyError as exc:
         raise DatabaseError(
