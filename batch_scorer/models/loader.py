@@ -3,7 +3,9 @@
 A model arrives as bytes: read once from a file (:func:`load_model`) or from a
 registry table (:func:`load_model_bytes`). Those same bytes are hashed, checked
 against the sha256 pin, and only then deserialized, so what is loaded is exactly
-what was checked: pickle/joblib files run code when loaded.
+what was checked. Pickle/joblib files run code when loaded; a ``.skops`` file
+(:mod:`skops.io`) does not, and only types skops trusts, plus those the job
+lists in ``model.trusted_types``, are accepted from it.
 
 Before a row is read, the fitted model is checked for what batch-scorer can
 store: fitted, one prediction per row, as many features as the job names
@@ -19,6 +21,7 @@ import io
 import logging
 import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +38,9 @@ from batch_scorer.models.features import fitted_kinds
 log = logging.getLogger(__name__)
 
 # "joblib" and "pickle" are both read by joblib.load (it reads plain pickles too).
-FORMATS = ("joblib", "pickle")
+FORMATS = ("joblib", "pickle", "skops")
+SKOPS_SUFFIX = ".skops"
+_ZIP_MAGIC = b"PK\x03\x04"  # a .skops file is a zip archive
 # How a pickle (protocol 2+) and joblib's compressed files (zlib, gzip, bz2, xz, lz4) begin.
 _PICKLE_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x04\x22\x4d\x18")
 
@@ -86,6 +91,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def format_for(path: Path) -> str:
+    """The format a model file is read in, by its suffix: ``skops`` for ``.skops``, else ``joblib``."""
+    return "skops" if path.suffix.lower() == SKOPS_SUFFIX else "joblib"
+
+
 def load_model(
     job: str,
     path: Path,
@@ -94,13 +104,21 @@ def load_model(
     features: list[str] | None = None,
     allow_version_mismatch: bool = False,
     *,
-    fmt: str = "joblib",
+    fmt: str | None = None,
+    trusted_types: Sequence[str] = (),
 ) -> LoadedModel:
-    """Read a model file once and load it with :func:`load_model_bytes`. Raises :class:`ModelError`."""
+    """Read a model file once and load it with :func:`load_model_bytes`. Raises :class:`ModelError`.
+
+    ``fmt`` defaults to the file's suffix (:func:`format_for`).
+    """
+    fmt = fmt or format_for(path)
     data = read_model_file(job, path)
-    warn_if_writable_by_others(
-        path, f"job {job!r}: model file", "anyone who can write it can run code as this user"
+    risk = (
+        "anyone who can write it can change what it predicts"
+        if fmt == "skops"
+        else "anyone who can write it can run code as this user"
     )
+    warn_if_writable_by_others(path, f"job {job!r}: model file", risk)
     loaded = load_model_bytes(
         job,
         data,
@@ -110,6 +128,7 @@ def load_model(
         version=version,
         features=features,
         allow_version_mismatch=allow_version_mismatch,
+        trusted_types=trusted_types,
     )
     return replace(loaded, path=path)
 
@@ -152,13 +171,15 @@ def load_model_bytes(
     version: str | None = None,
     features: Sequence[str] | None = None,
     allow_version_mismatch: bool = False,
+    trusted_types: Sequence[str] = (),
 ) -> LoadedModel:
     """Check the pin on ``data``, deserialize those same bytes, check the model can
     be scored, and learn its contract. Raises :class:`ModelError`.
 
     ``source`` says where the bytes came from and follows "model" in messages
     ("file models/churn.joblib", "registry churn v3"). ``fmt`` is one of
-    :data:`FORMATS`.
+    :data:`FORMATS`; ``trusted_types`` are the types a skops file may hold beyond
+    those skops trusts (the job's ``model.trusted_types``); pickles ignore it.
     """
     if fmt not in FORMATS:
         raise ModelError(f"job {job!r}: model {source}: unknown model format {fmt!r}; use one of {list(FORMATS)}.")
@@ -171,7 +192,7 @@ def load_model_bytes(
             f"{pinned_sha256}. The model was not loaded. If the new model is intended, "
             "update model.sha256; otherwise restore the pinned one."
         )
-    estimator, saved_with = _deserialize(job, data, source)
+    estimator, saved_with = _deserialize(job, data, source, fmt, trusted_types)
     _check_version(job, source, fmt, saved_with, allow_version_mismatch)
     if not callable(getattr(estimator, "predict", None)):
         raise ModelError(
@@ -204,7 +225,7 @@ def load_model_bytes(
 def _check_version(job: str, source: str, fmt: str, saved_with: str, allowed: bool) -> None:
     if saved_with == sklearn.__version__:
         return
-    verb = "pickled"
+    verb = "saved" if fmt == "skops" else "pickled"
     if not allowed:
         raise ModelError(
             f"job {job!r}: model {source} was {verb} with scikit-learn {saved_with}, "
@@ -218,12 +239,15 @@ def _check_version(job: str, source: str, fmt: str, saved_with: str, allowed: bo
     )
 
 
-def _deserialize(job: str, data: bytes, source: str) -> tuple[Any, str]:
+def _deserialize(job: str, data: bytes, source: str, fmt: str, trusted: Sequence[str]) -> tuple[Any, str]:
     """The estimator in ``data`` and the scikit-learn version it was saved with
-    (from scikit-learn's InconsistentVersionWarning)."""
+    (from scikit-learn's InconsistentVersionWarning, which both formats raise)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = _unpickle(job, data, source)
+        if fmt == "skops":
+            estimator = _load_skops(job, data, source, trusted)
+        else:
+            estimator = _unpickle(job, data, source)
     saved_with = sklearn.__version__
     for w in caught:
         original = getattr(w.message, "original_sklearn_version", None)
@@ -241,6 +265,8 @@ def _unpickle(job: str, data: bytes, source: str) -> Any:
                 f"it is truncated (it ends before the model does: {type(exc).__name__}). It was "
                 "probably copied or saved only in part; save it again with joblib.dump"
             )
+        elif data.startswith(_ZIP_MAGIC):
+            problem = "it is a zip archive, not a pickle: a skops file? Give it the .skops suffix"
         else:
             problem = (
                 f"{type(exc).__name__}: {exc}. The file may be corrupt or not a joblib/pickle "
@@ -260,6 +286,45 @@ def _looks_truncated(data: bytes, exc: Exception) -> bool:
     return isinstance(exc, pickle.UnpicklingError | ValueError) and any(
         word in text for word in ("truncated", "exhausted", "EOF")
     )
+
+
+def _load_skops(job: str, data: bytes, source: str, trusted: Sequence[str]) -> Any:
+    """A skops file's object, after checking every type in it is trusted (by skops or the job)."""
+    import skops.io as sio  # imported here: it indexes all of scikit-learn (~0.5 s) on import
+
+    if not data.startswith(_ZIP_MAGIC):
+        raise ModelError(
+            f"job {job!r}: cannot load model {source}: it is not a skops file (a skops file is a "
+            "zip archive). Was it saved with joblib.dump? Then give it the .joblib suffix."
+        )
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except zipfile.BadZipFile as exc:
+        raise ModelError(
+            f"job {job!r}: cannot load model {source}: it is truncated or corrupt (the zip archive "
+            "has no end). It was probably copied or saved only in part; save it again with "
+            "skops.io.dump."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to read the archive is a bad file
+        raise ModelError(
+            f"job {job!r}: cannot load model {source}: not a readable skops file "
+            f"({type(exc).__name__}: {exc}). Save it again with skops.io.dump."
+        ) from exc
+    refused = [t for t in untrusted if t not in set(trusted)]
+    if refused:
+        raise ModelError(
+            f"job {job!r}: model {source} holds types that skops does not trust by default: "
+            f"{', '.join(refused)}. Loading them could run their code, so the model was not "
+            "loaded. If you have reviewed them and trust them, list them under the job's "
+            f"model.trusted_types (trusted_types: [{', '.join(refused)}])."
+        )
+    try:
+        return sio.loads(data, trusted=list(trusted))  # skops adds its own defaults
+    except Exception as exc:  # noqa: BLE001 - any failure to build the model is a bad file
+        raise ModelError(
+            f"job {job!r}: cannot load model {source}: {type(exc).__name__}: {exc}. The file may be "
+            "corrupt, or need a module this environment lacks; save it again with skops.io.dump."
+        ) from exc
 
 
 def _features(
