@@ -198,6 +198,17 @@ def test_fast_path_types_write_exactly_predict_on_near_ties(
     _assert_exact(model, estimator, many, threads.score_in_parts(model, many))
 
 
+def test_a_classifier_fitted_on_one_class_predicts_it(tmp_path: Path) -> None:
+    X, _ = _tie_training_data(2, [0, 1])
+    estimator = DecisionTreeClassifier().fit(X, np.full(len(X), "only"))
+    model = _loaded(tmp_path, estimator)
+
+    prediction, score = score_prepared(model, X)
+
+    np.testing.assert_array_equal(prediction, estimator.predict(X))
+    np.testing.assert_array_equal(score, np.ones(len(X)))
+
+
 def test_a_tie_that_argmax_gets_wrong_is_recomputed_with_predict(tmp_path: Path) -> None:
     # GradientBoosting predicts classes_[1] at a raw score of exactly 0 (>= 0), where
     # both probabilities are 0.5 and argmax says classes_[0].

@@ -57,6 +57,8 @@ FLUSH_EVERY = 10_000
 RejectedRow = tuple[str, str]  # (key as JSON text, reason)
 # How a chunk's features are scored: score_prepared, or the executor's threaded version.
 ScoreFn = Callable[[LoadedModel, Any], tuple[np.ndarray, np.ndarray | None]]
+# What the bad-row search calls on a part: a ScoreFn, or predict_prepared (predict alone).
+ModelCall = Callable[[LoadedModel, Any], Any]
 
 
 @dataclass
@@ -247,7 +249,9 @@ class _Bisection:
     costs one search, not 5,000). ``call`` scores a part (its outputs are kept);
     ``probe`` is what the diagnosis calls on one row."""
 
-    def __init__(self, model: LoadedModel, features: pd.DataFrame, max_bad: int, call: Any, probe: Any) -> None:
+    def __init__(
+        self, model: LoadedModel, features: pd.DataFrame, max_bad: int, call: ModelCall, probe: ModelCall
+    ) -> None:
         self.model = model
         self.features = features
         self.max_bad = max_bad
@@ -287,7 +291,9 @@ class _Bisection:
                 _column_reason(column, exc_name) if column else f"the model raised {exc_name} on this row"
             )
 
-    def _failed(self, idx: np.ndarray, exc_name: str, stack: list[np.ndarray], undiagnosed: list) -> None:
+    def _failed(
+        self, idx: np.ndarray, exc_name: str, stack: list[np.ndarray], undiagnosed: list[tuple[int, str]]
+    ) -> None:
         if len(idx) > 1:
             mid = len(idx) // 2
             stack += [idx[mid:], idx[:mid]]  # left half popped first: keeps source order
@@ -326,7 +332,7 @@ class _Diagnosis:
     """Names the column that makes a row fail: its value put into a known-good row
     makes ``probe`` (the model) raise. Bounded by :data:`DIAGNOSE_CALLS_PER_CHUNK` calls."""
 
-    def __init__(self, model: LoadedModel, features: pd.DataFrame, probe: Any = score_prepared) -> None:
+    def __init__(self, model: LoadedModel, features: pd.DataFrame, probe: ModelCall = score_prepared) -> None:
         self.model = model
         self.features = features
         self.probe = probe

@@ -129,6 +129,8 @@ def _score_from_proba(model: LoadedModel, est: Any, X: Any) -> tuple[np.ndarray,
 def near_ties(proba: np.ndarray) -> np.ndarray:
     """Rows whose two highest probabilities are within :data:`TIE_TOLERANCE` (or NaN):
     rows where the argmax may not be what predict() returns."""
+    if proba.shape[1] < 2:
+        return np.zeros(len(proba), dtype=bool)  # one class: nothing to tie with
     tol = TIE_TOLERANCE
     if proba.dtype.kind == "f":
         tol = max(tol, 64 * float(np.finfo(proba.dtype).eps))
