@@ -6,10 +6,12 @@ or the executor's threaded version):
 
 1. rows with a NULL key are rejected;
 2. feature values are coerced to the types the model was fitted on
-   (``feature_types``); a value that cannot be (text in a numeric column)
+   (:mod:`batch_scorer.models.features`); a value that cannot be (text in a numeric column)
    rejects its row;
-3. the rest are scored in one ``predict`` call. If the model raises, the chunk
-   is split in halves, recursively, until the failing rows are isolated
+3. the rest are scored in one call of the scorer (``predict``, and
+   ``predict_proba`` for a score: :func:`batch_scorer.models.scoring.score_prepared`).
+   If the model raises, the chunk is split in halves, recursively, until the
+   failing rows are isolated
    (bisection: about ``2 * log2(rows)`` calls per bad row); each failing row is
    then tried against a known-good row, one column at a time, to name the
    column, and the other rows holding that same value in that column are
@@ -41,7 +43,7 @@ import pandas as pd
 from batch_scorer.errors import ModelError, RunFailed
 from batch_scorer.models.features import coerce_features
 from batch_scorer.models.loader import LoadedModel
-from batch_scorer.models.scoring import model_input, score_prepared
+from batch_scorer.models.scoring import model_input, predict_prepared, score_prepared
 
 NULL_KEY = "NULL in a key column"
 NON_FINITE_SCORE = "the model returned a non-finite score (NaN or infinity)"
@@ -55,6 +57,8 @@ FLUSH_EVERY = 10_000
 RejectedRow = tuple[str, str]  # (key as JSON text, reason)
 # How a chunk's features are scored: score_prepared, or the executor's threaded version.
 ScoreFn = Callable[[LoadedModel, Any], tuple[np.ndarray, np.ndarray | None]]
+# What the bad-row search calls on a part: a ScoreFn, or predict_prepared (predict alone).
+ModelCall = Callable[[LoadedModel, Any], Any]
 
 
 @dataclass
@@ -198,68 +202,126 @@ def _isolate(
     """Score ``features``; where the model raises, split until the failing rows are single.
 
     Returns the positions that scored (ascending), their prediction and score, and
-    ``{position: reason}`` for the rows that failed. A failing row is tried on a
-    known-good row one column at a time; when one column's value alone makes the
-    model raise, every other pending row with that same value in that column is
-    rejected at once (a new category in 5,000 rows costs one search, not 5,000).
-    Stops (last item True) after more than ``max_bad`` searches for a failing row;
-    rows rejected along with a searched one cost nothing and do not count.
+    ``{position: reason}`` for the rows that failed; the last item is True when the
+    search stopped after more than ``max_bad`` searches for a failing row (rows
+    rejected along with a searched one cost nothing and do not count).
+
+    The failing rows are found with ``predict()`` alone (a probe that succeeds costs
+    one model call, not two), then the good rows are scored together. Should that
+    fail (``predict_proba`` raising where ``predict`` did not), they are searched
+    again, this time with the scorer itself.
     """
-    ok: list[np.ndarray] = []
-    preds: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    has_score = True
-    failures: dict[int, str] = {}
-    undiagnosed: list[tuple[int, str]] = []
-    diagnosis = _Diagnosis(model, features)
-    stack = [np.arange(len(features))]
-    searched = 0
-    while stack and searched <= max_bad:
-        idx = stack.pop()
-        if not len(idx):
-            continue
-        part = features if len(idx) == len(features) else features.iloc[idx]
-        try:
-            prediction, score = scorer(model, model_input(model, part))
-        except ModelError:
-            raise  # wrong output shape: the model is broken, not the rows
-        except Exception as exc:  # noqa: BLE001 - a model error on data is the rows' fault
-            if len(idx) > 1:
-                mid = len(idx) // 2
-                stack += [idx[mid:], idx[:mid]]  # left half popped first: keeps source order
+    everything = np.arange(len(features))
+    try:
+        prediction, score = scorer(model, model_input(model, features))
+    except ModelError:
+        raise  # wrong output shape: the model is broken, not the rows
+    except Exception as exc:  # noqa: BLE001 - a model error on data is the rows' fault
+        first_error = type(exc).__name__
+    else:
+        return everything, np.asarray(prediction), _array_or_none(score), {}, False
+    found = _Bisection(model, features, max_bad, call=predict_prepared, probe=predict_prepared)
+    found.search(everything, first_error)
+    good = np.sort(np.concatenate(found.ok)) if found.ok else np.empty(0, dtype=int)
+    if found.stopped or not len(good):
+        return np.empty(0, dtype=int), np.empty(0), None, found.failures, found.stopped
+    try:
+        prediction, score = scorer(model, model_input(model, features.iloc[good]))
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - predict_proba fails on rows where predict did not
+        again = _Bisection(model, features, max_bad - found.searched, call=scorer, probe=score_prepared)
+        again.search(good, type(exc).__name__)
+        return (*again.scored(), {**found.failures, **again.failures}, again.stopped)
+    return good, np.asarray(prediction), _array_or_none(score), found.failures, False
+
+
+def _array_or_none(score: Any) -> np.ndarray | None:
+    return None if score is None else np.asarray(score)
+
+
+class _Bisection:
+    """Finds the failing rows among rows known to fail, by splitting them in halves
+    (left half first, so rows that score stay in source order). A failing row is
+    tried on a known-good row one column at a time (:class:`_Diagnosis`); when one
+    column's value alone makes the model raise, every other pending row with that
+    same value in that column is rejected at once (a new category in 5,000 rows
+    costs one search, not 5,000). ``call`` scores a part (its outputs are kept);
+    ``probe`` is what the diagnosis calls on one row."""
+
+    def __init__(
+        self, model: LoadedModel, features: pd.DataFrame, max_bad: int, call: ModelCall, probe: ModelCall
+    ) -> None:
+        self.model = model
+        self.features = features
+        self.max_bad = max_bad
+        self.call = call
+        self.diagnosis = _Diagnosis(model, features, probe)
+        self.ok: list[np.ndarray] = []
+        self.outputs: list[Any] = []
+        self.failures: dict[int, str] = {}
+        self.searched = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.searched > self.max_bad
+
+    def search(self, failing: np.ndarray, exc_name: str) -> None:
+        """Isolate the failing rows among ``failing`` (positions that failed together)."""
+        stack: list[np.ndarray] = []
+        undiagnosed: list[tuple[int, str]] = []
+        self._failed(failing, exc_name, stack, undiagnosed)
+        while stack and not self.stopped:
+            idx = stack.pop()
+            if not len(idx):
                 continue
-            pos, exc_name = int(idx[0]), type(exc).__name__
-            searched += 1
-            column = diagnosis.blame(pos)
-            if column is None:
-                undiagnosed.append((pos, exc_name))
+            try:
+                out = self.call(self.model, model_input(self.model, self.features.iloc[idx]))
+            except ModelError:
+                raise  # wrong output shape: the model is broken, not the rows
+            except Exception as exc:  # noqa: BLE001 - a model error on data is the rows' fault
+                self._failed(idx, type(exc).__name__, stack, undiagnosed)
                 continue
-            reason = _column_reason(column, exc_name)
-            failures[pos] = reason
-            same = diagnosis.same_value(column, pos)
-            for i, seg in enumerate(stack):
-                hit = same[seg]
-                if hit.any():
-                    failures.update((int(p), reason) for p in seg[hit])
-                    stack[i] = seg[~hit]
-            continue
-        ok.append(idx)
-        diagnosis.found_good(int(idx[0]))
-        preds.append(np.asarray(prediction))
-        if score is None:
-            has_score = False
-        else:
-            scores.append(np.asarray(score))
-    for pos, exc_name in undiagnosed:  # failed before any good row was known
-        column = diagnosis.blame(pos)
-        failures[pos] = _column_reason(column, exc_name) if column else f"the model raised {exc_name} on this row"
-    stopped = searched > max_bad
-    if not ok:
-        return np.empty(0, dtype=int), np.empty(0), None, failures, stopped
-    order = np.concatenate(ok)
-    prediction = np.concatenate(preds) if len(preds) > 1 else preds[0]
-    score = (np.concatenate(scores) if len(scores) > 1 else scores[0]) if has_score else None
-    return order, prediction, score, failures, stopped
+            self.ok.append(idx)
+            self.outputs.append(out)
+            self.diagnosis.found_good(int(idx[0]))
+        for pos, exc_name in undiagnosed:  # failed before any good row was known
+            column = self.diagnosis.blame(pos)
+            self.failures[pos] = (
+                _column_reason(column, exc_name) if column else f"the model raised {exc_name} on this row"
+            )
+
+    def _failed(
+        self, idx: np.ndarray, exc_name: str, stack: list[np.ndarray], undiagnosed: list[tuple[int, str]]
+    ) -> None:
+        if len(idx) > 1:
+            mid = len(idx) // 2
+            stack += [idx[mid:], idx[:mid]]  # left half popped first: keeps source order
+            return
+        pos = int(idx[0])
+        self.searched += 1
+        column = self.diagnosis.blame(pos)
+        if column is None:
+            undiagnosed.append((pos, exc_name))
+            return
+        reason = _column_reason(column, exc_name)
+        self.failures[pos] = reason
+        same = self.diagnosis.same_value(column, pos)
+        for i, seg in enumerate(stack):
+            hit = same[seg]
+            if hit.any():
+                self.failures.update((int(p), reason) for p in seg[hit])
+                stack[i] = seg[~hit]
+
+    def scored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The positions that scored (ascending), their prediction and score."""
+        if not self.ok:
+            return np.empty(0, dtype=int), np.empty(0), None
+        order = np.concatenate(self.ok)
+        prediction = np.concatenate([np.asarray(p) for p, _ in self.outputs])
+        scores = [s for _, s in self.outputs]
+        score = None if any(s is None for s in scores) else np.concatenate([np.asarray(s) for s in scores])
+        return order, prediction, score
 
 
 def _column_reason(column: str, exc_name: str) -> str:
@@ -268,11 +330,12 @@ def _column_reason(column: str, exc_name: str) -> str:
 
 class _Diagnosis:
     """Names the column that makes a row fail: its value put into a known-good row
-    makes the model raise. Bounded by :data:`DIAGNOSE_CALLS_PER_CHUNK` calls."""
+    makes ``probe`` (the model) raise. Bounded by :data:`DIAGNOSE_CALLS_PER_CHUNK` calls."""
 
-    def __init__(self, model: LoadedModel, features: pd.DataFrame) -> None:
+    def __init__(self, model: LoadedModel, features: pd.DataFrame, probe: ModelCall = score_prepared) -> None:
         self.model = model
         self.features = features
+        self.probe = probe
         self.reference: pd.DataFrame | None = None
         self.blamed: list[str] = []  # tried first: usually one culprit column
         self.calls = 0
@@ -292,7 +355,7 @@ class _Diagnosis:
             probe[name] = self.features[name].iloc[[pos]].to_numpy()
             self.calls += 1
             try:
-                score_prepared(self.model, model_input(self.model, probe))
+                self.probe(self.model, model_input(self.model, probe))
             except Exception:  # noqa: BLE001 - this column's value is what fails
                 if name in self.blamed:
                     self.blamed.remove(name)
@@ -351,10 +414,9 @@ def check_score_contract(job_name: str, want: bool | str, model: LoadedModel) ->
     """``output.score: true`` needs a classifier with ``predict_proba``; raise
     :class:`ModelError` before anything is written if the model has none."""
     if want is True and not (model.is_classifier and model.has_proba and model.classes):
-        kind = "classifier without predict_proba" if model.is_classifier else "regressor"
         raise ModelError(
-            f"job {job_name!r}: output.score is true, but model {model.path} is a {kind} "
-            f"({type(model.estimator).__name__}), so it has no probability to store as the "
-            "score. Use a classifier with predict_proba (e.g. SVC(probability=True)), or set "
-            "output.score to auto or false."
+            f"job {job_name!r}: output.score is true, but model {model.source} is a "
+            f"{model.describe_kind()} ({type(model.estimator).__name__}), so it has no probability "
+            "to store as the score. Use a classifier with predict_proba (e.g. SVC(probability=True)), "
+            "or set output.score to auto or false."
         )
