@@ -177,9 +177,10 @@ def test_model_returning_the_wrong_shape_exits_2_and_writes_nothing(tmp_path: Pa
 
     assert result.exit_code == 2, result.output
     assert "Error: job 'j'" in result.output
-    assert "returned predictions of shape (40, 2) for 40 rows" in result.output
+    # Refused when the model is loaded, before a row is read or a run recorded.
+    assert "predicts several values per row" in result.output and "2 target columns" in result.output
     _nothing_written(db_url)
-    assert runs(db_url)[-1]["status"] == "failed"
+    assert tables(db_url) == {"features"} and runs(db_url) == []
 
 
 def test_model_and_config_writable_by_others_draw_a_warning(tmp_path: Path, sqlite_url: str) -> None:

@@ -194,8 +194,7 @@ def test_fast_path_types_write_exactly_predict_on_near_ties(
     _assert_exact(model, estimator, rows, score_prepared(model, rows))
 
     many = pd.concat([rows] * (PARALLEL_MIN_ROWS // len(rows) + 2), ignore_index=True)
-    monkeypatch.setenv(threads.SCORING_ENV, "2")
-    _assert_exact(model, estimator, many, threads.score_in_parts(model, many))
+    _assert_exact(model, estimator, many, threads.score_in_parts(model, many, threads.ThreadSettings(1, 2)))
 
 
 def test_a_classifier_fitted_on_one_class_predicts_it(tmp_path: Path) -> None:

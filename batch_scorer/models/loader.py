@@ -111,14 +111,7 @@ def load_model(
 
     ``fmt`` defaults to the file's suffix (:func:`format_for`).
     """
-    fmt = fmt or format_for(path)
-    data = read_model_file(job, path)
-    risk = (
-        "anyone who can write it can change what it predicts"
-        if fmt == "skops"
-        else "anyone who can write it can run code as this user"
-    )
-    warn_if_writable_by_others(path, f"job {job!r}: model file", risk)
+    data, fmt = read_model(job, path, fmt)
     loaded = load_model_bytes(
         job,
         data,
@@ -131,6 +124,20 @@ def load_model(
         trusted_types=trusted_types,
     )
     return replace(loaded, path=path)
+
+
+def read_model(job: str, path: Path, fmt: str | None = None) -> tuple[bytes, str]:
+    """A model file's bytes (read once) and its format (``fmt``, else by suffix); warns
+    when others may write the file."""
+    fmt = fmt or format_for(path)
+    data = read_model_file(job, path)
+    risk = (
+        "anyone who can write it can change what it predicts"
+        if fmt == "skops"
+        else "anyone who can write it can run code as this user"
+    )
+    warn_if_writable_by_others(path, f"job {job!r}: model file", risk)
+    return data, fmt
 
 
 def read_model_file(job: str, path: Path) -> bytes:

@@ -18,17 +18,20 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batch_scorer.config import Config, JobConfig
 from batch_scorer.core.checks import check_score_contract
-from batch_scorer.models.loader import LoadedModel, load_model
-from batch_scorer.models.scoring import prediction_kind
+from batch_scorer.errors import DatabaseError
+from batch_scorer.masking import first_line, mask_text
+from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
+from batch_scorer.models.scoring import prediction_kind, probe_model
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
 from batch_scorer.storage.sources.spec import SourceSpec
-from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns
+from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, probe_row
 from batch_scorer.storage.views import shadow_table_name
 
 log = logging.getLogger(__name__)
@@ -101,33 +104,43 @@ class RunPlan:
 
 
 class ModelCache:
-    """Each model file loaded once per process, by the sha256 of its bytes (thread-safe)."""
+    """Each model loaded once per process, by the sha256 of its bytes (thread-safe).
+
+    The bytes are read once; the sha256 checked (against a pin) is the sha256 of
+    the bytes that are loaded, and a second job using the same bytes (another
+    path, the registry) gets the already loaded estimator."""
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[object, ...], LoadedModel] = {}
         self._lock = threading.Lock()
 
     def load_path(self, job: JobConfig) -> LoadedModel:
+        """The model file of a ``path:`` job."""
         m = job.model
+        assert m.path is not None
         path = Path(m.path)
-        sha = _sha256_or_none(path)
-        key = (sha, tuple(job.features or ()), job.allow_version_mismatch, m.sha256)
-        with self._lock:
-            cached = self._by_key.get(key) if sha is not None else None
-        if cached is not None:
-            return dataclasses.replace(cached, path=path, version=m.version or cached.sha256[:12])
-        loaded = load_model(job.name, path, pinned_sha256=m.sha256, version=m.version, features=job.features,
-                            allow_version_mismatch=job.allow_version_mismatch)
-        with self._lock:
-            self._by_key[(loaded.sha256, *key[1:])] = loaded
-        return loaded
+        data, fmt = read_model(job.name, path)
+        return self.load_bytes(job, data, source=f"file {path}", fmt=fmt, version=m.version,
+                               pinned_sha256=m.sha256, path=path)
 
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None  # the loader reports it properly
+    def load_bytes(
+        self, job: JobConfig, data: bytes, *, source: str, fmt: str, version: str | None,
+        pinned_sha256: str | None, path: Path | None = None,
+    ) -> LoadedModel:
+        """Bytes from a file or the registry; the pin is checked before anything is loaded."""
+        sha = hashlib.sha256(data).hexdigest()
+        key = (sha, tuple(job.features or ()), job.allow_version_mismatch, tuple(job.model.trusted_types))
+        with self._lock:
+            cached = self._by_key.get(key)
+        if cached is None or (pinned_sha256 is not None and pinned_sha256 != sha):
+            cached = load_model_bytes(
+                job.name, data, source=source, fmt=fmt, pinned_sha256=pinned_sha256, version=version,
+                features=job.features, allow_version_mismatch=job.allow_version_mismatch,
+                trusted_types=job.model.trusted_types,
+            )
+            with self._lock:
+                self._by_key[key] = cached
+        return dataclasses.replace(cached, path=path, source=source, version=version or sha[:12])
 
 
 def build_plan(
@@ -138,10 +151,15 @@ def build_plan(
     model = (models or ModelCache()).load_path(job)
     check_score_contract(job.name, job.output.score, model)
     spec = source_spec(cfg, job)
+    read_columns = tuple(needed_columns(spec, model.features))
     with engine.connect() as conn:
         columns = probe_columns(conn, spec, as_of)
-    check_columns(spec, model.features, columns)
-    kind = prediction_kind(model)
+        check_columns(spec, model.features, columns)
+        first = _first_row(conn, spec, as_of, read_columns, model.features)
+    # One real row through the model before anything is recorded: a model that
+    # predicts several values per row, or is not fitted, is exit 2 here.
+    probe = probe_model(job.name, model, first)
+    kind = prediction_kind(model, probe.predict_dtype_kind)
     types = columns.types
     keys = [(k, types[k]) for k in spec.key]
     passing = [(c, types[c]) for c in spec.pass_through]
@@ -154,7 +172,7 @@ def build_plan(
         trigger=trigger,
         source=spec,
         columns=columns,
-        read_columns=tuple(needed_columns(spec, model.features)),
+        read_columns=read_columns,
         champion=champion,
         challengers=(),
         output=output,
@@ -169,6 +187,19 @@ def build_plan(
         ),
         depends_on=tuple(job.depends_on),
     )
+
+
+def _first_row(
+    conn: sa.Connection, spec: SourceSpec, as_of: date, columns: tuple[str, ...], features: tuple[str, ...]
+) -> pd.DataFrame:
+    """The source's first row for the model probe. A source that fails when rows are read
+    is the run's failure (recorded, exit 1), not the model's: then there is no probe row."""
+    try:
+        return probe_row(conn, spec, as_of, columns, features)
+    except (DatabaseError, sa.exc.SQLAlchemyError) as exc:
+        log.debug("job %s: the probe row could not be read (%s); the run will report why", spec.job,
+                  mask_text(first_line(exc)))
+        return pd.DataFrame(columns=list(columns))
 
 
 def shadow_definition(plan: RunPlan) -> sa.Table:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
@@ -158,8 +159,15 @@ def describe(engine: Engine) -> str:
 
 
 def libpq_uri(url: URL) -> str:
-    """A libpq connection URI for an engine's URL (any PostgreSQL driver name)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """A libpq connection URI for an engine's URL (any PostgreSQL driver name).
+
+    Query values are %-encoded (libpq does not read ``+`` as a space, as the
+    form encoding SQLAlchemy renders would have it: ``options=-ca=1 -cb=2``)."""
+    base = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    if not url.query:
+        return base
+    pairs = [(k, v) for k, vals in url.query.items() for v in ((vals,) if isinstance(vals, str) else vals)]
+    return base + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
 
 
 def is_postgres(engine: Engine | sa.Connection) -> bool:
