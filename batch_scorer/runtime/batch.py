@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from batch_scorer.executors.base import Cancel
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.outcome import RunResult, Status
-from batch_scorer.runtime.plan import RunPlan
 from batch_scorer.runtime.run import Attempt, GroupContext, run_group
+from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import ledger
 from batch_scorer.storage.retry import RetryPolicy, is_transient
 from batch_scorer.storage.schema import RunStatus

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -28,13 +27,15 @@ from batch_scorer.errors import DatabaseError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
 from batch_scorer.models.scoring import prediction_kind, probe_model
+from batch_scorer.runtime.spec import RunPlan, Scorer, Settings
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
 from batch_scorer.storage.sources.spec import SourceSpec
-from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, probe_row
-from batch_scorer.storage.views import shadow_table_name
+from batch_scorer.storage.sources.sql import check_columns, needed_columns, probe_columns, probe_row
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ModelCache", "RunPlan", "build_plan", "source_spec"]
 
 
 def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
@@ -51,56 +52,6 @@ def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
         pass_through=tuple(job.output.pass_through),
         timezone=cfg.timezone,
     )
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """A model a run scores with: the champion, or a challenger scored in shadow."""
-
-    role: str  # "champion" | "challenger"
-    label: str  # what a shadow row's `challenger` column says (an alias or "v3")
-    model: LoadedModel
-    stamp: ModelStamp
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The effective settings of one run."""
-
-    chunk_size: int
-    max_rejected_fraction: float
-    allow_empty: bool
-    want_score: bool
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One job's run for one as_of, resolved (module doc)."""
-
-    job: str
-    as_of: date
-    trigger: str
-    source: SourceSpec
-    columns: SourceColumns
-    read_columns: tuple[str, ...]
-    champion: Scorer
-    challengers: tuple[Scorer, ...]
-    output: sa.Table
-    shadow: sa.Table | None
-    classifier: bool
-    prediction_kind: str
-    settings: Settings
-    depends_on: tuple[str, ...] = ()
-
-    @property
-    def scorers(self) -> tuple[Scorer, ...]:
-        """The champion, then the challengers."""
-        return (self.champion, *self.challengers)
-
-    @property
-    def output_name(self) -> str:
-        t = self.output
-        return t.name if t.schema is None else f"{t.schema}.{t.name}"
 
 
 class ModelCache:
@@ -200,18 +151,6 @@ def _first_row(
         log.debug("job %s: the probe row could not be read (%s); the run will report why", spec.job,
                   mask_text(first_line(exc)))
         return pd.DataFrame(columns=list(columns))
-
-
-def shadow_definition(plan: RunPlan) -> sa.Table:
-    """The ``<output>_shadow`` twin of a plan's output table."""
-    types = plan.columns.types
-    return define_output(
-        shadow_table_name(plan.output_name),
-        [(k, types[k]) for k in plan.source.key],
-        [(c, types[c]) for c in plan.source.pass_through],
-        plan.prediction_kind,
-        shadow=True,
-    )
 
 
 def _stamp(model: LoadedModel) -> ModelStamp:

@@ -27,7 +27,7 @@ from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, RunFa
 from batch_scorer.executors.base import Executor, StreamSpec
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.outcome import RunResult, Status, error_text, from_exception
-from batch_scorer.runtime.plan import RunPlan, shadow_definition
+from batch_scorer.runtime.spec import RunPlan, shadow_definition
 from batch_scorer.storage import ledger, locks
 from batch_scorer.storage.db import DuplicateKeys, begin_write, duplicate_keys
 from batch_scorer.storage.retry import is_sqlite_locked

@@ -1,0 +1,111 @@
+"""The ``batch-scorer`` click group, its global options and what commands share.
+
+Commands live in modules by what they are for (runs, setup, schedule, ...) and
+register themselves on :data:`cli`; :mod:`batch_scorer.cli.main` imports them all
+and is the entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from batch_scorer import api
+from batch_scorer.config import default_config_path
+from batch_scorer.errors import BatchScorerError
+from batch_scorer.masking import mask_text
+from batch_scorer.runtime.outcome import RunResult
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _MaskingFilter(logging.Filter):
+    """Last line of defence: no password in any log line, whatever the caller logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_text(record.getMessage())
+        record.args = None
+        return True
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_MaskingFilter())
+    root = logging.getLogger("batch_scorer")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if verbose < 1:
+        logging.getLogger("batch_scorer.storage.ledger").setLevel(max(level, logging.WARNING))
+
+
+@click.group(context_settings=CONTEXT)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: $BATCH_SCORER_CONFIG, else ./config.yaml).",
+)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="batch-scorer")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool, verbose: int, quiet: bool) -> None:
+    """Score scikit-learn models into database tables, safely and fast.
+
+    \b
+    Example:
+        batch-scorer demo                 # SQLite demo, no server needed
+        batch-scorer run churn            # one job, as_of today
+        batch-scorer run --all            # every job (cron)
+    """
+    _setup_logging(verbose, quiet)
+    ctx.obj = {"config": config_path or str(default_config_path()), "debug": debug}
+
+
+def config_of(ctx: click.Context) -> str:
+    return str(ctx.obj["config"])
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_results(results: Sequence[RunResult]) -> None:
+    """One line for one job, else one summary table (job, status, rows, seconds, run_id);
+    then each failure once."""
+    if len(results) == 1 and results[0].ok:
+        r = results[0]
+        click.echo(f"{r.job}: {r.status}  run {r.run_id}  as_of {r.as_of}  model {r.model_version}  "
+                   f"{r.rows_scored:,} rows scored, {r.rows_rejected:,} rejected, {r.seconds:.1f}s -> {r.output_table}")
+    elif results:
+        _summary(results)
+    for r in results:
+        if not r.ok:
+            click.echo(f"Error: {r.error}", err=True)
+
+
+def _summary(results: Sequence[RunResult]) -> None:
+    rows = [(r.job, str(r.as_of or ""), r.status.value if hasattr(r.status, "value") else str(r.status),
+             f"{r.rows_scored:,}", f"{r.rows_rejected:,}", f"{r.seconds:.1f}", str(r.run_id or ""),
+             r.output_table or "") for r in results]
+    table(("job", "as_of", "status", "rows", "rejected", "seconds", "run_id", "output"), rows)
+
+
+def progress_seconds(ctx: click.Context) -> float:
+    try:
+        cfg = api.as_config(config_of(ctx))
+    except BatchScorerError:
+        return 10.0
+    return cfg.runtime.progress_seconds
+
+
