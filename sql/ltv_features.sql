@@ -1,4 +1,4 @@
--- Features for the lifetime-value model: one row per customer for :as_of.
+-- Features for the lifetime-value model: one row per customer of :country for :as_of.
 SELECT
     customer_id,
     tenure_months,
@@ -10,3 +10,4 @@ SELECT
     country
 FROM customer_features
 WHERE snapshot_date = :as_of
+  AND country = :country

@@ -45,17 +45,20 @@ def demo(ctx: click.Context) -> None:
     from batch_scorer.demo import run_demo
 
     result = run_demo(config_of(ctx))
-    click.echo(f"Demo database: {result.database} ({result.feature_rows:,} feature rows)")
+    first, last = result.days
+    click.echo(f"Demo database: {result.database} ({result.feature_rows:,} feature rows, one snapshot a day "
+               f"from {first} to {last})")
     print_results(result.results)
     if not result.sample.empty:
-        click.echo("\nTop churn risks (from the predictions_latest view):")
+        click.echo("\nHighest value at risk (from the retention_priority_latest view):")
         click.echo(result.sample.to_string(index=False))
     shell = "sqlite3" if "://" not in result.database else "psql"
     click.echo(f"\nLook at the result yourself, e.g. with the {shell} shell:")
     click.echo(f"  {shell} {result.database.replace('postgresql+psycopg', 'postgresql')}")
     for q in result.queries:
         click.echo(f"  {q}")
-    click.echo("Or list runs: batch-scorer runs")
+    click.echo("Or try: batch-scorer runs | batch-scorer jobs --graph | batch-scorer run churn.DE")
+    click.echo(f"        batch-scorer backfill churn --start {first} --end {last}")
     ctx.exit(exit_code(result.results))
 
 

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 
 from batch_scorer.executors.base import Cancel
 from batch_scorer.masking import first_line, mask_text
@@ -46,34 +47,61 @@ class BatchOptions:
     sleep: Callable[[float], None] = time.sleep
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """A job of the batch before it is planned: its plan is built only once its upstream
+    jobs are done (a job that reads what they publish can only be checked then)."""
+
+    name: str
+    as_of: date
+    trigger: str
+    depends_on: tuple[str, ...] = ()
+
+
+# Builds a ready job's plan, or the result of a job that cannot run (invalid).
+PlanFn = Callable[[BatchJob], "RunPlan | RunResult"]
+
+
 def group_key(plan: RunPlan) -> tuple[object, ...]:
     """Plans with equal keys read the same rows: one read serves them all."""
     return (plan.source.identity(), plan.as_of, plan.settings.chunk_size)
 
 
-def run_batch(ctx: GroupContext, plans: Sequence[RunPlan], options: BatchOptions, cancel: Cancel) -> list[RunResult]:
-    """Run every plan (module doc); one result per plan, in the plans' order."""
-    names = {p.job for p in plans}
-    deps = {p.job: [d for d in p.depends_on if d in names] for p in plans}
-    pending = {p.job: p for p in plans}
+def run_batch(
+    ctx: GroupContext, jobs: Sequence[BatchJob], plan_for: PlanFn, options: BatchOptions, cancel: Cancel
+) -> list[RunResult]:
+    """Run every job (module doc); one result per job, in the jobs' order."""
+    names = {j.name for j in jobs}
+    deps = {j.name: [d for d in j.depends_on if d in names] for j in jobs}
+    waiting = {j.name: j for j in jobs}
+    planned: dict[str, RunPlan] = {}
     done: dict[str, RunResult] = {}
     with cf.ThreadPoolExecutor(max_workers=max(1, options.parallel), thread_name_prefix="bs-job") as pool:
         running: dict[cf.Future[list[RunResult]], list[RunPlan]] = {}
-        while pending or running:
-            _skip_orphans(ctx, pending, deps, done)
+        while waiting or planned or running:
+            _skip_orphans(ctx, waiting, deps, done)
+            _plan_ready(waiting, deps, done, planned, plan_for)
             free = options.parallel - sum(len(g) for g in running.values())
-            for group in _ready_groups(pending, deps, done, free):
+            for group in _groups(planned, free):
                 for plan in group:
-                    del pending[plan.job]
-                if not running and not pending:  # the last group: on this thread
+                    del planned[plan.job]
+                if not running and not planned and not waiting:  # the last group: on this thread
                     _store(done, group, _with_retries(ctx, group, options))
                 else:
                     running[pool.submit(_with_retries, ctx, group, options)] = group
             if running:
                 _collect(running, done, cancel)
-            elif pending and not _ready_groups(pending, deps, done, options.parallel):
-                _skip_orphans(ctx, pending, deps, done)
-    return [done[p.job] for p in plans]
+    return [done[j.name] for j in jobs]
+
+
+def _plan_ready(waiting: dict[str, BatchJob], deps: dict[str, list[str]], done: dict[str, RunResult],
+                planned: dict[str, RunPlan], plan_for: PlanFn) -> None:
+    for name in [n for n in waiting if all(d in done for d in deps[n])]:
+        outcome = plan_for(waiting.pop(name))
+        if isinstance(outcome, RunResult):
+            done[name] = outcome
+        else:
+            planned[name] = outcome
 
 
 def _collect(running: dict[cf.Future[list[RunResult]], list[RunPlan]], done: dict[str, RunResult],
@@ -95,13 +123,11 @@ def _store(done: dict[str, RunResult], group: list[RunPlan], results: list[RunRe
         done[plan.job] = result
 
 
-def _ready_groups(pending: dict[str, RunPlan], deps: dict[str, list[str]], done: dict[str, RunResult],
-                  free: int) -> list[list[RunPlan]]:
-    """Groups of ready plans (their upstream jobs done), together at most ``free`` jobs."""
+def _groups(planned: dict[str, RunPlan], free: int) -> list[list[RunPlan]]:
+    """Groups of planned jobs (same source rows together), together at most ``free`` jobs."""
     groups: dict[tuple[object, ...], list[RunPlan]] = {}
-    for plan in pending.values():
-        if all(d in done for d in deps[plan.job]):
-            groups.setdefault(group_key(plan), []).append(plan)
+    for plan in planned.values():
+        groups.setdefault(group_key(plan), []).append(plan)
     out: list[list[RunPlan]] = []
     for group in groups.values():
         while group and free > 0:
@@ -111,27 +137,27 @@ def _ready_groups(pending: dict[str, RunPlan], deps: dict[str, list[str]], done:
     return out
 
 
-def _skip_orphans(ctx: GroupContext, pending: dict[str, RunPlan], deps: dict[str, list[str]],
+def _skip_orphans(ctx: GroupContext, waiting: dict[str, BatchJob], deps: dict[str, list[str]],
                   done: dict[str, RunResult]) -> None:
     """Jobs whose upstream job finished without succeeding are skipped (exit 1), recorded."""
-    for name in list(pending):
+    for name in list(waiting):
         failed = [d for d in deps[name] if d in done and done[d].status != Status.SUCCEEDED]
         if not failed:
             continue
-        plan = pending.pop(name)
+        job = waiting.pop(name)
         upstream = failed[0]
         why = (f"job {name!r}: not run because its upstream job {upstream!r} "
-               f"{done[upstream].status} (run {done[upstream].run_id}) for as_of {plan.as_of}")
+               f"{done[upstream].status} (run {done[upstream].run_id}) for as_of {job.as_of}")
         log.warning("%s", why)
         run_id = None
         try:
-            run_id = ledger.record_attempt(ctx.engine, job=name, as_of=plan.as_of, trigger=plan.trigger,
-                                           status=RunStatus.SKIPPED, error=why, model=plan.champion.stamp,
-                                           output_table=plan.output_name)
+            run_id = ledger.record_attempt(ctx.engine, job=name, as_of=job.as_of, trigger=job.trigger,
+                                           status=RunStatus.SKIPPED, error=why)
         except Exception:  # noqa: BLE001 - the result still says why
-            log.debug("job %s: could not record the skipped attempt", name, exc_info=True)
-        done[name] = RunResult(name, Status.SKIPPED, plan.as_of, run_id=run_id, error=why, exit_code=1,
-                               model_version=plan.champion.stamp.version, output_table=plan.output_name)
+            log.debug("job %s: could not record the skipped attempt", name)
+        done[name] = RunResult(name, Status.SKIPPED, job.as_of, run_id=run_id, error=why, exit_code=1)
+        _skip_orphans(ctx, waiting, deps, done)  # its own downstream jobs too
+        return
 
 
 def _with_retries(ctx: GroupContext, group: list[RunPlan], options: BatchOptions) -> list[RunResult]:

@@ -25,7 +25,7 @@ from batch_scorer.executors.base import Cancel
 from batch_scorer.executors.local import LocalExecutor
 from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.masking import first_line, mask_text
-from batch_scorer.runtime.batch import BatchOptions, run_batch
+from batch_scorer.runtime.batch import BatchJob, BatchOptions, run_batch
 from batch_scorer.runtime.outcome import RunResult, RunResults, from_exception
 from batch_scorer.runtime.plan import ModelCache, RunPlan, build_plan
 from batch_scorer.runtime.run import GroupContext, ProgressFn, SkipCheck
@@ -62,41 +62,48 @@ def job_as_of(cfg: Config, name: str, now: datetime | None = None) -> date:
 
 
 def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -> RunResults:
-    """Plan and run ``names`` for ``as_of`` (or each job's own default), one result per job."""
-    plans: list[RunPlan] = []
-    results: dict[str, RunResult] = {}
-    for name in names:
-        day = as_of or job_as_of(inv.cfg, name)
-        try:
-            plans.append(build_plan(inv.cfg, inv.engine, name, day, inv.trigger, inv.models))
-        except BatchScorerError as exc:
-            log.warning("job %s as_of %s: cannot run: %s", name, day, exc)
-            results[name] = from_exception(name, day, exc)
-    if plans:
-        try:
-            create_tool_tables(inv.engine)
-        except (BatchScorerError, sa.exc.SQLAlchemyError) as exc:
-            for plan in plans:
-                results[plan.job] = from_exception(plan.job, plan.as_of, exc)
-            return RunResults(results[n] for n in names)
-    # An invalid job writes nothing, but where the ledger exists its attempt is
-    # recorded: `runs` then says why last night's run did not happen.
-    if results and sa.inspect(inv.engine).has_table("scoring_runs"):
-        for name, result in results.items():
-            results[name] = _recorded(inv, result)
+    """Plan and run ``names`` for ``as_of`` (or each job's own default), one result per job.
+
+    Jobs with no upstream job in this invocation are planned first: when none of
+    them can run, nothing at all is written. A job that runs after others is
+    planned once they are done (it may read what they publish)."""
+    in_batch = set(names)
+    jobs = [BatchJob(n, as_of or job_as_of(inv.cfg, n), inv.trigger,
+                     tuple(d for d in inv.cfg.job(n).depends_on if d in in_batch)) for n in names]
+    early = {j.name: _plan(inv, j) for j in jobs if not j.depends_on}
+    if len(early) == len(jobs) and all(isinstance(p, RunResult) for p in early.values()):
+        return RunResults(_recorded(inv, early[j.name]) for j in jobs)  # type: ignore[arg-type]
+    try:
+        create_tool_tables(inv.engine)
+    except (BatchScorerError, sa.exc.SQLAlchemyError) as exc:
+        return RunResults(p if isinstance(p := early.get(j.name), RunResult) else from_exception(j.name, j.as_of, exc)
+                          for j in jobs)
+
+    def plan_for(job: BatchJob) -> RunPlan | RunResult:
+        outcome = early.pop(job.name) if job.name in early else _plan(inv, job)
+        return _recorded(inv, outcome) if isinstance(outcome, RunResult) else outcome
+
     executor = LocalExecutor(threads_of(inv.cfg), inv.cancel)
     ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
                        record_lock_skips=inv.trigger != Trigger.SCHEDULE)
     options = BatchOptions(parallel=inv.parallel,
                            retry=RetryPolicy(inv.cfg.database.retries, inv.cfg.database.retry_backoff_seconds))
-    for plan, result in zip(plans, run_batch(ctx, plans, options, inv.cancel), strict=True):
-        results[plan.job] = result
-    return RunResults(results[n] for n in names)
+    return RunResults(run_batch(ctx, jobs, plan_for, options, inv.cancel))
+
+
+def _plan(inv: Invocation, job: BatchJob) -> RunPlan | RunResult:
+    try:
+        return build_plan(inv.cfg, inv.engine, job.name, job.as_of, inv.trigger, inv.models)
+    except BatchScorerError as exc:
+        log.info("job %s as_of %s: not run: invalid (exit 2)", job.name, job.as_of)
+        return from_exception(job.name, job.as_of, exc)
 
 
 def _recorded(inv: Invocation, result: RunResult) -> RunResult:
     """An invalid job's attempt in the ledger (``runs`` shows why last night's run did not happen)."""
     assert result.as_of is not None and result.error is not None
+    if not _ledger_exists(inv.engine):
+        return result  # nothing is created for a job that cannot run
     try:
         run_id = ledger.record_attempt(inv.engine, job=result.job, as_of=result.as_of, trigger=inv.trigger,
                                        status=RunStatus.INVALID, error=result.error)
@@ -117,3 +124,7 @@ def run_job(
     if result.cause is not None:
         raise result.cause
     return result
+
+
+def _ledger_exists(engine: Engine) -> bool:
+    return sa.inspect(engine).has_table("scoring_runs")
