@@ -27,7 +27,7 @@ from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.batch import BatchJob, BatchOptions, run_batch
 from batch_scorer.runtime.outcome import RunResult, RunResults, from_exception
-from batch_scorer.runtime.plan import ModelCache, RunPlan, build_plan
+from batch_scorer.runtime.plan import ModelCache, RunPlan, SourceProbes, build_plan
 from batch_scorer.runtime.run import GroupContext, ProgressFn, SkipCheck
 from batch_scorer.storage import ledger
 from batch_scorer.storage.ddl import create_tool_tables
@@ -49,6 +49,7 @@ class Invocation:
     on_progress: ProgressFn | None = None
     cancel: Cancel = field(default_factory=Cancel)
     models: ModelCache = field(default_factory=ModelCache)
+    probes: SourceProbes = field(default_factory=SourceProbes)
 
 
 def threads_of(cfg: Config) -> ThreadSettings:
@@ -93,7 +94,7 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
 
 def _plan(inv: Invocation, job: BatchJob) -> RunPlan | RunResult:
     try:
-        return build_plan(inv.cfg, inv.engine, job.name, job.as_of, inv.trigger, inv.models)
+        return build_plan(inv.cfg, inv.engine, job.name, job.as_of, inv.trigger, inv.models, inv.probes)
     except BatchScorerError as exc:
         log.info("job %s as_of %s: not run: invalid (exit 2)", job.name, job.as_of)
         return from_exception(job.name, job.as_of, exc)

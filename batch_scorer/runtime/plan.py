@@ -31,7 +31,7 @@ from batch_scorer.runtime.spec import RunPlan, Scorer, Settings
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
 from batch_scorer.storage.sources.spec import SourceSpec
-from batch_scorer.storage.sources.sql import check_columns, needed_columns, probe_columns, probe_row
+from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, probe_row
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,32 @@ class ModelCache:
         return dataclasses.replace(cached, path=path, source=source, version=version or sha[:12])
 
 
+class SourceProbes:
+    """What planning learns by asking a source, once per invocation and source rows: its
+    columns and types, and its first row (the model probe). Ten jobs on one source ask once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[object, ...], tuple[SourceColumns, pd.DataFrame]] = {}
+        self._lock = threading.Lock()
+
+    def probe(self, engine: Engine, spec: SourceSpec, as_of: date) -> tuple[SourceColumns, pd.DataFrame]:
+        key = (spec.identity(), as_of)
+        with self._lock:
+            if key in self._seen:
+                return self._seen[key]
+        with engine.connect() as conn:
+            columns = probe_columns(conn, spec, as_of)
+            # Every column, converted as a model feature would be (the row only feeds the probe).
+            bare = dataclasses.replace(spec, pass_through=())
+            first = _first_row(conn, bare, as_of, tuple(columns.names), tuple(columns.names))
+        with self._lock:
+            self._seen[key] = (columns, first)
+        return columns, first
+
+
 def build_plan(
-    cfg: Config, engine: Engine, name: str, as_of: date, trigger: str, models: ModelCache | None = None
+    cfg: Config, engine: Engine, name: str, as_of: date, trigger: str, models: ModelCache | None = None,
+    probes: SourceProbes | None = None,
 ) -> RunPlan:
     """Resolve one job for one as_of; raises a :class:`BatchScorerError` (exit 2) if it cannot run."""
     job = cfg.job(name)
@@ -103,10 +127,8 @@ def build_plan(
     check_score_contract(job.name, job.output.score, model)
     spec = source_spec(cfg, job)
     read_columns = tuple(needed_columns(spec, model.features))
-    with engine.connect() as conn:
-        columns = probe_columns(conn, spec, as_of)
-        check_columns(spec, model.features, columns)
-        first = _first_row(conn, spec, as_of, read_columns, model.features)
+    columns, first = (probes or SourceProbes()).probe(engine, spec, as_of)
+    check_columns(spec, model.features, columns)
     # One real row through the model before anything is recorded: a model that
     # predicts several values per row, or is not fitted, is exit 2 here.
     probe = probe_model(job.name, model, first)

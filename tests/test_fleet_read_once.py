@@ -1,0 +1,102 @@
+"""Read once, score many: jobs of one invocation that read the same source rows read them
+once, and each still publishes its own output, all or nothing, on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from batch_scorer import api
+from tests.helpers import (
+    AS_OF,
+    FEATURES,
+    features_frame,
+    load_table,
+    preprocessor,
+    published,
+    query,
+    save_model,
+    train,
+    write_config,
+)
+
+TEN = [f"model{i}" for i in range(10)]
+
+
+def _ten_jobs_on_one_source(tmp_path: Path, url: str, rows: int = 400) -> tuple[Path, object, dict]:
+    frame = features_frame(rows, seed=2)
+    load_table(url, frame)
+    models = {}
+    for i, name in enumerate(TEN):
+        models[name] = train("binary" if i % 2 else "forest", features_frame(300, seed=60 + i))
+        save_model(models[name], tmp_path / "models" / f"{name}.joblib")
+    jobs = {name: {"model": {"path": f"models/{name}.joblib"},
+                   "source": {"table": "features", "key": ["entity_id"], "as_of_column": "snapshot_date"},
+                   "output": {"table": f"out_{name}", "pass_through": ["region"]}, "chunk_size": 150}
+            for name in TEN}
+    return write_config(tmp_path, url, jobs, defaults={"parallel_jobs": 10}), frame, models
+
+
+def _pg_scans(url: str, table: str) -> int:
+    [(n,)] = query(url, "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                        "WHERE relname = :t AND schemaname = current_schema()", t=table)
+    return int(n)
+
+
+@pytest.mark.postgres
+def test_ten_jobs_on_one_source_read_it_once_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    cfg, frame, models = _ten_jobs_on_one_source(tmp_path, pg_url)
+    before = _pg_scans(pg_url, "features")
+    results = api.run(cfg, all_jobs=True, as_of=AS_OF)
+    assert results.exit_code == 0, [r.error for r in results]
+    # Backends report their table statistics when they end: the run's have (its engine is disposed).
+    scans = _pg_scans(pg_url, "features") - before
+    assert scans <= 2, f"the source was scanned {scans} times (one probe row and one read expected)"
+    for name, model in models.items():
+        out = published(pg_url, f"out_{name}").sort_values("entity_id")
+        np.testing.assert_array_equal(out["prediction"], model.predict(frame.sort_values("entity_id")[FEATURES]))
+
+
+def test_ten_jobs_on_one_source_read_it_once_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
+    cfg, frame, models = _ten_jobs_on_one_source(tmp_path, sqlite_url)
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM features" in statement:
+            reads.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+    try:
+        results = api.run(cfg, all_jobs=True, as_of=AS_OF)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+    assert results.exit_code == 0, [r.error for r in results]
+    streams = [s for s in reads if "LIMIT" not in s]
+    assert len(streams) == 1, streams
+    assert len(reads) <= 2, reads  # and at most one probe row
+    for name, model in models.items():
+        out = published(sqlite_url, f"out_{name}").sort_values("entity_id")
+        np.testing.assert_array_equal(out["prediction"], model.predict(frame.sort_values("entity_id")[FEATURES]))
+
+
+def test_one_bad_model_among_ten_on_one_source_fails_only_its_own_job(tmp_path: Path, db_url: str) -> None:
+    cfg, frame, _ = _ten_jobs_on_one_source(tmp_path, db_url)
+    red = features_frame(300, seed=1)
+    red = red[red["color"] == "red"]
+    strict = Pipeline([("prep", preprocessor(handle_unknown="error")), ("m", LogisticRegression())])
+    save_model(strict.fit(red[FEATURES], (red["x2"] > 0).astype(int)), tmp_path / "models" / "model3.joblib")
+    results = api.run(cfg, all_jobs=True, as_of=AS_OF)
+    by_job = {r.job: r for r in results}
+    assert by_job["model3"].status == "failed" and by_job["model3"].exit_code == 1
+    assert results.exit_code == 1
+    assert all(by_job[n].status == "succeeded" for n in TEN if n != "model3")
+    for name in TEN:
+        rows = query(db_url, f'SELECT count(*) FROM "out_{name}"')[0][0] if name != "model3" else None
+        if rows is not None:
+            assert rows == len(frame)
+    assert query(db_url, "SELECT count(*) FROM out_model3") == [(0,)]
