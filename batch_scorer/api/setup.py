@@ -78,7 +78,7 @@ def validate(config: ConfigLike = None, jobs: Sequence[str] = ()) -> list[Check]
         creatable = _can_create(engine)
         for name in names:
             try:
-                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models)
+                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, always_probe=True)
             except BatchScorerError as exc:
                 checks.append(_failed_check(name, exc))
                 continue

@@ -148,3 +148,20 @@ def check_n_features(
             f"was fitted on {int(n)} features (n_features_in_). List exactly the {int(n)} columns "
             "it was fitted on, in the order it was fitted on them."
         )
+
+
+# scikit-learn classes that run a user's function: what they return is not
+# known from their class (a probe row tells).
+_USER_CODE = ("FunctionTransformer", "TransformedTargetRegressor")
+
+
+def fully_described(estimator: Any) -> bool:
+    """True when the model is made of scikit-learn's own classes only (its every step and
+    sub-estimator, none running user code): then its attributes tell all the checks need
+    (fitted state, outputs per row, prediction type), and no probe row is needed."""
+    parts = [estimator]
+    if hasattr(estimator, "get_params"):
+        parts += [v for v in estimator.get_params(deep=True).values() if hasattr(v, "fit")]
+    return all(
+        type(p).__module__.startswith("sklearn.") and type(p).__name__ not in _USER_CODE for p in parts
+    ) and model_kind(estimator) in ("classifier", "regressor", "clusterer")

@@ -263,12 +263,13 @@ def probe_model(job: str, model: LoadedModel, rows: pd.DataFrame) -> Probe:
     X = model_input(model, frame)
     kind: str | None = None
     try:
-        prediction = model.estimator.predict(X)
+        # A Pipeline's transforms once (they cost more than the final step on one row).
+        est, Xt = _split_pipeline(model.estimator, X)
+        prediction = est.predict(Xt)
         _check_probe_predict(job, model, prediction)
         kind = output_kind(prediction)
         if model.is_classifier and model.has_proba and model.classes:
-            _check_probe_proba(job, model, model.estimator.predict_proba(X))
-        score_prepared(model, X)  # the run's own path (transforms once, fast path) on a real row
+            _check_probe_proba(job, model, est.predict_proba(Xt))
     except NotFittedError as exc:
         raise ModelError(
             f"job {job!r}: model {model.source} is not fitted ({exc}). Fit it, save it again, "

@@ -30,6 +30,7 @@ from batch_scorer.runtime.outcome import RunResult, RunResults, from_exception
 from batch_scorer.runtime.plan import ModelCache, RunPlan, SourceProbes, build_plan
 from batch_scorer.runtime.run import GroupContext, ProgressFn, SkipCheck
 from batch_scorer.storage import ledger
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.retry import RetryPolicy
 from batch_scorer.storage.schema import RunStatus, Trigger
@@ -68,6 +69,7 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
     Jobs with no upstream job in this invocation are planned first: when none of
     them can run, nothing at all is written. A job that runs after others is
     planned once they are done (it may read what they publish)."""
+    catalog(inv.engine).clear()  # a long-lived engine (the daemon) sees DDL made since its last batch
     in_batch = set(names)
     jobs = [BatchJob(n, as_of or job_as_of(inv.cfg, n), inv.trigger,
                      tuple(d for d in inv.cfg.job(n).depends_on if d in in_batch)) for n in names]

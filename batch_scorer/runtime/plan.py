@@ -25,8 +25,9 @@ from batch_scorer.config import Config, JobConfig
 from batch_scorer.core.checks import check_score_contract
 from batch_scorer.errors import DatabaseError
 from batch_scorer.masking import first_line, mask_text
+from batch_scorer.models.contract import fully_described
 from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
-from batch_scorer.models.scoring import prediction_kind, probe_model
+from batch_scorer.models.scoring import Probe, prediction_kind, probe_model
 from batch_scorer.runtime.spec import RunPlan, Scorer, Settings
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
@@ -119,9 +120,11 @@ class SourceProbes:
 
 def build_plan(
     cfg: Config, engine: Engine, name: str, as_of: date, trigger: str, models: ModelCache | None = None,
-    probes: SourceProbes | None = None,
+    probes: SourceProbes | None = None, always_probe: bool = False,
 ) -> RunPlan:
-    """Resolve one job for one as_of; raises a :class:`BatchScorerError` (exit 2) if it cannot run."""
+    """Resolve one job for one as_of; raises a :class:`BatchScorerError` (exit 2) if it cannot run.
+
+    ``always_probe``: score a probe row whatever the model is made of (``validate``)."""
     job = cfg.job(name)
     model = (models or ModelCache()).load_path(job)
     check_score_contract(job.name, job.output.score, model)
@@ -130,8 +133,11 @@ def build_plan(
     columns, first = (probes or SourceProbes()).probe(engine, spec, as_of)
     check_columns(spec, model.features, columns)
     # One real row through the model before anything is recorded: a model that
-    # predicts several values per row, or is not fitted, is exit 2 here.
-    probe = probe_model(job.name, model, first)
+    # predicts several values per row, or is not fitted, is exit 2 here. A model
+    # of scikit-learn's own classes was checked by its attributes at load (a probe
+    # costs a Pipeline's transforms: 25 ms a job in a fleet of small jobs).
+    probe = Probe(None, None) if fully_described(model.estimator) and not always_probe else probe_model(
+        job.name, model, first)
     kind = prediction_kind(model, probe.predict_dtype_kind)
     types = columns.types
     keys = [(k, types[k]) for k in spec.key]

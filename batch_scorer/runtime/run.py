@@ -280,7 +280,6 @@ def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempt
         run_id = _record(engine, plan, RunStatus.SKIPPED, str(exc)) if ctx.record_lock_skips else None
         attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, exc, run_id=run_id), exc))
         return None
-    ledger.mark_abandoned(engine, plan.job)
     reason = ctx.skip_if(plan) if ctx.skip_if is not None else None
     if reason:
         log.info("job %s as_of %s: not run: %s", plan.job, plan.as_of, reason)

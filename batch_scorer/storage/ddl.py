@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from batch_scorer.errors import DatabaseError, SourceError
 from batch_scorer.masking import first_line
 from batch_scorer.names import split_table_name
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.db import begin_write, is_sqlite
 from batch_scorer.storage.retry import is_insufficient_privilege
 from batch_scorer.storage.schema import TOOL_TABLES, RunStatus, metadata, output_table, scoring_runs
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 def create_tool_tables(engine: Engine) -> None:
     """Create the tool's tables and views if missing, and upgrade an older ledger."""
     _create_tables(engine, metadata, TOOL_TABLES)
-    upgrade_ledger(engine)
+    catalog(engine).remember("ledger upgraded", lambda: upgrade_ledger(engine) or True)
     _create_views(engine, tool_views())
 
 
@@ -52,11 +53,11 @@ def ensure_table(engine: Engine, table: sa.Table) -> None:
 
 def missing_objects(engine: Engine, table: sa.Table, keys: Sequence[str], classifier: bool) -> list[str]:
     """Which of an output table and its views do not exist yet (read-only)."""
-    insp = sa.inspect(engine)
-    missing = [] if insp.has_table(table.name, schema=table.schema) else [_full(table)]
+    known = catalog(engine)
+    missing = [] if known.has_table(table.name, table.schema) else [_full(table)]
     for name in output_views(table, keys, classifier):
         schema, view = split_table_name(name)
-        if view not in insp.get_view_names(schema=schema):
+        if not known.has_view(view, schema):
             missing.append(name)
     return missing
 
@@ -68,48 +69,56 @@ def _full(table: sa.Table) -> str:
 def _create_tables(engine: Engine, md: sa.MetaData, tables: Iterable[sa.Table]) -> None:
     tables = list(tables)
 
+    known = catalog(engine)
+
     def exists() -> bool:
-        insp = sa.inspect(engine)
-        return all(insp.has_table(t.name, schema=t.schema) for t in tables)
+        return all(known.has_table(t.name, t.schema) for t in tables)
 
     # BEGIN IMMEDIATE on SQLite: a deferred transaction that has read the
     # schema and then upgrades to write gets SQLITE_BUSY at once (no busy
     # wait) when another process holds the write lock at that moment.
-    _create(engine, exists, lambda conn: md.create_all(conn, tables=tables, checkfirst=True),
-            [_full(t) for t in tables])
+    if _create(engine, exists, lambda conn: md.create_all(conn, tables=tables, checkfirst=True),
+               [_full(t) for t in tables]):
+        for t in tables:
+            known.created(t.name, t.schema)
 
 
 def _create_views(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
-    def exists(name: str) -> Callable[[], bool]:
-        schema, view = split_table_name(name)
-        return lambda: view in sa.inspect(engine).get_view_names(schema=schema)
-
+    known = catalog(engine)
     for name, select in views.items():
-        if not exists(name)() and _is_table(engine, name):
+        schema, view = split_table_name(name)
+        if known.has_view(view, schema):
+            continue
+        if _is_table(engine, name):
             raise SourceError(
                 f"the view {name} cannot be created: a table of that name already exists in the "
                 "database (a name batch-scorer derives from an output table). Rename that table, "
                 "or give the job another output.table."
             )
         sql = create_view_sql(engine.dialect, name, select)
-        _create(engine, exists(name), lambda conn, sql=sql: conn.exec_driver_sql(sql), [name])
+        if _create(engine, lambda v=view, s=schema: known.has_view(v, s),
+                   lambda conn, sql=sql: conn.exec_driver_sql(sql), [name]):
+            known.created(view, schema, view=True)
 
 
 def _is_table(engine: Engine, name: str) -> bool:
     schema, table = split_table_name(name)
-    return table in sa.inspect(engine).get_table_names(schema=schema)
+    return catalog(engine).has_table(table, schema)
 
 
 def _create(engine: Engine, exists: Callable[[], bool], create: Callable[[Connection], Any],
-            names: Sequence[str]) -> None:
+            names: Sequence[str]) -> bool:
+    """Create what ``exists()`` says is missing; True if this call created it."""
     if exists():
-        return
+        return False
     try:
         with begin_write(engine) as conn:
             create(conn)
+        return True
     except SQLAlchemyError as exc:
+        catalog(engine).clear()  # another process may have made it meanwhile: ask again
         if exists():
-            return
+            return False
         if is_insufficient_privilege(exc):
             raise needs_init_db(engine, names, exc) from exc
         raise

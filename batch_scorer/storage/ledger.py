@@ -89,15 +89,36 @@ class ModelStamp:
 
 
 def start_run(engine: Engine, *, job: str, model: ModelStamp, as_of: date, trigger: str, output_table: str) -> int:
-    """Insert a ``running`` row and commit it at once, so observers see the run."""
+    """Call while holding the job's lock: mark the job's stale ``running`` rows ``abandoned``
+    and insert this run's ``running`` row, committed at once so observers see the run.
+
+    On PostgreSQL that commit does not wait for the disk (``synchronous_commit off``,
+    for this transaction only): other sessions see it at once, and a server crash
+    could only lose a row whose run then fails anyway. The commit that publishes a
+    run is durable."""
     with begin_write(engine) as conn:
+        _relaxed(conn)
+        abandoned = conn.execute(
+            scoring_runs.update()
+            .where(scoring_runs.c.job == job, scoring_runs.c.status == S.RUNNING)
+            .values(status=S.ABANDONED, finished_at=utcnow(),
+                    error="the process stopped without finishing (found stale by a later run)")
+        ).rowcount
         result = conn.execute(
             scoring_runs.insert().values(
                 job=job, as_of=as_of, trigger=trigger, status=S.RUNNING, started_at=utcnow(),
                 host=HOST, pid=os.getpid(), output_table=output_table, **model.values(),
             )
         )
-        return int(result.inserted_primary_key[0])
+    if abandoned:
+        log.warning("job %s: marked %d stale running run(s) as abandoned", job, abandoned)
+    return int(result.inserted_primary_key[0])
+
+
+def _relaxed(conn: Connection) -> None:
+    """This transaction's commit need not wait for the disk (PostgreSQL; see start_run)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def record_attempt(
@@ -107,6 +128,7 @@ def record_attempt(
     """Record an attempt that never started (``invalid`` or ``skipped``), already closed."""
     now = utcnow()
     with begin_write(engine) as conn:
+        _relaxed(conn)
         result = conn.execute(
             scoring_runs.insert().values(
                 job=job, as_of=as_of, trigger=trigger, status=status, started_at=now, finished_at=now,
@@ -142,23 +164,6 @@ def fail_run(engine: Engine, run_id: int, error: str, **counts: int) -> None:
             .where(scoring_runs.c.run_id == run_id, scoring_runs.c.status == S.RUNNING)
             .values(status=S.FAILED, finished_at=utcnow(), error=error[:ERROR_MAX_CHARS], **counts)
         )
-
-
-def mark_abandoned(engine: Engine, job: str) -> int:
-    """Call while holding the job's lock: any ``running`` row of the job is stale."""
-    with begin_write(engine) as conn:
-        result = conn.execute(
-            scoring_runs.update()
-            .where(scoring_runs.c.job == job, scoring_runs.c.status == S.RUNNING)
-            .values(
-                status=S.ABANDONED,
-                finished_at=utcnow(),
-                error="the process stopped without finishing (found stale by a later run)",
-            )
-        )
-    if result.rowcount:
-        log.warning("job %s: marked %d stale running run(s) as abandoned", job, result.rowcount)
-    return int(result.rowcount or 0)
 
 
 def replaced_runs(

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.errors import LockHeld, LockLost
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.db import begin_write, is_postgres
 from batch_scorer.storage.ledger import HOST, running_holder
 from batch_scorer.storage.schema import job_locks, utcnow
@@ -28,11 +29,15 @@ log = logging.getLogger(__name__)
 
 def lock_key(engine: Engine | Connection, job: str) -> int:
     """A signed 64-bit advisory-lock key for this job in this database schema."""
-    if isinstance(engine, Connection):
-        schema = engine.execute(sa.text("SELECT current_schema()")).scalar_one()
-    else:
+    bind = engine.engine if isinstance(engine, Connection) else engine
+
+    def current_schema() -> str:
+        if isinstance(engine, Connection):
+            return str(engine.execute(sa.text("SELECT current_schema()")).scalar_one())
         with engine.connect() as conn:
-            schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+            return str(conn.execute(sa.text("SELECT current_schema()")).scalar_one())
+
+    schema = catalog(bind).remember("current_schema", current_schema)
     digest = hashlib.sha256(f"batch-scorer:{schema}:{job}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -80,8 +85,8 @@ def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
     conn = engine.connect()
     try:
         key = lock_key(conn, job)
-        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
-        holder_pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        got, holder_pid = conn.execute(
+            sa.text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": key}).one()
         conn.commit()
         if not got:
             raise _held(engine, job, _WAIT_ADVICE.format(job=job))

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batch_scorer.errors import SourceError
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.columns import exact_column
 from batch_scorer.storage.ddl import ensure_output, ensure_table, missing_objects
 from batch_scorer.storage.schema import output_table
@@ -110,9 +111,9 @@ def prepare_output_table(
         ensure_table(engine, wanted)
     elif create:
         ensure_output(engine, wanted, _key_names(wanted), classifier)
-    elif not sa.inspect(engine).has_table(wanted.name, schema=wanted.schema):
+    elif not catalog(engine).has_table(wanted.name, wanted.schema):
         return PreparedTable(wanted, True)
-    actual = sa.Table(wanted.name, sa.MetaData(), schema=wanted.schema, autoload_with=engine)
+    actual = catalog(engine).table(wanted.name, wanted.schema)
     _check_fits(actual, wanted, prediction_kind, job)
     return PreparedTable(wanted, _has_unique_key_index(actual, wanted))
 

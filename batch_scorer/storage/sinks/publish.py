@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.storage import ledger
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.db import is_postgres
 from batch_scorer.storage.sinks.output import OutputSpec
 from batch_scorer.storage.sinks.postgres_copy import CopyStream, column_oids, copyable
@@ -59,7 +60,9 @@ class Publication:
         if not self._postgres:
             stage = TempStage(self._conn, output, len(self._stages))
         else:
-            oids = column_oids(self._conn, output.table)
+            table = output.table
+            oids = catalog(self._conn.engine).oids((table.schema, table.name),
+                                                   lambda: column_oids(self._conn, table))
             odd = copyable(oids, output.table)
             if odd:
                 log.info("output table %s: column(s) %s have types binary COPY does not cover here; "

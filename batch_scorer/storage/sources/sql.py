@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from batch_scorer.errors import DatabaseError, SourceError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.names import split_table_name
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.db import DuplicateKeys, duplicate_keys
 from batch_scorer.storage.sources import postgres_arrow
 from batch_scorer.storage.sources.days import as_of_day, day_filter
@@ -140,7 +141,7 @@ def source_table(conn: Connection, spec: SourceSpec) -> sa.Table:
     assert spec.table is not None
     schema, name = split_table_name(spec.table)
     try:
-        return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+        return catalog(conn.engine).table(name, schema, conn)
     except sa.exc.NoSuchTableError:
         raise SourceError(
             f"job {spec.job!r}: source table {spec.table!r} does not exist in the "
