@@ -84,3 +84,20 @@ def test_roles_script_alone_already_grants_the_reader_every_bi_view(
     bi = pg_odbc(dep.url, user=dep.reader)
     for view in BI_VIEWS:
         assert odbc_read(bi, f"SELECT count(*) FROM {view}")[1] == [(0,)], view
+
+
+def test_a_time_zone_set_on_the_bi_role_reaches_every_odbc_session(deployment: Deployment) -> None:
+    """The DBA's fix for every BI client at once: ALTER ROLE ... SET TimeZone = 'UTC'."""
+    require_driver(PG_DRIVER)
+    dep = deployment
+    bi = pg_odbc(dep.url, timezone=None, user=dep.reader)  # a client that sets nothing
+    sql = "SELECT current_setting('TimeZone'), TIMESTAMPTZ '2026-03-31 12:00:00+00'"
+    engine = create_engine(dep.url)
+    try:
+        for zone, noon_utc_reads_as in (("Asia/Tokyo", "2026-03-31 21:00:00"), ("UTC", "2026-03-31 12:00:00")):
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER ROLE \"{dep.reader}\" SET TimeZone = '{zone}'")
+            [(setting, noon)] = odbc_read(bi, sql)[1]  # timestamptz arrives naive, in the session's zone
+            assert (setting, noon.isoformat(sep=" ")) == (zone, noon_utc_reads_as)
+    finally:
+        engine.dispose()
