@@ -19,7 +19,7 @@ from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.schema import drift
 from tests.helpers import AS_OF, OTHER_AS_OF, cli_run, features_frame, job, load_table, save_model, train
 from tests.helpers import write_config as config_file
-from tests.test_odbc_drivers import SQLITE_DRIVER, odbc_read, pg_odbc, require_driver, sqlite_odbc
+from tests.test_odbc_drivers import PG_DRIVER, SQLITE_DRIVER, odbc_read, pg_odbc, require_driver, sqlite_odbc
 
 ROWS = 30
 
@@ -46,6 +46,7 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_daily_view_filtered_to_one_job_and_day_reads_only_that_day(pg_url: str, tmp_path: Path) -> None:
+    require_driver(PG_DRIVER)
     _scored(pg_url, tmp_path)
     # As Power BI's DirectQuery sends it: the view wrapped, the filter outside.
     visual = ('SELECT * FROM (SELECT * FROM predictions_daily) AS "$Table" '
