@@ -198,15 +198,17 @@ CREATE INDEX ix_predictions_shadow_run ON predictions_shadow (run_id);
 CREATE VIEW scoring_runs_bi AS SELECT scoring_runs.run_id, scoring_runs.job, scoring_runs.model_version, scoring_runs.model_sha256, scoring_runs.model_sklearn_version, scoring_runs.as_of, scoring_runs."trigger", scoring_runs.status, scoring_runs.started_at, scoring_runs.finished_at, scoring_runs.rows_read, scoring_runs.rows_scored, scoring_runs.rows_rejected, scoring_runs.output_table, scoring_runs.model_name, scoring_runs.model_registry_version, scoring_runs.replaced_by, scoring_runs.drift_status 
 FROM scoring_runs;
 
-CREATE VIEW drift_latest AS SELECT drift.id, drift.run_id, drift.job, drift.as_of, drift.model_version, drift.feature, drift.psi_reference, drift.psi_previous, drift.status, drift.reference_profile, drift.previous_run_id 
-FROM drift JOIN (SELECT drift.job AS job, max(drift.run_id) AS run_id 
-FROM drift GROUP BY drift.job) AS anon_1 ON drift.job = anon_1.job AND drift.run_id = anon_1.run_id;
+CREATE VIEW drift_latest AS SELECT ranked.id, ranked.run_id, ranked.job, ranked.as_of, ranked.model_version, ranked.feature, ranked.psi_reference, ranked.psi_previous, ranked.status, ranked.reference_profile, ranked.previous_run_id 
+FROM (SELECT drift.id AS id, drift.run_id AS run_id, drift.job AS job, drift.as_of AS as_of, drift.model_version AS model_version, drift.feature AS feature, drift.psi_reference AS psi_reference, drift.psi_previous AS psi_previous, drift.status AS status, drift.reference_profile AS reference_profile, drift.previous_run_id AS previous_run_id, rank() OVER (PARTITION BY drift.job ORDER BY drift.as_of DESC, drift.run_id DESC) AS _rank 
+FROM drift JOIN scoring_runs ON scoring_runs.run_id = drift.run_id 
+WHERE scoring_runs.status = 'succeeded' AND scoring_runs.replaced_by IS NULL) AS ranked 
+WHERE ranked._rank = 1;
 
 CREATE VIEW predictions_latest AS SELECT ranked.job, ranked.customer_id, ranked.as_of, ranked.model_version, ranked.run_id, ranked.scored_at, ranked.prediction, ranked.score 
 FROM (SELECT predictions.job AS job, predictions.customer_id AS customer_id, predictions.as_of AS as_of, predictions.model_version AS model_version, predictions.run_id AS run_id, predictions.scored_at AS scored_at, predictions.prediction AS prediction, predictions.score AS score, row_number() OVER (PARTITION BY predictions.job, predictions.customer_id ORDER BY predictions.as_of DESC, predictions.run_id DESC) AS _rn 
 FROM predictions) AS ranked 
 WHERE ranked._rn = 1;
 
-CREATE VIEW predictions_daily AS SELECT per_class.job, per_class.as_of, per_class.model_version, per_class.prediction, per_class.rows, CAST(per_class.rows AS FLOAT) / (CAST(sum(per_class.rows) OVER (PARTITION BY per_class.job, per_class.as_of, per_class.model_version) AS FLOAT) + 0.0) AS share, sum(per_class.rows) OVER (PARTITION BY per_class.job, per_class.as_of, per_class.model_version) AS day_rows, per_class.mean_score 
-FROM (SELECT predictions.job AS job, predictions.as_of AS as_of, predictions.model_version AS model_version, predictions.prediction AS prediction, count(*) AS rows, avg(predictions.score) AS mean_score 
+CREATE VIEW predictions_daily AS SELECT per_class.job, per_class.as_of, per_class.model_version, per_class.prediction, per_class.rows, CAST(per_class.rows AS FLOAT) / (CAST(sum(per_class.rows) OVER (PARTITION BY per_class.job, per_class.as_of, per_class.model_version) AS FLOAT) + 0.0) AS share, CAST(sum(per_class.rows) OVER (PARTITION BY per_class.job, per_class.as_of, per_class.model_version) AS BIGINT) AS day_rows, per_class.mean_score 
+FROM (SELECT predictions.job AS job, predictions.as_of AS as_of, predictions.model_version AS model_version, predictions.prediction AS prediction, count(*) AS rows, CAST(avg(predictions.score) AS FLOAT) AS mean_score 
 FROM predictions GROUP BY predictions.job, predictions.as_of, predictions.model_version, predictions.prediction) AS per_class;

@@ -7,7 +7,12 @@
   score), for regressors one row (rows, mean, min and max prediction). A
   dashboard reads this instead of pulling every row per visual.
 * ``scoring_runs_bi``: the ledger without host, pid and error text.
-* ``drift_latest``: the drift rows of each job's latest run that has any.
+* ``drift_latest``: per job, the drift rows of the latest as_of whose run is
+  still published (succeeded, not replaced, not retracted).
+
+Types are chosen for BI readers (ODBC, Npgsql): counts are BIGINT (PostgreSQL's
+``sum(bigint)`` is NUMERIC, which Power BI and ODBC read as decimals) and means
+are double precision whatever the prediction column's type.
 """
 
 from __future__ import annotations
@@ -18,11 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from batch_scorer.names import latest_view_name, split_table_name
-from batch_scorer.storage.schema import drift, scoring_runs
+from batch_scorer.names import DAILY_SUFFIX, SHADOW_SUFFIX, latest_view_name, split_table_name
+from batch_scorer.storage.schema import RunStatus, drift, scoring_runs
 
-DAILY_SUFFIX = "_daily"
-SHADOW_SUFFIX = "_shadow"
 SCORING_RUNS_BI = "scoring_runs_bi"
 DRIFT_LATEST = "drift_latest"
 # Ledger columns BI may not see: where runs ran and what their errors say.
@@ -30,10 +33,12 @@ _PRIVATE_RUN_COLUMNS = ("host", "pid", "error")
 
 
 def daily_view_name(output_name: str) -> str:
+    """The ``_daily`` view of an output table (``schema.table`` keeps its schema)."""
     return output_name + DAILY_SUFFIX
 
 
 def shadow_table_name(output_name: str) -> str:
+    """The ``_shadow`` twin of an output table (challenger scores)."""
     return output_name + SHADOW_SUFFIX
 
 
@@ -64,21 +69,29 @@ def daily_view_select(table: sa.Table, classifier: bool) -> sa.Select[Any]:
         return sa.select(
             *day,
             sa.func.count().label("rows"),
-            sa.func.avg(t.prediction).label("mean_prediction"),
+            _mean(t.prediction).label("mean_prediction"),
             sa.func.min(t.prediction).label("min_prediction"),
             sa.func.max(t.prediction).label("max_prediction"),
-            sa.func.avg(t.score).label("mean_score"),
+            _mean(t.score).label("mean_score"),
         ).group_by(*day)
     counts = (
-        sa.select(*day, t.prediction, sa.func.count().label("rows"), sa.func.avg(t.score).label("mean_score"))
+        sa.select(*day, t.prediction, sa.func.count().label("rows"), _mean(t.score).label("mean_score"))
         .group_by(*day, t.prediction)
         .subquery("per_class")
     )
     c = counts.c
     day_rows = sa.func.sum(c.rows).over(partition_by=[c.job, c.as_of, c.model_version])
-    share = sa.cast(c.rows, sa.Float(53)) / sa.cast(day_rows, sa.Float(53))
+    share = sa.cast(c.rows, _DOUBLE) / sa.cast(day_rows, _DOUBLE)
     return sa.select(c.job, c.as_of, c.model_version, c.prediction, c.rows,
-                     share.label("share"), day_rows.label("day_rows"), c.mean_score)
+                     share.label("share"), sa.cast(day_rows, sa.BigInteger).label("day_rows"), c.mean_score)
+
+
+_DOUBLE = sa.Float(53)
+
+
+def _mean(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    # avg(bigint) is NUMERIC on PostgreSQL: a BI tool would read a decimal.
+    return sa.cast(sa.func.avg(column), _DOUBLE)
 
 
 def scoring_runs_bi_select() -> sa.Select[Any]:
@@ -87,9 +100,25 @@ def scoring_runs_bi_select() -> sa.Select[Any]:
 
 
 def drift_latest_select() -> sa.Select[Any]:
-    """The drift rows of each job's latest run that has drift rows."""
-    latest = sa.select(drift.c.job, sa.func.max(drift.c.run_id).label("run_id")).group_by(drift.c.job).subquery()
-    return sa.select(*drift.c).join(latest, sa.and_(drift.c.job == latest.c.job, drift.c.run_id == latest.c.run_id))
+    """Per job, the drift rows of the latest as_of whose run is still published.
+
+    Drift rows outlive their run: a re-run that replaced it, a retract, a
+    backfill of an older as_of run later. Only a succeeded, unreplaced run's
+    rows count, and "latest" is by as_of (then run_id), as in ``_latest``.
+    """
+    r = scoring_runs.c
+    rank = (
+        sa.func.rank()
+        .over(partition_by=drift.c.job, order_by=[drift.c.as_of.desc(), drift.c.run_id.desc()])
+        .label("_rank")
+    )
+    ranked = (
+        sa.select(*drift.c, rank)
+        .join(scoring_runs, r.run_id == drift.c.run_id)
+        .where(r.status == RunStatus.SUCCEEDED.value, r.replaced_by.is_(None))
+        .subquery("ranked")
+    )
+    return sa.select(*(ranked.c[c.name] for c in drift.c)).where(ranked.c._rank == 1)
 
 
 def tool_views() -> dict[str, sa.Select[Any]]:
