@@ -83,18 +83,30 @@ def _create_tables(engine: Engine, md: sa.MetaData, tables: Iterable[sa.Table]) 
             known.created(t.name, t.schema)
 
 
-def _create_views(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
+def check_view_names(engine: Engine, table: sa.Table, keys: Sequence[str], classifier: bool) -> None:
+    """Refuse (exit 2) an output table whose view names are taken by tables of someone else's."""
+    _check_free(engine, output_views(table, keys, classifier))
+
+
+def _check_free(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
     known = catalog(engine)
-    for name, select in views.items():
+    for name in views:
         schema, view = split_table_name(name)
-        if known.has_view(view, schema):
-            continue
-        if _is_table(engine, name):
+        if not known.has_view(view, schema) and _is_table(engine, name):
             raise SourceError(
                 f"the view {name} cannot be created: a table of that name already exists in the "
                 "database (a name batch-scorer derives from an output table). Rename that table, "
                 "or give the job another output.table."
             )
+
+
+def _create_views(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
+    known = catalog(engine)
+    _check_free(engine, views)
+    for name, select in views.items():
+        schema, view = split_table_name(name)
+        if known.has_view(view, schema):
+            continue
         sql = create_view_sql(engine.dialect, name, select)
         if _create(engine, lambda v=view, s=schema: known.has_view(v, s),
                    lambda conn, sql=sql: conn.exec_driver_sql(sql), [name]):

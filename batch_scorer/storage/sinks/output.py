@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from batch_scorer.errors import SourceError
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.columns import exact_column
-from batch_scorer.storage.ddl import ensure_output, ensure_table, missing_objects
+from batch_scorer.storage.ddl import check_view_names, ensure_output, ensure_table, missing_objects
 from batch_scorer.storage.schema import output_table
 
 KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
@@ -111,8 +111,11 @@ def prepare_output_table(
         ensure_table(engine, wanted)
     elif create:
         ensure_output(engine, wanted, _key_names(wanted), classifier)
-    elif not catalog(engine).has_table(wanted.name, wanted.schema):
-        return PreparedTable(wanted, True)
+    else:
+        if not shadow:
+            check_view_names(engine, wanted, _key_names(wanted), classifier)
+        if not catalog(engine).has_table(wanted.name, wanted.schema):
+            return PreparedTable(wanted, True)
     actual = catalog(engine).table(wanted.name, wanted.schema)
     _check_fits(actual, wanted, prediction_kind, job)
     return PreparedTable(wanted, _has_unique_key_index(actual, wanted))
