@@ -79,6 +79,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+PG_FIXTURES = {"pg_url", "pg_base_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the PostgreSQL server carries the ``postgres`` marker
+    (``-m 'not postgres'`` runs the rest), whichever fixture brings it in."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        on_pg = callspec is not None and callspec.params.get("db_url") == "postgresql"
+        if names & PG_FIXTURES or on_pg:
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(autouse=True)
 def _reset_cli_logging() -> Iterator[None]:
     """In-process CLI calls configure the package logger; undo it so caplog works."""

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from batch_scorer.core.chunk import ChunkWork, process_chunk
 from batch_scorer.models.loader import load_model
 from batch_scorer.storage import ledger
-from batch_scorer.storage.ddl import create_tool_tables, ensure_output
 from batch_scorer.storage.db import create_engine
+from batch_scorer.storage.ddl import create_tool_tables, ensure_output
 from batch_scorer.storage.schema import output_table, utcnow
 from batch_scorer.storage.sinks.output import OutputSpec
 from batch_scorer.storage.sinks.publish import Publication

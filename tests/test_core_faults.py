@@ -3,17 +3,16 @@ pinned pickle that must never be unpickled. Real processes, real databases."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import joblib
 import pytest
 
+from tests.faults_support import Run
 from tests.helpers import (
     AS_OF,
     features_frame,
@@ -26,36 +25,6 @@ from tests.helpers import (
 )
 
 BIG = 50_000
-
-
-def _start(cfg: Path, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, BATCH_SCORER_PROGRESS_SECONDS="0")
-    return subprocess.Popen(
-        [sys.executable, "-m", "batch_scorer.cli", "--config", str(cfg), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
-def _wait_for_rows_written(proc: subprocess.Popen[str], timeout: float = 60.0) -> list[str]:
-    """Read the run's progress lines until some rows are written (and more are coming)."""
-    seen: list[str] = []
-    found = threading.Event()
-
-    def reader() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if " rows read, " in line and ": 0 rows read" not in line:
-                found.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    if not found.wait(timeout):
-        proc.kill()
-        raise AssertionError("the run never reported written rows:\n" + "".join(seen))
-    return seen
 
 
 def _run_until_not_locked(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,11 +50,11 @@ def test_killed_run_leaves_no_rows_and_next_run_marks_it_abandoned(tmp_path: Pat
     cfg = _big_job(tmp_path, db_url)
     as_of = ["--as-of", AS_OF.isoformat()]
 
-    proc = _start(cfg, "run", "j", *as_of)
-    _wait_for_rows_written(proc)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    run = Run(cfg, "run", "j", *as_of)
+    run.wait_for_rows()
+    assert run.proc.poll() is None, "the run finished before it could be killed"
+    run.proc.send_signal(signal.SIGKILL)
+    run.finish(timeout=30)
 
     # Nothing of the killed run is visible, and its ledger row is still 'running'.
     assert query(db_url, "SELECT count(*) FROM predictions") == [(0,)]
@@ -106,10 +75,10 @@ def test_killed_rerun_keeps_the_published_set_whole(tmp_path: Path, db_url: str)
     first = _run_until_not_locked(cfg, "run", "j", *as_of)
     assert first.returncode == 0, first.stderr
 
-    proc = _start(cfg, "run", "j", *as_of)
-    _wait_for_rows_written(proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    run = Run(cfg, "run", "j", *as_of)
+    run.wait_for_rows()
+    run.proc.send_signal(signal.SIGKILL)
+    run.finish(timeout=30)
     # Readers still see exactly the first run's rows: the re-run is invisible.
     assert query(db_url, "SELECT count(*), min(run_id), max(run_id) FROM predictions") == [(BIG, 1, 1)]
     if db_url.startswith("sqlite"):
@@ -118,13 +87,12 @@ def test_killed_rerun_keeps_the_published_set_whole(tmp_path: Path, db_url: str)
 
 def test_two_simultaneous_runs_one_scores_one_exits_3(tmp_path: Path, db_url: str) -> None:
     cfg = _big_job(tmp_path, db_url)
-    procs = [_start(cfg, "run", "j", "--as-of", AS_OF.isoformat()) for _ in range(2)]
-    outs = [p.communicate(timeout=180) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 3], outs
-    loser = outs[[p.returncode for p in procs].index(3)]
+    runs = [Run(cfg, "run", "j", "--as-of", AS_OF.isoformat()) for _ in range(2)]
+    codes = [r.finish(timeout=180) for r in runs]
+    assert sorted(codes) == [0, 3], [r.stderr for r in runs]
+    loser = runs[codes.index(3)]
     # Names the holder's run, or says it is just starting (lock taken, ledger row not yet).
-    assert "is already being scored by" in loser[1] and "this run was skipped" in loser[1]
+    assert "is already being scored by" in loser.stderr and "this run was skipped" in loser.stderr
     assert query(db_url, "SELECT count(*), count(DISTINCT entity_id) FROM predictions") == [(BIG, BIG)]
     # The loser's attempt is recorded as skipped, naming the holder (runs shows why).
     assert query(db_url, "SELECT status FROM scoring_runs ORDER BY status") == [("skipped",), ("succeeded",)]

@@ -157,9 +157,6 @@ class Config(Strict):
             return job.max_rejected_fraction
         return self.defaults.max_rejected_fraction
 
-    def jobs_for_output(self, table: str) -> list[JobConfig]:
-        """Every job writing output table ``table``."""
-        return [j for j in self.jobs.values() if j.output.table == table]
 
 
 def default_config_path() -> Path:

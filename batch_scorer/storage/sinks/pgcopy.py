@@ -65,13 +65,6 @@ def supported(oid: int) -> bool:
     return oid in TYPES
 
 
-@dataclass(frozen=True)
-class Constant:
-    """A value every row of the run shares, encoded once."""
-
-    value: Any
-
-
 def encode_constant(value: Any, oid: int) -> bytes:
     """One value's field bytes (length prefix included)."""
     if value is None:
@@ -80,18 +73,17 @@ def encode_constant(value: Any, oid: int) -> bytes:
     return struct.pack(">i", len(data)) + data
 
 
-def encode_rows(columns: Sequence[pa.Array | Constant | bytes], oids: Sequence[int], n: int) -> bytes:
+def encode_rows(columns: Sequence[pa.Array | bytes], oids: Sequence[int], n: int) -> bytes:
     """The COPY payload (no header/trailer) for ``n`` rows of the given columns.
 
-    ``columns[i]`` is an Arrow array of length ``n`` or a :class:`Constant` (or the
-    pre-encoded bytes of one, from :func:`encode_constant`); ``oids[i]`` is the
-    target column's type OID.
+    ``columns[i]`` is an Arrow array of length ``n``, or a run's constant as the bytes
+    :func:`encode_constant` made; ``oids[i]`` is the target column's type OID.
     """
     if n == 0:
         return b""
     cells = [
-        _const_cell(c if isinstance(c, bytes) else encode_constant(c.value, oid), n)
-        if isinstance(c, bytes | Constant)
+        _const_cell(c, n)
+        if isinstance(c, bytes)
         else _array_cell(c, oid)
         for c, oid in zip(columns, oids, strict=True)
     ]
