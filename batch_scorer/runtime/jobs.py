@@ -84,6 +84,8 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
     if results and sa.inspect(inv.engine).has_table("scoring_runs"):
         for name, result in results.items():
             results[name] = _recorded(inv, result)
+    for plan in plans:
+        _log_model_change(inv.engine, plan)
     executor = LocalExecutor(threads_of(inv.cfg), inv.cancel)
     ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
                        record_lock_skips=inv.trigger != Trigger.SCHEDULE)
@@ -92,6 +94,27 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
     for plan, result in zip(plans, run_batch(ctx, plans, options, inv.cancel), strict=True):
         results[plan.job] = result
     return RunResults(results[n] for n in names)
+
+
+def _log_model_change(engine: Engine, plan: RunPlan) -> None:
+    """One line when a job is about to score with another model than its last published run:
+    a model file replaced in place is otherwise picked up without a word."""
+    try:
+        last = ledger.last_published(engine, plan.job)
+    except sa.exc.SQLAlchemyError as exc:
+        log.debug("job %s: could not read its last published run: %s", plan.job, mask_text(first_line(exc)))
+        return
+    stamp = plan.champion.stamp
+    if last is None:
+        return
+    if last.model_version != stamp.version:
+        log.warning("job %s: model version changed from %s (run %d) to %s", plan.job, last.model_version,
+                    last.run_id, stamp.version)
+    elif last.model_sha256 and stamp.sha256 and last.model_sha256 != stamp.sha256:
+        # The same version label on other bytes: a file replaced without a new version.
+        log.warning("job %s: model file changed (sha256 %.12s... to %.12s...) but its version %s did not "
+                    "(last published by run %d)", plan.job, last.model_sha256, stamp.sha256, stamp.version,
+                    last.run_id)
 
 
 def _recorded(inv: Invocation, result: RunResult) -> RunResult:
