@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+import batch_scorer.cli.maintenance  # noqa: F401 - registers prune
 from batch_scorer.cli import runs, schedule, setup  # noqa: F401 - they register their commands
 from batch_scorer.cli.app import cli
 from batch_scorer.errors import EXIT_RUN_FAILED, BatchScorerError
