@@ -11,6 +11,7 @@ rows, a shadow table, monitoring rows, and a ledger aged by hand."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -239,3 +240,40 @@ def test_prune_without_a_ledger_has_nothing_to_delete(tmp_path: Path, sqlite_url
     result = cli_run(cfg, "prune")
     assert result.exit_code == 0, result.output
     assert "prune: deleted 0 row(s)" in result.output
+
+
+def test_prune_never_blocks_a_reader_whose_open_transaction_keeps_its_snapshot(
+    tmp_path: Path, db_url: str
+) -> None:
+    h = make_history(tmp_path, db_url, **RULES)
+    engine = create_engine(db_url)
+    try:
+        reader = engine.connect()
+        if reader.dialect.name == "postgresql":  # a BI tool's report: one consistent snapshot
+            reader = reader.execution_options(isolation_level="REPEATABLE READ")
+        with reader, reader.begin():
+            latest = [tuple(r) for r in reader.execute(sa.text(LATEST_SQL))]
+            assert reader.execute(sa.text("SELECT count(*) FROM predictions")).scalar() == 70
+
+            outcome: list[object] = []
+            pruner = threading.Thread(target=lambda: outcome.append(_prune_or_error(h.cfg)))
+            pruner.start()
+            pruner.join(timeout=60)
+            assert not pruner.is_alive(), "prune waited for the reader"
+            [report] = outcome
+            assert isinstance(report, api.PruneReport) and report.rows_of("predictions") == 42
+
+            # Still inside its transaction the reader sees what it saw.
+            assert [tuple(r) for r in reader.execute(sa.text(LATEST_SQL))] == latest
+            assert reader.execute(sa.text("SELECT count(*) FROM predictions")).scalar() == 70
+        assert query(db_url, LATEST_SQL) == latest
+        assert query(db_url, "SELECT count(*) FROM predictions") == [(28,)]
+    finally:
+        engine.dispose()
+
+
+def _prune_or_error(cfg: Path) -> object:
+    try:
+        return api.prune(cfg)
+    except Exception as exc:  # noqa: BLE001 - the test shows it
+        return exc
