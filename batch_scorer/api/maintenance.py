@@ -63,7 +63,8 @@ def prune(config: ConfigLike = None, jobs: Sequence[str] = (), dry_run: bool = F
     cfg = as_config(config)
     rules = retention_rules(cfg)
     report = PruneReport(dry_run, rules)
-    with open_engine(cfg, create=False) as engine:
+    # A small pool: prune opens a connection per batch, and batches come one after another.
+    with open_engine(cfg, create=False, pool_size=2) as engine:
         known = pruning.ledger_jobs(engine)
         for name in _jobs(cfg, jobs, known):
             output = cfg.jobs[name].output.table if name in cfg.jobs else None
