@@ -296,6 +296,14 @@ def test_init_db_as_the_scorer_with_a_missing_output_table_fails_naming_it(
     assert "batch-scorer init-db" in line and "permission denied" in line
     assert "predictions_v2" not in _relations(dep)
 
+    # The owner creates it: the scorer may write it at once, BI sees it once the script runs again.
+    ok(_config(tmp_path, dep, dep.owner, newjob=job(table=f"{dep.feature_schema}.features",
+                                                    output="predictions_v2")), "init-db")
+    assert _allowed(dep.as_role(dep.scorer), "DELETE FROM predictions_v2")
+    assert _denied(dep.as_role(dep.reader), "SELECT count(*) FROM predictions_v2_latest")
+    dep.apply_roles_sql()
+    assert _allowed(dep.as_role(dep.reader), "SELECT count(*) FROM predictions_v2_latest")
+
 
 def test_validate_as_the_scorer_with_a_missing_output_table_says_failed(
     tmp_path: Path, deployment: Deployment

@@ -234,7 +234,9 @@ def _no_rows_kept(engine: Engine, job: str, keep_from: date | None, output: str 
     """Conditions on a ledger row: none of its output or shadow rows outlives this prune."""
     with engine.connect() as conn:
         names = {t or output for t in conn.execute(sa.select(s.output_table).where(s.job == job).distinct()).scalars()}
-    conditions = []
+    # A published run that names no output table, of a job whose output is not known
+    # (removed from the config): where its rows are cannot be told, so it stays.
+    conditions = [] if output else [sa.not_(sa.and_(s.output_table.is_(None), _published()))]
     for name in sorted(n for n in names if n):
         this_table = s.output_table == name if name != output else sa.or_(s.output_table == name,
                                                                           s.output_table.is_(None))
