@@ -4,14 +4,21 @@ named in the log; a backfill's summary counts what happened to every date."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
+
 from batch_scorer import api
+from batch_scorer.cli.app import THIRD_PARTY_LOGGERS, _setup_logging
 from batch_scorer.dates import today
 from tests.helpers import cli_run, features_frame, job, load_table, query, save_model, train, write_config
 from tests.schedule_support import dated_job
+
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 
 
 def test_cron_run_without_as_of_scores_the_previous_day_in_the_configured_timezone(
@@ -85,3 +92,27 @@ def test_backfill_fail_fast_reports_the_dates_it_never_attempted(tmp_path: Path,
     again = api.backfill(cfg, "j", "2026-01-01", "2026-01-14", fail_fast=True)
     assert again.counts() == {"succeeded": 0, "already_done": 3, "failed": 1, "locked": 0, "not_attempted": 10}
     assert again.not_attempted == [("j", date(2026, 1, d)) for d in range(5, 15)]
+
+
+def test_library_log_lines_are_stamped_masked_and_psycopg_noise_shows_only_with_vv(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    saved = {n: (lg.handlers[:], lg.level, lg.propagate)
+             for n in THIRD_PARTY_LOGGERS for lg in [logging.getLogger(n)]}
+    try:
+        for verbose in (0, 2):
+            _setup_logging(verbose, quiet=False)
+            logging.getLogger("psycopg").warning("error ignored terminating %r: %s", "<psycopg.Copy [BAD]>",
+                                                 "the connection is lost")
+            logging.getLogger("sqlalchemy.pool").warning("connection to postgresql://u:secret@db/x failed")
+            logging.getLogger("sqlalchemy.engine").info("SELECT 1")  # below WARNING: not shown
+            lines = capsys.readouterr().err.splitlines()
+            assert all(STAMP.match(ln) for ln in lines), lines
+            assert any("WARNING sqlalchemy.pool: connection to postgresql://u:***@db/x failed" in ln for ln in lines)
+            assert "secret" not in "".join(lines) and "SELECT 1" not in "".join(lines)
+            assert any("error ignored terminating" in ln for ln in lines) == (verbose == 2)
+            assert len(lines) == (2 if verbose == 2 else 1)
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            lg = logging.getLogger(name)
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
