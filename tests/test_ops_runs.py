@@ -1,6 +1,7 @@
 """What an operator running the tool by its docs relies on: a cron run without --as-of
 scores the job's as_of rule in the configured time zone; a replaced model file is
-named in the log; a backfill's summary counts what happened to every date."""
+named in the log; a backfill's summary counts what happened to every date; library
+log lines go through the CLI's stamped, masking handler."""
 
 from __future__ import annotations
 
