@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from batch_scorer.api._common import Check, ConfigLike, as_config, select_jobs
 from batch_scorer.api.fleet import JobInfo, graph, jobs
+from batch_scorer.api.maintenance import PruneReport, prune
 from batch_scorer.api.runs import backfill, retract, run, runs
 from batch_scorer.api.schedule import next_fires, schedule
 from batch_scorer.api.setup import InitReport, init_db, validate
 from batch_scorer.runtime.outcome import RunResult, RunResults
 
 __all__ = [
-    "Check", "ConfigLike", "InitReport", "JobInfo", "RunResult", "RunResults", "as_config", "backfill", "graph",
-    "init_db", "jobs", "next_fires", "retract", "run", "runs", "schedule", "select_jobs", "validate",
+    "Check", "ConfigLike", "InitReport", "JobInfo", "PruneReport", "RunResult", "RunResults", "as_config",
+    "backfill", "graph", "init_db", "jobs", "next_fires", "prune", "retract", "run", "runs", "schedule",
+    "select_jobs", "validate",
 ]

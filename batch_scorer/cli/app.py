@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -31,10 +32,41 @@ class _MaskingFilter(logging.Filter):
         return True
 
 
+class _NoiseFilter(logging.Filter):
+    """psycopg's "error ignored terminating <psycopg.Copy ...>: the connection is lost" follows
+    a lost connection that the run reports itself (its ledger row, its Error line): noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("psycopg") and record.getMessage().startswith("error ignored terminating"))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged (not the one at set-up),
+    so an in-process caller that swaps stderr (a test runner) never gets a closed stream."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+
+# Libraries whose own log lines would otherwise reach cron mail raw, through
+# Python's last-resort handler (no time, no level): they go through the same
+# formatted, masking handler, warnings and errors only.
+THIRD_PARTY_LOGGERS = ("psycopg", "psycopg2", "sqlalchemy", "apscheduler", "distributed", "adbc_driver_manager")
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    """One handler for every line: time, level, logger, message (which names the job and
+    run); passwords masked. The package logs at INFO (-q WARNING, -vv DEBUG), libraries
+    at WARNING; psycopg's "error ignored terminating" noise only with -vv."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if verbose < 2:
+        handler.addFilter(_NoiseFilter())
     handler.addFilter(_MaskingFilter())
     root = logging.getLogger("batch_scorer")
     root.handlers[:] = [handler]
@@ -42,6 +74,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
     if verbose < 1:
         logging.getLogger("batch_scorer.storage.ledger").setLevel(max(level, logging.WARNING))
+    for name in THIRD_PARTY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers[:] = [handler]
+        library.setLevel(logging.WARNING)
+        library.propagate = False  # printed once, here, not again by a root handler
 
 
 @click.group(context_settings=CONTEXT)

@@ -84,7 +84,10 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
 
     def plan_for(job: BatchJob) -> RunPlan | RunResult:
         outcome = early.pop(job.name) if job.name in early else _plan(inv, job)
-        return _recorded(inv, outcome) if isinstance(outcome, RunResult) else outcome
+        if isinstance(outcome, RunResult):
+            return _recorded(inv, outcome)
+        _log_model_change(inv.engine, outcome)
+        return outcome
 
     executor = LocalExecutor(threads_of(inv.cfg), inv.cancel)
     ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
@@ -100,6 +103,27 @@ def _plan(inv: Invocation, job: BatchJob) -> RunPlan | RunResult:
     except BatchScorerError as exc:
         log.info("job %s as_of %s: not run: invalid (exit 2)", job.name, job.as_of)
         return from_exception(job.name, job.as_of, exc)
+
+
+def _log_model_change(engine: Engine, plan: RunPlan) -> None:
+    """One line when a job is about to score with another model than its last published run:
+    a model file replaced in place is otherwise picked up without a word."""
+    try:
+        last = ledger.last_published(engine, plan.job)
+    except sa.exc.SQLAlchemyError as exc:
+        log.debug("job %s: could not read its last published run: %s", plan.job, mask_text(first_line(exc)))
+        return
+    stamp = plan.champion.stamp
+    if last is None:
+        return
+    if last.model_version != stamp.version:
+        log.warning("job %s: model version changed from %s (run %d) to %s", plan.job, last.model_version,
+                    last.run_id, stamp.version)
+    elif last.model_sha256 and stamp.sha256 and last.model_sha256 != stamp.sha256:
+        # The same version label on other bytes: a file replaced without a new version.
+        log.warning("job %s: model file changed (sha256 %.12s... to %.12s...) but its version %s did not "
+                    "(last published by run %d)", plan.job, last.model_sha256, stamp.sha256, stamp.version,
+                    last.run_id)
 
 
 def _recorded(inv: Invocation, result: RunResult) -> RunResult:

@@ -200,8 +200,9 @@ class JobRun:
             # of the job finds the row still 'running' and marks it abandoned.
             log.error("job %s run %d: could not record the run as failed (%s); the next run will mark "
                       "it abandoned", plan.job, self.run_id, mask_text(first_line(ledger_exc)))
-        log.info("job %s run %d as_of %s: failed after %.1fs", plan.job, self.run_id, plan.as_of,
-                 time.monotonic() - self.started)
+        why = f" ({reason})" if isinstance(exc, KeyboardInterrupt) else ""
+        log.info("job %s run %d as_of %s: failed after %.1fs%s", plan.job, self.run_id, plan.as_of,
+                 time.monotonic() - self.started, why)
         if isinstance(exc, BatchScorerError):
             exc.run_id = self.run_id
         self.error = exc
@@ -276,7 +277,8 @@ def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempt
     try:
         lock = held.enter_context(locks.job_lock(engine, plan.job))
     except LockHeld as exc:
-        log.warning("job %s as_of %s: skipped: %s", plan.job, plan.as_of, exc)
+        holder = f"run {exc.holder_run_id}" if exc.holder_run_id else "another process"
+        log.info("job %s as_of %s: skipped: its lock is held by %s", plan.job, plan.as_of, holder)
         run_id = _record(engine, plan, RunStatus.SKIPPED, str(exc)) if ctx.record_lock_skips else None
         attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, exc, run_id=run_id), exc))
         return None
