@@ -151,8 +151,9 @@ def check_version(cfg: Config, engine: Engine, name: str, version: int) -> None:
         try:
             plan = build_plan(cfg, engine, job.name, job_as_of(cfg, job.name), "manual", ModelCache(version=version))
         except BatchScorerError as exc:
+            reason = str(exc).removeprefix(f"job {job.name!r}: ")
             raise _reworded(exc, f"cannot use model {name} {registry.version_label(version)} for job "
-                                 f"{job.name!r}: {exc}") from exc
+                                 f"{job.name!r}: {reason}") from exc
         _check_output_kind(engine, job.name, plan.output_name, plan.champion.model)
 
 
