@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tests.helpers import AS_OF, cli_run, features_frame, load_table, query, save_model, train
@@ -101,14 +102,24 @@ class Flaky(LogisticRegression):
             raise RuntimeError("flaky challenger: boom")
 
 
-def test_a_challenger_that_raises_leaves_the_champion_published_and_its_error_recorded(
-    tmp_path: Path, db_url: str
+class Misshapen(LogisticRegression):
+    """A classifier that returns one prediction too many for rows with an x2 below -2.5."""
+
+    def predict(self, X: Any) -> Any:
+        out = super().predict(X)
+        return np.append(out, out[:1]) if float(np.min(np.asarray(X)[:, 0])) < -2.5 else out
+
+
+@pytest.mark.parametrize(("broken", "error"), [(Flaky, "flaky challenger: boom"),
+                                               (Misshapen, "returned predictions of shape")])
+def test_a_challenger_that_fails_leaves_the_champion_published_and_its_error_recorded(
+    tmp_path: Path, db_url: str, broken: type, error: str
 ) -> None:
     frame = features_frame(300, seed=3)
     frame["x2"] = frame["x2"].clip(-2.0, 2.0)
     frame.loc[frame["entity_id"] == 250, "x2"] = -3.0  # in the third chunk of 100
     load_table(db_url, frame)
-    flaky = Flaky().fit(frame[["x2", "x3"]], (frame["x2"] > 0).astype(int))
+    flaky = broken().fit(frame[["x2", "x3"]], (frame["x2"] > 0).astype(int))
     _, champion, _ = _champion_and_challenger(tmp_path, db_url)
     jobs = {"j": {**registry_job(challengers=["challenger", 3]), "chunk_size": 100}}
     config = registry_config(tmp_path, db_url, jobs)
@@ -121,7 +132,7 @@ def test_a_challenger_that_raises_leaves_the_champion_published_and_its_error_re
     run_id = latest_run(db_url)["run_id"]
     assert_same_output(run_rows(db_url, run_id), own_output(champion, frame))
     got = _comparisons(db_url, run_id)
-    assert "flaky challenger: boom" in got["v3"]["error"] and got["v3"]["rows"] == 0
+    assert error in got["v3"]["error"] and got["v3"]["rows"] == 0
     assert got["v3"]["label_agreement"] is None and got["challenger"]["error"] is None
     # The flaky one's first two chunks were staged; none of its rows are published.
     shadow = query(db_url, "SELECT challenger, count(*) FROM predictions_shadow WHERE run_id = :r GROUP BY challenger",
