@@ -173,9 +173,9 @@ class JobRun:
                  self.counts["rows_scored"], self.counts["rows_rejected"], seconds, plan.output_name,
                  f" (replaced run {', '.join(map(str, replaced))})" if replaced else "")
         for label, comp in self.comparisons.items():
-            if comp.error:
+            if comp.error and label not in self._dropped:  # a dropped one was reported when it failed
                 log.warning("job %s run %d: challenger %s: not scored: %s", plan.job, self.run_id, label, comp.error)
-            else:
+            elif not comp.error:
                 log.info("job %s run %d: challenger %s: %d rows -> %s, agreement %s", plan.job, self.run_id, label,
                          comp.rows, plan.shadow.name if plan.shadow is not None else "-", comp.label_agreement)
         return RunResult(plan.job, Status.SUCCEEDED, plan.as_of, run_id=self.run_id, seconds=seconds,
