@@ -38,10 +38,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer.errors import ModelError, UsageError
+from batch_scorer.errors import DatabaseError, ModelError, UsageError
+from batch_scorer.masking import first_line
 from batch_scorer.models.loader import LoadedModel, load_model_bytes
 from batch_scorer.storage.db import begin_write, is_postgres
 from batch_scorer.storage.locks import lock_key
+from batch_scorer.storage.retry import is_insufficient_privilege
 from batch_scorer.storage.schema import feature_profiles, model_alias_events, model_aliases, model_versions, utcnow
 
 REGISTER, PROMOTE, ROLLBACK = "register", "promote", "rollback"
@@ -329,10 +331,21 @@ def alias_version(engine: Engine, name: str, alias: str) -> int | None:
 @contextmanager
 def _writing(engine: Engine, name: str) -> Iterator[Connection]:
     """A write transaction holding the name's lock (module doc)."""
-    with begin_write(engine) as conn:
-        if is_postgres(conn):
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(conn, f"model registry {name}")})
-        yield conn
+    try:
+        with begin_write(engine) as conn:
+            if is_postgres(conn):
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": lock_key(conn, f"model registry {name}")})
+            yield conn
+    except sa.exc.SQLAlchemyError as exc:
+        if not is_insufficient_privilege(exc):
+            raise
+        user = engine.url.username or "this database user"
+        raise DatabaseError(
+            f"model {name!r}: {user} may not change the model registry ({first_line(exc)}). Register, "
+            "promote and roll back as a role granted INSERT on model_versions and model_alias_events "
+            "and INSERT, UPDATE on model_aliases (docs/registry.md); a scorer only reads the registry."
+        ) from exc
 
 
 def _move(conn: Connection, name: str, alias: str, version: int, action: str, note: str | None,

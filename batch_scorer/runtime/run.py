@@ -72,17 +72,17 @@ class JobRun:
         # for a failed run too: they are how you debug it.
         self.rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, plan.job, rows))
         self.publication = Publication(engine, run_id, plan.job, plan.as_of)
+        # Challengers the plan could not use are recorded with their error.
+        self.comparisons: dict[str, Comparison] = {f.label: Comparison(error=f.error) for f in plan.failed_challengers}
         self._main, shadows = self._stages()
         self._main_stage = self.publication.stage(self._main)
         # One stage per challenger: its label and version are constants of its rows.
         self._shadow_stages = {label: self.publication.stage(spec) for label, spec in shadows.items()}
-        # Challengers the plan could not use are recorded with their error.
-        self.comparisons: dict[str, Comparison] = {f.label: Comparison(error=f.error) for f in plan.failed_challengers}
         self._dropped: set[str] = set()
         self.work = ChunkWork(
             job=plan.job, keys=plan.source.key, champion=plan.champion.model,
             main_columns=tuple(self._main.row_columns),
-            challengers=tuple((c.label, c.model) for c in plan.challengers),
+            challengers=tuple((c.label, c.model) for c in plan.challengers if c.label in shadows),
             shadow_columns=tuple(self._main.row_columns),
             want_score=plan.settings.want_score, max_rejected_fraction=plan.settings.max_rejected_fraction,
         )
@@ -97,8 +97,15 @@ class JobRun:
         if not plan.challengers:
             return main, {}
         assert plan.shadow is not None
-        shadow = prepare_output_table(self.engine, plan.shadow, plan.prediction_kind, plan.job,
-                                      plan.classifier, create=True, shadow=True)
+        try:
+            shadow = prepare_output_table(self.engine, plan.shadow, plan.prediction_kind, plan.job,
+                                          plan.classifier, create=True, shadow=True)
+        except BatchScorerError as exc:
+            # E.g. a scorer that may not create the shadow table: the challengers
+            # fail (reported at publish), the champion runs.
+            for c in plan.challengers:
+                self.comparisons[c.label] = Comparison(error=mask_text(str(exc)))
+            return main, {}
         return main, {
             c.label: _spec(shadow, {**constants, "model_version": c.stamp.version, SHADOW_COLUMN: c.label}, plan)
             for c in plan.challengers
@@ -155,7 +162,9 @@ class JobRun:
             _check_outcome(self.plan, self.counts, self.rejections)
             self.counts["rows_rejected"] = len(self.rejections)
             self.publication.add_rows(shadow_comparisons, self._comparison_rows())
-            if self.plan.shadow is not None:
+            if self.plan.shadow is not None and (self._shadow_stages or not self.plan.challengers):
+                # The shadow table exists (staged now, or found by the plan): the
+                # rows of the runs this one replaces leave it too.
                 self.publication.also_replace_in(self.plan.shadow)
             try:
                 replaced = self.publication.publish(self._finish, verify=self.lock.verify)
