@@ -16,6 +16,7 @@ Examples::
     python benchmarks/bench_scoring.py --history            # + run into a table holding 10 earlier as_ofs
     python benchmarks/bench_scoring.py --memory-rows 5000000  # + peak RSS of a 5M-row run
     python benchmarks/bench_scoring.py --only history,memory --reps 2
+    python benchmarks/bench_scoring.py --only shadow       # a run with one challenger vs without
 
 PostgreSQL URL: ``--url`` or ``$BATCH_SCORER_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``). Everything lives in schema
@@ -284,6 +285,53 @@ def bench_memory(args: argparse.Namespace, work: Path, models: dict[str, Path]) 
     engine.dispose()
 
 
+def bench_shadow(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    """A registry job with one challenger (scored in shadow, same read) vs the same job without.
+
+    Both score the registered light model as champion; the challenger is a second light
+    model (trained on another sample). Each run is its own process, alternated.
+    """
+    from batch_scorer import api
+
+    url = schema_url(args.url)
+    engine = create_engine(url)
+    table = ensure_pg_table(engine, args.rows, args.rebuild)
+    challenger = work / "light_challenger.joblib"
+    if args.rebuild or not challenger.exists():
+        frame = workload.training_frame(engine, f"{SCHEMA}.{table}", n=10_000)
+        workload.save(workload.train("light", frame), challenger)
+    source = {"table": table, "key": ["entity_id"]}
+    jobs: dict[str, dict[str, object]] = {
+        "solo": {"model": {"registry": "bench_light"}, "source": source, "output": {"table": "pred_solo"}},
+        "shadowed": {"model": {"registry": "bench_light"}, "challengers": ["challenger"], "source": source,
+                     "output": {"table": "pred_shadowed"}},
+    }
+    config = write_config(work, url, jobs, args.chunk_size)
+    api.register_model(config, "bench_light", models["light"], alias="champion", note="benchmark champion")
+    api.register_model(config, "bench_light", challenger, alias="challenger", note="benchmark challenger")
+    case = Case("PostgreSQL, light registry model, without vs with one challenger", args.rows)
+
+    def cmd(name: str) -> list[str]:
+        # This checkout's code, whatever `batch-scorer` on PATH was installed from.
+        return [sys.executable, "-m", "batch_scorer", *tool_cmd(config, name)[1:]]
+
+    for rep in range(args.reps):
+        truncate(engine, "pred_solo")
+        settle(engine)
+        case.add("no challenger", measure(cmd("solo")))
+        truncate(engine, "pred_shadowed", "pred_shadowed_shadow")
+        settle(engine)
+        case.add("one challenger", measure(cmd("shadowed")))
+        print(f"  rep {rep + 1}: no challenger {case.samples['no challenger'][-1].seconds:.2f}s, "
+              f"one challenger {case.samples['one challenger'][-1].seconds:.2f}s, "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    report(case, "no challenger", "one challenger")
+    solo = statistics.median(s.seconds for s in case.samples["no challenger"])
+    shadowed = statistics.median(s.seconds for s in case.samples["one challenger"])
+    print(f"one challenger costs {shadowed / solo:.2f}x the run without (median wall time; budget 1.6x)")
+    engine.dispose()
+
+
 def bench_sqlite(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
     db = work / "bench.db"
     url = f"sqlite:///{db}"
@@ -327,7 +375,8 @@ def main() -> None:
     p.add_argument("--sqlite-rows", type=int, default=200_000, help="SQLite rows; 0 skips SQLite")
     p.add_argument("--history", action="store_true", help="also: run into a table with 10 earlier as_ofs")
     p.add_argument("--memory-rows", type=int, default=0, help="also: peak RSS at this many rows (e.g. 5000000)")
-    p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory to run only those")
+    p.add_argument("--shadow", action="store_true", help="also: a registry run with one challenger vs without")
+    p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory,shadow to run only those")
     p.add_argument("--chunk-size", type=int, default=None, help="default: the tool's own")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bs_bench")
     p.add_argument("--rebuild", action="store_true", help="rebuild tables and models")
@@ -350,6 +399,8 @@ def main() -> None:
         if not args.memory_rows:
             args.memory_rows = 5_000_000
         bench_memory(args, args.workdir, models)
+    if (args.shadow and not only) or "shadow" in only:
+        bench_shadow(args, args.workdir, models)
     if (args.sqlite_rows and not only) or "sqlite" in only:
         bench_sqlite(args, args.workdir, models)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

@@ -16,6 +16,14 @@ from __future__ import annotations
 from batch_scorer.api._common import Check, ConfigLike, as_config, select_jobs
 from batch_scorer.api.fleet import JobInfo, graph, jobs
 from batch_scorer.api.maintenance import PruneReport, prune
+from batch_scorer.api.registry import (
+    export_model,
+    list_models,
+    model_history,
+    promote_model,
+    register_model,
+    rollback_model,
+)
 from batch_scorer.api.runs import backfill, retract, run, runs
 from batch_scorer.api.schedule import next_fires, schedule
 from batch_scorer.api.setup import InitReport, init_db, validate
@@ -23,6 +31,7 @@ from batch_scorer.runtime.outcome import RunResult, RunResults
 
 __all__ = [
     "Check", "ConfigLike", "InitReport", "JobInfo", "PruneReport", "RunResult", "RunResults", "as_config",
-    "backfill", "graph", "init_db", "jobs", "next_fires", "prune", "retract", "run", "runs", "schedule",
+    "backfill", "export_model", "graph", "init_db", "jobs", "list_models", "model_history", "next_fires",
+    "promote_model", "prune", "register_model", "retract", "rollback_model", "run", "runs", "schedule",
     "select_jobs", "validate",
 ]

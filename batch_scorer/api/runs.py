@@ -22,10 +22,11 @@ from batch_scorer.api._common import (
 )
 from batch_scorer.config import Config
 from batch_scorer.dates import check_not_future, to_date
-from batch_scorer.errors import ConfigError
+from batch_scorer.errors import ConfigError, UsageError
 from batch_scorer.runtime import backfill as backfilling
 from batch_scorer.runtime.jobs import Invocation, run_jobs
 from batch_scorer.runtime.outcome import RunResults
+from batch_scorer.runtime.plan import ModelCache
 from batch_scorer.runtime.progress import DateFn, ProgressFn
 from batch_scorer.storage import ledger
 from batch_scorer.storage import retract as retracting
@@ -115,18 +116,24 @@ def backfill(
     parallel: int | None = None,
     on_date: DateFn | None = None,
     on_progress: ProgressFn | None = None,
+    version: int | None = None,
 ) -> backfilling.BackfillResults:
     """Score ``job`` (and its matrix expansions) for each as_of from ``start`` to ``end``
     (inclusive), each date committed on its own. Dates whose published set was made by
     the same model version are skipped (``already_done``) unless ``rerun``; the rest go on
-    after a failed date unless ``fail_fast``."""
+    after a failed date unless ``fail_fast``. A registry model's alias is resolved once for
+    the whole range; ``version`` pins a registry version instead (every job must then use
+    model.registry)."""
     cfg = as_config(config)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise UsageError(f"version must be a registry version number >= 1, not {version!r}")
     names = select_jobs(cfg, [job], False)
     days = backfilling.date_range(to_date(start, cfg.timezone, "start"), to_date(end, cfg.timezone, "end"))
     check_not_future(days[-1], cfg.timezone, cfg.defaults.future_days, allow_future)
     workers = parallel_jobs(cfg, parallel)
     with open_engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, threads(cfg):
-        inv = Invocation(cfg, engine, Trigger.BACKFILL.value, workers, on_progress=on_progress)
+        inv = Invocation(cfg, engine, Trigger.BACKFILL.value, workers, on_progress=on_progress,
+                         models=ModelCache(version=version))
         return backfilling.backfill(inv, names, days, rerun=rerun, fail_fast=fail_fast, on_date=on_date)
 
 

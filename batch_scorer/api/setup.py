@@ -52,6 +52,9 @@ def init_db(config: ConfigLike = None) -> InitReport:
             try:
                 plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models)
                 prepare_output_table(engine, plan.output, plan.prediction_kind, name, plan.classifier, create=True)
+                if plan.shadow is not None:  # challengers' rows: the scorer may not create it either
+                    prepare_output_table(engine, plan.shadow, plan.prediction_kind, name, plan.classifier,
+                                         create=True, shadow=True)
             except (BatchScorerError, sa.exc.SQLAlchemyError) as exc:
                 checks.append(_failed_check(name, exc))
                 lines.append(f"job {name}: output table NOT ready: {checks[-1].message}")

@@ -108,9 +108,11 @@ def retract(ctx: click.Context, run_id: int, note: str | None) -> None:
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed date.")
 @click.option("--allow-future", is_flag=True, help="Allow dates later than today (plus defaults.future_days).")
 @click.option("--parallel", type=click.IntRange(1, 64), default=None, help="Jobs at most at once per date.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Score with this registry version (default: the job's alias, resolved once at the start).")
 @click.pass_context
 def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fail_fast: bool,
-             allow_future: bool, parallel: int | None) -> None:
+             allow_future: bool, parallel: int | None, version: int | None) -> None:
     """Score JOB (a matrix job: every expansion) for every as_of from --start to --end,
     each date committed on its own.
 
@@ -119,9 +121,13 @@ def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fa
     is left. Exit code: 0 all dates done, 1 a date failed, 2 bad input, 3 dates
     were skipped because another run held the job's lock.
 
+    A registry model's alias (model.alias) is resolved once, at the start, for
+    the whole range; --version N scores every date with version N instead.
+
     \b
     Example:
         batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31
+        batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31 --version 3
     """
     from batch_scorer.dates import to_date
     from batch_scorer.runtime.backfill import date_range
@@ -131,7 +137,8 @@ def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fa
     days = date_range(to_date(start, tz, "--start"), to_date(end, tz, "--end"), ("--start", "--end"))
     with interruptible(), date_progress(len(days), progress_seconds(ctx)) as (on_date, on_rows):
         results = api.backfill(config_of(ctx), job, start, end, rerun=rerun, fail_fast=fail_fast,
-                               allow_future=allow_future, parallel=parallel, on_date=on_date, on_progress=on_rows)
+                               allow_future=allow_future, parallel=parallel, on_date=on_date, on_progress=on_rows,
+                               version=version)
     _print_backfill(job, results)
     ctx.exit(results.exit_code)
 

@@ -3,9 +3,10 @@
 :func:`build_plan` reads the configuration (the only place in the run path that
 does), loads the model (each file once per process, by sha256:
 :class:`ModelCache`), checks the model's contract and the source's columns,
-and defines the output tables. The stages below (readers, writers, models,
-checks, executors) get the specs built here and never see the configuration.
-Building a plan writes nothing, so a bad job fails with exit 2 and no trace.
+and defines the output tables. A registry model (``model.registry``) is resolved
+here, once: its alias to a version, and each challenger (:func:`resolve_models`).
+The stages below (readers, writers, models, checks, executors) get the specs
+built here and never see the configuration. Building a plan writes nothing, so a bad job fails with exit 2 and no trace.
 """
 
 from __future__ import annotations
@@ -23,20 +24,29 @@ from sqlalchemy.engine import Engine
 
 from batch_scorer.config import Config, JobConfig
 from batch_scorer.core.checks import check_score_contract
-from batch_scorer.errors import DatabaseError
+from batch_scorer.errors import BatchScorerError, DatabaseError, UsageError
 from batch_scorer.masking import first_line, mask_text
+from batch_scorer.models import registry
 from batch_scorer.models.contract import fully_described
 from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
+from batch_scorer.models.registry import version_label
 from batch_scorer.models.scoring import Probe, prediction_kind, probe_model
-from batch_scorer.runtime.spec import RunPlan, Scorer, Settings
+from batch_scorer.runtime.spec import FailedChallenger, RunPlan, Scorer, Settings, shadow_definition
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
 from batch_scorer.storage.sources.spec import SourceSpec
-from batch_scorer.storage.sources.sql import SourceColumns, check_columns, needed_columns, probe_columns, probe_row
+from batch_scorer.storage.sources.sql import (
+    SourceColumns,
+    check_columns,
+    needed_columns,
+    probe_columns,
+    probe_row,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelCache", "RunPlan", "build_plan", "source_spec"]
+__all__ = ["ModelCache", "RunPlan", "build_plan", "resolve_models", "source_spec"]
 
 
 def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
@@ -60,10 +70,19 @@ class ModelCache:
 
     The bytes are read once; the sha256 checked (against a pin) is the sha256 of
     the bytes that are loaded, and a second job using the same bytes (another
-    path, the registry) gets the already loaded estimator."""
+    path, the registry) gets the already loaded estimator.
 
-    def __init__(self) -> None:
+    It also holds what an invocation resolves once: which version each registry
+    alias names (a backfill resolves ``champion`` at its start and keeps that
+    version for its whole range, whatever is promoted meanwhile), and
+    ``version``, a registry version pinned for the invocation's champions
+    (``backfill --version N``; a promote's check of its candidate).
+    """
+
+    def __init__(self, version: int | None = None) -> None:
+        self.version = version
         self._by_key: dict[tuple[object, ...], LoadedModel] = {}
+        self._entries: dict[tuple[str, str | int], registry.ModelVersion] = {}
         self._lock = threading.Lock()
 
     def load_path(self, job: JobConfig) -> LoadedModel:
@@ -81,7 +100,7 @@ class ModelCache:
     ) -> LoadedModel:
         """Bytes from a file or the registry; the pin is checked before anything is loaded."""
         sha = hashlib.sha256(data).hexdigest()
-        key = (sha, tuple(job.features or ()), job.allow_version_mismatch, tuple(job.model.trusted_types))
+        key = self._key(job, sha)
         with self._lock:
             cached = self._by_key.get(key)
         if cached is None or (pinned_sha256 is not None and pinned_sha256 != sha):
@@ -93,6 +112,35 @@ class ModelCache:
             with self._lock:
                 self._by_key[key] = cached
         return dataclasses.replace(cached, path=path, source=source, version=version or sha[:12])
+
+    def load_registry(self, conn: sa.Connection, job: JobConfig, ref: str | int) -> tuple[LoadedModel, ModelStamp]:
+        """The registry version ``ref`` (an alias or a version number) of the job's model:
+        resolved once per invocation, its stored bytes sha256-checked before they are loaded."""
+        name = job.model.registry
+        assert name is not None
+        with self._lock:
+            entry = self._entries.get((name, ref))
+        if entry is None:
+            entry = registry.resolve(conn, name, **({"version": ref} if isinstance(ref, int) else {"alias": ref}),
+                                     job=job.name)
+            with self._lock:
+                entry = self._entries.setdefault((name, ref), entry)
+        source = f"registry {name} {entry.label}"
+        with self._lock:
+            cached = self._by_key.get(self._key(job, entry.sha256))
+        if cached is None:
+            # Loaded (and so sha256-checked) at most once per invocation and bytes.
+            cached = registry.load_version(conn, entry, job=job.name, features=job.features,
+                                           allow_version_mismatch=job.allow_version_mismatch,
+                                           trusted_types=job.model.trusted_types)
+            with self._lock:
+                self._by_key[self._key(job, entry.sha256)] = cached
+        model = dataclasses.replace(cached, path=None, source=source, version=entry.label)
+        return model, dataclasses.replace(_stamp(model), name=name, registry_version=entry.version)
+
+    @staticmethod
+    def _key(job: JobConfig, sha: str) -> tuple[object, ...]:
+        return (sha, tuple(job.features or ()), job.allow_version_mismatch, tuple(job.model.trusted_types))
 
 
 class SourceProbes:
@@ -126,12 +174,16 @@ def build_plan(
 
     ``always_probe``: score a probe row whatever the model is made of (``validate``)."""
     job = cfg.job(name)
-    model = (models or ModelCache()).load_path(job)
+    champion, challengers = resolve_models(engine, job, models or ModelCache())
+    model = champion.model
     check_score_contract(job.name, job.output.score, model)
     spec = source_spec(cfg, job)
-    read_columns = tuple(needed_columns(spec, model.features))
     columns, first = (probes or SourceProbes()).probe(engine, spec, as_of)
     check_columns(spec, model.features, columns)
+    challengers = [_with_columns(c, columns) for c in challengers]
+    # The read serves the champion and every usable challenger.
+    features = tuple(dict.fromkeys(f for s in (champion, *_usable(challengers)) for f in s.model.features))
+    read_columns = tuple(needed_columns(spec, features))
     # One real row through the model before anything is recorded: a model that
     # predicts several values per row, or is not fitted, is exit 2 here. A model
     # of scikit-learn's own classes was checked by its attributes at load (a probe
@@ -144,8 +196,8 @@ def build_plan(
     passing = [(c, types[c]) for c in spec.pass_through]
     output = define_output(job.output.table, keys, passing, kind)
     prepare_output_table(engine, output, kind, job.name, model.is_classifier, create=False)
-    champion = Scorer("champion", "champion", model, _stamp(model))
-    return RunPlan(
+    challengers = [_probed(job.name, job.output.score, c, first, kind) for c in challengers]
+    plan = RunPlan(
         job=job.name,
         as_of=as_of,
         trigger=trigger,
@@ -153,7 +205,7 @@ def build_plan(
         columns=columns,
         read_columns=read_columns,
         champion=champion,
-        challengers=(),
+        challengers=tuple(_usable(challengers)),
         output=output,
         shadow=None,
         classifier=model.is_classifier,
@@ -165,7 +217,98 @@ def build_plan(
             want_score=job.output.score is not False,
         ),
         depends_on=tuple(job.depends_on),
+        failed_challengers=tuple(c for c in challengers if isinstance(c, FailedChallenger)),
     )
+    return dataclasses.replace(plan, shadow=_shadow_table(engine, plan))
+
+
+# -- the models of a job: its champion and its challengers ------------------------------
+
+Candidate = Scorer | FailedChallenger
+
+
+def resolve_models(engine: Engine, job: JobConfig, models: ModelCache) -> tuple[Scorer, list[Candidate]]:
+    """The job's champion (a model file, or the registry version its alias or version names,
+    or ``models.version`` when pinned) and its challengers, each loaded once per invocation.
+
+    A champion that cannot be resolved or loaded raises (exit 2); a challenger that cannot is
+    a :class:`FailedChallenger`, recorded with the run: it never stops the champion.
+    """
+    m = job.model
+    if not m.is_registry:
+        if models.version is not None:
+            raise UsageError(
+                f"job {job.name!r}: a registry version (--version {models.version}) was given, but the job's "
+                f"model is the file {m.path}, which has no versions. Drop --version, or give the job "
+                "model.registry."
+            )
+        model = models.load_path(job)
+        return Scorer("champion", "champion", model, _stamp(model)), []
+    ref: str | int | None = models.version or m.version or m.alias
+    assert ref is not None
+    try:
+        with engine.connect() as conn:
+            model, stamp = models.load_registry(conn, job, ref)
+            champion = Scorer("champion", "champion", model, stamp)
+            return champion, [_challenger(conn, job, models, item) for item in job.challengers]
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseError(f"job {job.name!r}: reading model registry {m.registry!r} failed: "
+                            f"{mask_text(first_line(exc))}") from exc
+
+
+def _challenger(conn: sa.Connection, job: JobConfig, models: ModelCache, ref: str | int) -> Candidate:
+    label = ref if isinstance(ref, str) else version_label(ref)
+    try:
+        model, stamp = models.load_registry(conn, job, ref)
+    except BatchScorerError as exc:
+        return FailedChallenger(label, None, mask_text(str(exc)))
+    return Scorer("challenger", label, model, stamp)
+
+
+def _usable(candidates: list[Candidate]) -> list[Scorer]:
+    return [c for c in candidates if isinstance(c, Scorer)]
+
+
+def _with_columns(c: Candidate, columns: SourceColumns) -> Candidate:
+    """A challenger whose features the source lacks is recorded, not read."""
+    if isinstance(c, FailedChallenger):
+        return c
+    missing = [f for f in c.model.features if f not in columns.types]
+    if not missing:
+        return c
+    return FailedChallenger(c.label, c.stamp.version,
+                            f"model {c.model.source}: the source lacks feature column(s) {missing}")
+
+
+def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame, kind: str) -> Candidate:
+    """A challenger through the champion's checks on the probe row; one that fails them,
+    or predicts values the shadow table (typed by the champion) cannot hold, is recorded."""
+    if isinstance(c, FailedChallenger):
+        return c
+    try:
+        check_score_contract(job, want_score, c.model)
+        probe = Probe(None, None) if fully_described(c.model.estimator) else probe_model(job, c.model, first)
+        theirs = prediction_kind(c.model, probe.predict_dtype_kind)
+    except BatchScorerError as exc:
+        return FailedChallenger(c.label, c.stamp.version, mask_text(str(exc)))
+    # What a prediction column of the champion's kind holds (as output tables do).
+    if theirs != kind and kind != "text" and not (kind == "float" and theirs in ("integer", "boolean")):
+        return FailedChallenger(
+            c.label, c.stamp.version,
+            f"model {c.model.source} predicts {theirs} values, but the champion's (and so the shadow "
+            f"table's) predictions are {kind}",
+        )
+    return c
+
+
+def _shadow_table(engine: Engine, plan: RunPlan) -> sa.Table | None:
+    """The shadow twin when the run scores challengers, or when it exists (a re-run then
+    removes the rows of the runs it replaces there too); an existing one is checked."""
+    table = shadow_definition(plan)
+    if not plan.challengers and not catalog(engine).has_table(table.name, table.schema):
+        return None
+    prepare_output_table(engine, table, plan.prediction_kind, plan.job, plan.classifier, create=False, shadow=True)
+    return table
 
 
 def _first_row(

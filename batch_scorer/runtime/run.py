@@ -12,6 +12,7 @@ leaves nothing of it visible.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -27,11 +28,11 @@ from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, RunFa
 from batch_scorer.executors.base import Executor, StreamSpec
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.outcome import RunResult, Status, error_text, from_exception
-from batch_scorer.runtime.spec import RunPlan, shadow_definition
+from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import ledger, locks
 from batch_scorer.storage.db import DuplicateKeys, begin_write, duplicate_keys
 from batch_scorer.storage.retry import is_sqlite_locked
-from batch_scorer.storage.schema import RunStatus, rejected_rows, shadow_comparisons, utcnow
+from batch_scorer.storage.schema import SHADOW_COLUMN, RunStatus, rejected_rows, shadow_comparisons, utcnow
 from batch_scorer.storage.sinks.output import OutputSpec, PreparedTable, prepare_output_table
 from batch_scorer.storage.sinks.publish import Publication
 from batch_scorer.storage.sources import sql as source
@@ -66,25 +67,27 @@ class JobRun:
         self._on_progress = on_progress
         self.started = time.monotonic()
         self.counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
-        self.comparisons: dict[str, Comparison] = {}
         self.error: BaseException | None = None
         # Rejected rows are saved as they accumulate (bounded memory), and kept
         # for a failed run too: they are how you debug it.
         self.rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, plan.job, rows))
         self.publication = Publication(engine, run_id, plan.job, plan.as_of)
-        self._main, self._shadow_out = self._stages()
+        # Challengers the plan could not use are recorded with their error.
+        self.comparisons: dict[str, Comparison] = {f.label: Comparison(error=f.error) for f in plan.failed_challengers}
+        self._main, shadows = self._stages()
         self._main_stage = self.publication.stage(self._main)
-        self._shadow_stage = self.publication.stage(self._shadow_out) if self._shadow_out else None
+        # One stage per challenger: its label and version are constants of its rows.
+        self._shadow_stages = {label: self.publication.stage(spec) for label, spec in shadows.items()}
+        self._dropped: set[str] = set()
         self.work = ChunkWork(
             job=plan.job, keys=plan.source.key, champion=plan.champion.model,
             main_columns=tuple(self._main.row_columns),
-            challengers=tuple((c.label, c.model) for c in plan.challengers),
-            shadow_columns=tuple(c for c in (self._shadow_out.row_columns if self._shadow_out else ())
-                                 if c != "challenger"),
+            challengers=tuple((c.label, c.model) for c in plan.challengers if c.label in shadows),
+            shadow_columns=tuple(self._main.row_columns),
             want_score=plan.settings.want_score, max_rejected_fraction=plan.settings.max_rejected_fraction,
         )
 
-    def _stages(self) -> tuple[OutputSpec, OutputSpec | None]:
+    def _stages(self) -> tuple[OutputSpec, dict[str, OutputSpec]]:
         plan = self.plan
         prepared = prepare_output_table(self.engine, plan.output, plan.prediction_kind, plan.job,
                                         plan.classifier, create=True)
@@ -92,11 +95,21 @@ class JobRun:
                      "run_id": self.run_id, "scored_at": utcnow()}
         main = _spec(prepared, constants, plan)
         if not plan.challengers:
-            return main, None
-        shadow = prepare_output_table(self.engine, shadow_definition(plan), plan.prediction_kind, plan.job,
-                                      plan.classifier, create=True, shadow=True)
-        # `challenger` varies per row (one frame per challenger): not a constant.
-        return main, _spec(shadow, constants, plan)
+            return main, {}
+        assert plan.shadow is not None
+        try:
+            shadow = prepare_output_table(self.engine, plan.shadow, plan.prediction_kind, plan.job,
+                                          plan.classifier, create=True, shadow=True)
+        except BatchScorerError as exc:
+            # E.g. a scorer that may not create the shadow table: the challengers
+            # fail (reported at publish), the champion runs.
+            for c in plan.challengers:
+                self.comparisons[c.label] = Comparison(error=mask_text(str(exc)))
+            return main, {}
+        return main, {
+            c.label: _spec(shadow, {**constants, "model_version": c.stamp.version, SHADOW_COLUMN: c.label}, plan)
+            for c in plan.challengers
+        }
 
     @property
     def alive(self) -> bool:
@@ -113,11 +126,24 @@ class JobRun:
                 raise _duplicates_error(self.engine, self.plan, exc) from exc
             self.counts["rows_scored"] += len(result.main)
         for label, comp in result.comparisons.items():
-            self.comparisons.setdefault(label, Comparison()).add(comp)
-        if self._shadow_stage is not None:
-            for label, frame in result.shadows.items():
-                if not self.comparisons[label].error:
-                    self._shadow_stage.write(frame.assign(challenger=label))
+            if label not in self._dropped:
+                self.comparisons.setdefault(label, Comparison()).add(comp)
+        for label, frame in result.shadows.items():
+            if label not in self._dropped and not self.comparisons[label].error:
+                self._shadow_stages[label].write(frame)
+        failed = {label for label, comp in self.comparisons.items() if comp.error} & set(self._shadow_stages)
+        if failed - self._dropped:
+            self._drop(failed - self._dropped)
+
+    def _drop(self, labels: set[str]) -> None:
+        """Challengers that failed on a chunk are scored no more; the rows they staged are
+        removed at publish (a challenger's rows are all of its rows, or none)."""
+        self._dropped |= labels
+        for label in labels:
+            log.warning("job %s run %d: challenger %s failed and is not scored further: %s", self.plan.job,
+                        self.run_id, label, self.comparisons[label].error)
+        self.work = dataclasses.replace(
+            self.work, challengers=tuple((lb, m) for lb, m in self.work.challengers if lb not in self._dropped))
 
     def progress(self) -> None:
         """Report rows read so far (after each chunk)."""
@@ -136,7 +162,9 @@ class JobRun:
             _check_outcome(self.plan, self.counts, self.rejections)
             self.counts["rows_rejected"] = len(self.rejections)
             self.publication.add_rows(shadow_comparisons, self._comparison_rows())
-            if self.plan.shadow is not None:
+            if self.plan.shadow is not None and (self._shadow_stages or not self.plan.challengers):
+                # The shadow table exists (staged now, or found by the plan): the
+                # rows of the runs this one replaces leave it too.
                 self.publication.also_replace_in(self.plan.shadow)
             try:
                 replaced = self.publication.publish(self._finish, verify=self.lock.verify)
@@ -153,6 +181,12 @@ class JobRun:
                  plan.job, self.run_id, plan.as_of, plan.champion.stamp.version, self.counts["rows_read"],
                  self.counts["rows_scored"], self.counts["rows_rejected"], seconds, plan.output_name,
                  f" (replaced run {', '.join(map(str, replaced))})" if replaced else "")
+        for label, comp in self.comparisons.items():
+            if comp.error and label not in self._dropped:  # a dropped one was reported when it failed
+                log.warning("job %s run %d: challenger %s: not scored: %s", plan.job, self.run_id, label, comp.error)
+            elif not comp.error:
+                log.info("job %s run %d: challenger %s: %d rows -> %s, agreement %s", plan.job, self.run_id, label,
+                         comp.rows, plan.shadow.name if plan.shadow is not None else "-", comp.label_agreement)
         return RunResult(plan.job, Status.SUCCEEDED, plan.as_of, run_id=self.run_id, seconds=seconds,
                          output_table=plan.output_name, **self._model_fields(), **self.counts)
 
@@ -161,17 +195,27 @@ class JobRun:
         if not self._main.unique_keys:
             _check_duplicate_keys(conn, self._main, self.plan)
         _insert_rejections(conn, self.run_id, self.plan.job, self.rejections.rows)
+        if self._dropped and self.plan.shadow is not None:
+            shadow = self.plan.shadow
+            conn.execute(sa.delete(shadow).where(shadow.c.run_id == self.run_id,
+                                                 shadow.c[SHADOW_COLUMN].in_(sorted(self._dropped))))
         ledger.finish_run(conn, self.run_id, **self.counts)
 
     def _comparison_rows(self) -> list[dict[str, object]]:
-        by_label = {c.label: c for c in self.plan.challengers}
-        return [
-            {"run_id": self.run_id, "job": self.plan.job, "challenger": label,
-             "model_version": by_label[label].stamp.version, "rows": comp.rows,
-             "label_agreement": comp.label_agreement, "mean_abs_score_diff": comp.mean_abs_score_diff,
-             "max_abs_score_diff": comp.abs_diff_max, "error": comp.error}
-            for label, comp in self.comparisons.items()
-        ]
+        """One row per challenger; a failed one has its error and no figures (none of its
+        rows are published)."""
+        versions = {c.label: c.stamp.version for c in self.plan.challengers}
+        versions.update({f.label: f.version for f in self.plan.failed_challengers})
+        rows: list[dict[str, object]] = []
+        for label, comp in self.comparisons.items():
+            ok = not comp.error
+            rows.append({
+                "run_id": self.run_id, "job": self.plan.job, "challenger": label, "model_version": versions[label],
+                "rows": comp.rows if ok else 0, "label_agreement": comp.label_agreement if ok else None,
+                "mean_abs_score_diff": comp.mean_abs_score_diff if ok else None,
+                "max_abs_score_diff": comp.abs_diff_max if ok else None, "error": comp.error,
+            })
+        return rows
 
     def _model_fields(self) -> dict[str, object]:
         stamp = self.plan.champion.stamp

@@ -30,6 +30,17 @@ class Scorer:
 
 
 @dataclass(frozen=True)
+class FailedChallenger:
+    """A challenger the plan could not use (not resolved, not loaded, a feature column the
+    source lacks, a prediction the shadow table cannot hold): recorded in
+    ``shadow_comparisons`` with its error; the champion runs as usual."""
+
+    label: str
+    version: str | None
+    error: str
+
+
+@dataclass(frozen=True)
 class Settings:
     """The effective settings of one run."""
 
@@ -57,6 +68,7 @@ class RunPlan:
     prediction_kind: str
     settings: Settings
     depends_on: tuple[str, ...] = ()
+    failed_challengers: tuple[FailedChallenger, ...] = ()
 
     @property
     def scorers(self) -> tuple[Scorer, ...]:

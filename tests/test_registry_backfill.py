@@ -1,0 +1,84 @@
+"""Registering from a notebook (a fitted estimator and its training data as the drift
+reference), and backfills: the alias is resolved once for the whole range, and
+``--version N`` pins one version."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from batch_scorer import api
+from tests.helpers import FEATURES, cli_run, features_frame, load_table, query, save_model, train, write_config
+from tests.helpers import job as path_job
+from tests.registry_support import ok, registry_config
+
+DAYS = [date(2026, 3, 29) + timedelta(days=i) for i in range(3)]
+
+
+def _three_days(url: str) -> None:
+    load_table(url, pd.concat([features_frame(100, seed=i, as_of=d) for i, d in enumerate(DAYS)]))
+
+
+def _versions_by_day(url: str) -> list[tuple[Any, ...]]:
+    rows = query(url, "SELECT as_of, model_registry_version, model_version FROM scoring_runs "
+                      "WHERE status = 'succeeded' ORDER BY as_of")
+    return [(str(d)[:10], v, label) for d, v, label in rows]
+
+
+def test_register_model_from_a_notebook_stores_the_reference_profile(tmp_path: Path, db_url: str) -> None:
+    _three_days(db_url)
+    config = registry_config(tmp_path, db_url)
+    reference = features_frame(400, seed=1)
+    model = train("binary", reference)
+
+    done = api.register_model(config, "churn", model, reference=reference, alias="challenger", note="nb")
+
+    assert (done.created, done.version.version, done.version.kind, done.version.features) == (
+        True, 1, "classifier", tuple(FEATURES))
+    assert done.event is not None and done.event.action == "register"
+    profile = query(db_url, "SELECT feature, sum(rows) FROM feature_profiles WHERE profile_id = 'reference:churn:1' "
+                            "GROUP BY feature ORDER BY feature")
+    assert profile == sorted([(f, 400) for f in [*FEATURES, "prediction", "score"]])
+    again = api.register_model(config, "churn", model)
+    assert (again.created, again.version.version) == (False, 1)
+
+
+def test_a_backfill_keeps_the_version_it_resolved_at_its_start(tmp_path: Path, db_url: str) -> None:
+    _three_days(db_url)
+    config = registry_config(tmp_path, db_url)
+    api.register_model(config, "churn", train("binary"), alias="champion")
+    api.register_model(config, "churn", train("forest"))
+
+    def promote_after_the_first_date(as_of: date, results: object) -> None:
+        if results is not None and as_of == DAYS[0]:
+            api.promote_model(config, "churn", 2)
+
+    results = api.backfill(config, "j", DAYS[0], DAYS[-1], on_date=promote_after_the_first_date)
+
+    assert results.exit_code == 0
+    assert query(db_url, "SELECT version FROM model_aliases WHERE alias = 'champion'") == [(2,)]
+    assert _versions_by_day(db_url) == [(str(d), 1, "v1") for d in DAYS]
+
+
+def test_backfill_version_pins_one_registry_version(tmp_path: Path, db_url: str) -> None:
+    _three_days(db_url)
+    config = registry_config(tmp_path, db_url)
+    api.register_model(config, "churn", train("binary"), alias="champion")
+    api.register_model(config, "churn", train("forest"))
+
+    ok(config, "backfill", "j", "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--version", "2")
+
+    assert _versions_by_day(db_url) == [(str(d), 2, "v2") for d in DAYS]
+    assert "3 skipped (already succeeded)" in ok(
+        config, "backfill", "j", "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--version", "2")
+
+
+def test_backfill_version_of_a_model_file_job_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    _three_days(sqlite_url)
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    config = write_config(tmp_path, sqlite_url, {"j": path_job()})
+    result = cli_run(config, "backfill", "j", "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--version", "2")
+    assert result.exit_code == 2 and "job 'j'" in result.output and "--version 2" in result.output
