@@ -11,7 +11,9 @@
 --             model_aliases, model_alias_events). Cannot create anything.
 --   deployer  registers and promotes models: SELECT, INSERT on model_versions;
 --             SELECT, INSERT, UPDATE on model_aliases; SELECT, INSERT on
---             model_alias_events; their sequences. Nothing else.
+--             model_alias_events and feature_profiles (a version's reference
+--             profile); their sequences; reads the feature tables (promote checks
+--             a version against each job's source). Nothing else.
 --   reader    the BI login (Power BI, notebooks): SELECT on the output tables, their
 --             _shadow twins and _latest/_daily views, scoring_runs_bi, drift,
 --             drift_latest, feature_profiles, model_metrics, shadow_comparisons,
@@ -112,14 +114,24 @@ WHERE t.table_schema = :'schema'
 \gexec
 SELECT format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I', seq, :'deployer') FROM batch_scorer_registry_sequences
 \gexec
+-- ... and a version's reference profile (models register --reference), in feature_profiles.
+SELECT format('GRANT SELECT, INSERT ON %I.%I TO %I', table_schema, table_name, :'deployer')
+FROM information_schema.tables WHERE table_schema = :'schema' AND table_name = 'feature_profiles'
+\gexec
+SELECT format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I',
+              pg_get_serial_sequence(format('%I.feature_profiles', :'schema'), 'id'), :'deployer')
+WHERE EXISTS (SELECT 1 FROM information_schema.tables
+              WHERE table_schema = :'schema' AND table_name = 'feature_profiles')
+\gexec
 
 -- Owner and scorer: read the feature tables (and only read them). Skipped, with a
 -- note, while the feature schema does not exist: run this file again once it does.
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :'feature_schema') AS feature_schema_exists
 \gset
 \if :feature_schema_exists
-GRANT USAGE ON SCHEMA :"feature_schema" TO :"owner", :"scorer";
-GRANT SELECT ON ALL TABLES IN SCHEMA :"feature_schema" TO :"owner", :"scorer";
+-- (The deployer reads them too: promote checks a version against each job's source.)
+GRANT USAGE ON SCHEMA :"feature_schema" TO :"owner", :"scorer", :"deployer";
+GRANT SELECT ON ALL TABLES IN SCHEMA :"feature_schema" TO :"owner", :"scorer", :"deployer";
 \else
 \echo 'NOTE: the feature schema' :'feature_schema' 'does not exist yet; its grants were skipped. Run this file again once it exists.'
 \endif
