@@ -132,9 +132,9 @@ def test_catch_up_takes_only_the_latest_missed_fire_within_the_window(tmp_path: 
 
 
 def test_a_fire_arriving_while_one_waits_is_coalesced_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    from batch_scorer.scheduling.daemon import Fire, _Fires
+    from batch_scorer.scheduling.fires import Fire, FireQueue
 
-    fires = _Fires()
+    fires = FireQueue()
     t0 = datetime(2026, 3, 30, 0, 0, tzinfo=UTC)
     for minutes in (0, 1, 2):
         fires.put(Fire("a", t0 + timedelta(minutes=minutes), t0.date()))

@@ -140,18 +140,5 @@ def _recorded(inv: Invocation, result: RunResult) -> RunResult:
     return dataclasses.replace(result, run_id=run_id)
 
 
-def run_job(
-    cfg: Config, engine: Engine, name: str, as_of: date | None = None, trigger: str = "manual",
-    on_progress: ProgressFn | None = None, skip_if: SkipCheck | None = None,
-) -> RunResult:
-    """One job for one as_of; raises what made it fail (LockHeld, BatchScorerError...)
-    instead of returning it, for callers that handle each failure themselves."""
-    inv = Invocation(cfg, engine, trigger, 1, skip_if=skip_if, on_progress=on_progress)
-    result = run_jobs(inv, [name], as_of)[0]
-    if result.cause is not None:
-        raise result.cause
-    return result
-
-
 def _ledger_exists(engine: Engine) -> bool:
     return sa.inspect(engine).has_table("scoring_runs")

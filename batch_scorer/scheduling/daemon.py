@@ -61,10 +61,11 @@ from batch_scorer.config.cron import ScheduleTrigger, cron_trigger, latest_fire,
 from batch_scorer.dates import as_of_for
 from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, UsageError
 from batch_scorer.masking import first_line, mask_text
-from batch_scorer.runtime.jobs import run_job
-from batch_scorer.runtime.outcome import RunResult, Status
+from batch_scorer.runtime.jobs import Invocation, run_jobs
+from batch_scorer.runtime.outcome import RunResult, RunResults, Status, from_exception
 from batch_scorer.runtime.progress import row_progress
 from batch_scorer.runtime.signals import Interrupted
+from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.scheduling.fires import Fire, FireQueue, lock_deadline, lock_decision, retry_delay
 from batch_scorer.scheduling.reload import config_changes, keep_restart_settings
 from batch_scorer.storage import ledger
@@ -74,9 +75,7 @@ log = logging.getLogger(__name__)
 
 TRIGGER = "schedule"
 ReloadFn = Callable[[], Config]
-_Fires = FireQueue  # the name the tests knew it by
-
-__all__ = ["TRIGGER", "Daemon", "Fire", "catch_up", "done_by", "fire_as_of", "run_fire", "triggers", "upcoming"]
+__all__ = ["TRIGGER", "Daemon", "Fire", "catch_up", "done_by", "fire_as_of", "run_fires", "triggers", "upcoming"]
 
 
 def fire_as_of(job: JobConfig, fire_time: datetime, tz: ZoneInfo) -> date:
@@ -155,42 +154,48 @@ def _without_job(message: str, job: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def run_fire(cfg: Config, engine: Engine, fire: Fire) -> RunResult:
-    """Run one fire (the done-check is repeated under the job's lock) and log one line for it.
+def run_fires(cfg: Config, engine: Engine, fires: Sequence[Fire]) -> list[RunResult]:
+    """Run fires that are due together as one batch per as_of (one engine, each model loaded
+    once, ``after:`` order, shared reads, up to ``defaults.parallel_jobs`` at a time) and log
+    one line per fire. A fire's done-check is repeated under its job's lock.
 
-    Errors are logged and returned, never raised (the daemon keeps going),
-    except :class:`LockHeld` (the daemon decides whether the fire waits) and
-    an interrupt (:class:`KeyboardInterrupt`)."""
-    what = fire.label
+    Errors are results, never raised (the daemon keeps going), except an interrupt; a
+    result whose job's lock was held carries the :class:`LockHeld` as its ``cause``."""
+    by_job = {f.job: f for f in fires}
+    results: list[RunResult] = []
 
-    def already(_plan: object) -> str | None:
+    def already(plan: RunPlan) -> str | None:
+        fire = by_job[plan.job]
         run_id = done_by(engine, fire.job, fire.as_of, fire.fire_time)
         return f"already scored by run {run_id}" if run_id is not None else None
 
-    try:
-        # Off a terminal (systemd, tests) this logs rows every BATCH_SCORER_PROGRESS_SECONDS.
+    for as_of in dict.fromkeys(f.as_of for f in fires):
+        names = [f.job for f in fires if f.as_of == as_of]
         with row_progress(cfg.runtime.progress_seconds, interactive=False) as progress:
-            result = run_job(cfg, engine, fire.job, fire.as_of, TRIGGER, progress, skip_if=already)
-    except LockHeld:
-        raise
-    except BatchScorerError as exc:
-        run = f", run {exc.run_id}" if exc.run_id is not None else ""
-        log.error("%s: failed%s: %s", what, run, _without_job(str(exc), fire.job))
-        return RunResult(fire.job, Status.FAILED, fire.as_of, run_id=exc.run_id, error=str(exc),
-                         exit_code=exc.exit_code)
-    except sa.exc.SQLAlchemyError as exc:
-        message = f"database error: {mask_text(first_line(exc))}"
-        log.error("%s: failed: %s", what, message)
-        return RunResult(fire.job, Status.FAILED, fire.as_of, error=message, exit_code=1)
-    except Exception as exc:  # noqa: BLE001 - the daemon must outlive any one run's bug
-        log.exception("%s: failed with an unexpected error", what)
-        return RunResult(fire.job, Status.FAILED, fire.as_of, error=mask_text(str(exc)), exit_code=1)
+            inv = Invocation(cfg, engine, TRIGGER, cfg.defaults.parallel_jobs, skip_if=already,
+                             on_progress=progress)
+            try:
+                batch = run_jobs(inv, names, as_of)
+            except (BatchScorerError, sa.exc.SQLAlchemyError) as exc:  # e.g. the server is down
+                batch = RunResults(from_exception(n, as_of, exc) for n in names)
+        for result in batch:
+            _log_fire(by_job[result.job], result)
+        results += batch
+    return results
+
+
+def _log_fire(fire: Fire, result: RunResult) -> None:
+    what = fire.label
+    if isinstance(result.cause, LockHeld):
+        return  # the daemon decides: wait, no-op or give up (logged there)
     if result.status == Status.ALREADY_DONE:
         log.info("%s: skipped, %s", what, result.error)
-    else:
+    elif result.status == Status.SUCCEEDED:
         log.info("%s: succeeded, run %s, %d rows scored, %d rejected, %.1fs",
                  what, result.run_id, result.rows_scored, result.rows_rejected, result.seconds)
-    return result
+    else:
+        run = f", run {result.run_id}" if result.run_id is not None else ""
+        log.error("%s: %s%s: %s", what, result.status, run, _without_job(result.error or "", fire.job))
 
 
 def lock_holder(exc: LockHeld) -> str:
@@ -315,17 +320,25 @@ class Daemon:
                 if fire is not None:
                     self.fires.put(fire)  # listed as not run at the end
                 continue
-            if fire.job not in self.cfg.jobs:
-                continue  # removed by a reload after it was queued
-            self._running = fire
+            due = [f for f in (fire, *self._also_due()) if f.job in self.cfg.jobs]  # a reload may drop jobs
+            if not due:
+                continue
+            self._running = due[0]
             try:
-                run_fire(self.cfg, self.engine, fire)
-            except LockHeld as exc:
-                self._lock_held(fire, exc)
+                for done in run_fires(self.cfg, self.engine, due):
+                    if isinstance(done.cause, LockHeld):
+                        self._lock_held(next(f for f in due if f.job == done.job), done.cause)
             finally:
                 self._running = None
                 if _main_thread():
                     signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _also_due(self) -> list[Fire]:
+        """The other fires due now: they run in the same batch (after: order, shared reads)."""
+        more = []
+        while (fire := self.fires.get(timeout=0)) is not None:
+            more.append(fire)
+        return more
 
     def _lock_held(self, fire: Fire, exc: LockHeld) -> None:
         """Another run holds the fire's job lock: no-op, wait (queued again later) or give up."""

@@ -14,7 +14,7 @@ connection unexpectedly" with no code; the ADBC reader an ``OSError``). The clas
 ``__context__`` so it also sees through our own wrappers
 (``DatabaseError(...) from exc``, ``RunFailed(...) from exc``).
 
-The unit that is retried is a whole run (``pipeline.run_job``): after the
+The unit that is retried is a whole run (``runtime.batch``): after the
 failed attempt rolled back and recorded its ledger row as ``failed``, the
 next attempt takes the job lock again and starts a **new** ledger row, so the
 ledger keeps one honest row per attempt (issue 3, "Faults").

@@ -1,0 +1,44 @@
+"""The daemon runs the fires that are due together as one batch: after: order holds, and
+jobs reading the same rows share the read (a matrix firing at 02:00 is one batch)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.fleet_support import COUNTRIES, country_frame, matrix_job, per_country_models
+from tests.helpers import load_table, query, write_config
+from tests.schedule_support import daemon, stop, wait_count
+
+
+def test_fires_due_together_run_as_one_batch_in_after_order(tmp_path: Path, sqlite_url: str) -> None:
+    load_table(sqlite_url, country_frame(40))
+    per_country_models(tmp_path)
+    every_3s = "*/3 * * * * *"
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "down.sql").write_text(
+        "SELECT p.entity_id, f.x1, f.x2, f.x3, f.color FROM predictions p JOIN features f "
+        "ON f.entity_id = p.entity_id WHERE p.as_of = :as_of AND p.job LIKE 'm.%'")
+    jobs = {
+        "m": {**matrix_job(), "schedule": every_3s,
+              "source": {"table": "features", "key": ["entity_id"], "where": {"country": "{country}"}}},
+        "down": {"model": {"path": "models/m_AT.joblib"}, "source": {"query": "sql/down.sql", "key": ["entity_id"]},
+                 "output": {"table": "downstream"}, "after": ["m"], "schedule": every_3s},
+    }
+    cfg = write_config(tmp_path, sqlite_url, jobs, scheduler={"catch_up_hours": 0})
+    run = daemon(cfg)
+    try:
+        wait_count(run, "job down fire", 2, timeout=40)
+    finally:
+        assert stop(run) == 0, run.stderr
+    assert {s for (s,) in query(sqlite_url, "SELECT status FROM scoring_runs")} == {"succeeded"}
+    # Per fire time: the downstream job ran after every upstream job of the same fire.
+    done: dict[str, dict[str, int]] = {}
+    for job, fire, run_id in re.findall(r"job (\S+) fire (\S+) \(schedule\).*: succeeded, run (\d+)", run.stderr):
+        done.setdefault(fire, {})[job] = int(run_id)
+    batches = [jobs for jobs in done.values() if "down" in jobs]
+    assert len(batches) >= 2, run.stderr
+    for jobs in batches:
+        assert set(jobs) == {"down", *(f"m.{c}" for c in COUNTRIES)}, jobs
+        assert all(jobs["down"] > run_id for job, run_id in jobs.items() if job != "down"), jobs
+    assert query(sqlite_url, "SELECT count(*) FROM downstream_latest") == [(120,)]
