@@ -153,14 +153,36 @@ def _write_features(engine: sa.Engine, features: pd.DataFrame) -> int:
             log.info("demo: %s already holds today's snapshot; keeping it", FEATURE_TABLE)
             return len(features)
     dtypes = {"snapshot_date": sa.Date(), "plan": sa.Text(), "country": sa.Text()}
+    method = _copy_rows if engine.dialect.name == "postgresql" else None
     with engine.begin() as conn:
         if insp.has_table(FEATURE_TABLE):
             conn.execute(sa.text(f"DELETE FROM {FEATURE_TABLE}"))  # noqa: S608 - the demo's own table
-        features.to_sql(FEATURE_TABLE, conn, index=False, chunksize=20_000, dtype=dtypes, if_exists="append")
+        features.to_sql(FEATURE_TABLE, conn, index=False, chunksize=20_000, dtype=dtypes, if_exists="append",
+                        method=method)
         conn.execute(sa.text(
             "CREATE INDEX IF NOT EXISTS ix_customer_features_snapshot ON customer_features (snapshot_date, country)"
         ))
     return len(features)
+
+
+def _copy_rows(table: object, conn: sa.Connection, keys: list[str], rows: object) -> None:
+    """pandas ``to_sql`` through PostgreSQL's COPY (row-by-row INSERTs took a minute)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    prep = conn.dialect.identifier_preparer
+    columns = ", ".join(prep.quote(k) for k in keys)
+    with dbapi.cursor() as cur:
+        if hasattr(cur, "copy"):  # psycopg 3
+            with cur.copy(f"COPY {prep.quote(table.name)} ({columns}) FROM STDIN") as copy:
+                for row in rows:  # type: ignore[attr-defined]
+                    copy.write_row(row)
+        else:  # psycopg2
+            import io
+
+            buf = io.StringIO()
+            pd.DataFrame(list(rows)).to_csv(buf, index=False, header=False)  # type: ignore[call-overload]
+            buf.seek(0)
+            cur.copy_expert(f"COPY {prep.quote(table.name)} ({columns}) FROM STDIN WITH CSV", buf)
 
 
 def _save_models(cfg: Config, features: pd.DataFrame) -> None:

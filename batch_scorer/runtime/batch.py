@@ -32,6 +32,7 @@ from batch_scorer.runtime.outcome import RunResult, Status
 from batch_scorer.runtime.run import Attempt, GroupContext, run_group
 from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import ledger
+from batch_scorer.storage.ddl import refresh_statistics
 from batch_scorer.storage.retry import RetryPolicy, is_transient
 from batch_scorer.storage.schema import RunStatus
 
@@ -80,7 +81,7 @@ def run_batch(
         running: dict[cf.Future[list[RunResult]], list[RunPlan]] = {}
         while waiting or planned or running:
             _skip_orphans(ctx, waiting, deps, done)
-            _plan_ready(waiting, deps, done, planned, plan_for)
+            _plan_ready(ctx, waiting, deps, done, planned, plan_for)
             free = options.parallel - sum(len(g) for g in running.values())
             for group in _groups(planned, free):
                 for plan in group:
@@ -94,9 +95,14 @@ def run_batch(
     return [done[j.name] for j in jobs]
 
 
-def _plan_ready(waiting: dict[str, BatchJob], deps: dict[str, list[str]], done: dict[str, RunResult],
-                planned: dict[str, RunPlan], plan_for: PlanFn) -> None:
+def _plan_ready(ctx: GroupContext, waiting: dict[str, BatchJob], deps: dict[str, list[str]],
+                done: dict[str, RunResult], planned: dict[str, RunPlan], plan_for: PlanFn) -> None:
     for name in [n for n in waiting if all(d in done for d in deps[n])]:
+        # What the upstream jobs just published: statistics first, for this job's query.
+        for table in dict.fromkeys(done[d].output_table for d in deps[name] if done[d].output_table):
+            if table not in ctx.analyzed:
+                ctx.analyzed.add(table)
+                refresh_statistics(ctx.engine, table)
         outcome = plan_for(waiting.pop(name))
         if isinstance(outcome, RunResult):
             done[name] = outcome

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -269,6 +269,8 @@ class GroupContext:
     # Record a lost lock as a `skipped` ledger row (run, cron, backfill); the
     # daemon does not: it waits and retries, or finds the fire done.
     record_lock_skips: bool = True
+    # Output tables whose statistics this command refreshed for downstream jobs.
+    analyzed: set[str] = field(default_factory=set)
 
 
 def stream_spec(plans: Sequence[RunPlan]) -> StreamSpec:

@@ -149,6 +149,27 @@ def needs_init_db(engine: Engine, names: Sequence[str], exc: Exception) -> Datab
     )
 
 
+def refresh_statistics(engine: Engine, name: str) -> None:
+    """PostgreSQL: ``ANALYZE`` a table another job of this command just published into.
+
+    A job that runs ``after:`` others often reads what they published seconds ago,
+    before autovacuum has analysed it; planned from a new table's missing
+    statistics (estimates of one row) a join of two 20,000-row outputs ran as a
+    nested loop for 40 s instead of 40 ms. A role that does not own the table
+    (the least-privilege scorer) gets a warning from the server and nothing else.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    schema, table = split_table_name(name)
+    prep = engine.dialect.identifier_preparer
+    quoted = prep.quote(table) if schema is None else f"{prep.quote_schema(schema)}.{prep.quote(table)}"
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"ANALYZE {quoted}")
+    except SQLAlchemyError as exc:
+        log.debug("ANALYZE %s skipped: %s", name, first_line(exc))
+
+
 # ------------------------------------------------------------------ upgrade
 
 
