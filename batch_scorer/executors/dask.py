@@ -48,7 +48,7 @@ import queue
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -282,14 +282,25 @@ def _with_estimator(
 
 
 def _worker_engine(task_url: str) -> Engine:
-    """This worker's engine (one per URL, kept for the worker's life; no pool: a task opens
-    its connections and closes them, the fast reader keeps its own idle one)."""
+    """This worker's engine (one per URL, kept for the worker's life). A pool of one
+    connection per worker thread (it reflects the source table; the fast reader keeps
+    its own ADBC connection): a task does not pay two connection set-ups."""
     url = os.environ.get(WORKER_URL_ENV) or task_url
     with _worker_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = create_engine(url)
+            threads = _worker_threads_here()
+            engine = _engines[url] = create_engine(url, pool_size=threads)
     return engine
+
+
+def _worker_threads_here() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):  # not in a Dask worker (a direct call)
+        return 1
 
 
 def _worker_name() -> str:
@@ -326,12 +337,15 @@ class DaskExecutor:
         """Close the client and, for ``address: null``, stop the in-process cluster."""
         with self._lock:
             client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
-        for closing in (client, cluster):
-            if closing is not None:
-                try:
-                    closing.close()
-                except Exception:  # noqa: BLE001 - closing never hides the run's outcome
-                    log.debug("closing the Dask %s failed", type(closing).__name__, exc_info=True)
+        # A client whose scheduler is gone logs its cancelled reconnection as a
+        # traceback while closing: the run already said what happened, in words.
+        with _quiet("distributed", "distributed.client", "distributed.utils"):
+            for closing in (client, cluster):
+                if closing is not None:
+                    try:
+                        closing.close()
+                    except Exception:  # noqa: BLE001 - closing never hides the run's outcome
+                        log.debug("closing the Dask %s failed", type(closing).__name__, exc_info=True)
 
     def client(self, engine: Engine) -> Client:
         """The invocation's client, connected (or its LocalCluster started) on first use."""
@@ -465,13 +479,31 @@ def _result(future: Future, part: Partition, job: str) -> PartitionResult:
                     f"{mask_text(f'{name}: {first_line(exc)}')}; nothing was published.") from exc
 
 
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """The loggers ``names`` silent but for critical messages, for the duration (Dask
+    sets levels on its child loggers: silencing the parent alone would not do)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _connect(settings: DaskSettings, url: URL) -> tuple[Client, Any]:
-    """A client of the scheduler at ``settings.address``, or of a new in-process LocalCluster."""
+    """A client of the scheduler at ``settings.address``, or of a new in-process LocalCluster.
+
+    Results are gathered from the workers directly (``direct_to_workers``): the output
+    frames do not pass through the scheduler, which would then carry every row."""
     from distributed import Client, LocalCluster
 
     if settings.address is not None:
         try:
-            return Client(settings.address, set_as_default=False), None
+            return Client(settings.address, set_as_default=False, direct_to_workers=True), None
         except (OSError, TimeoutError) as exc:
             raise RunFailed(
                 f"cannot reach the Dask scheduler at executor.address {settings.address}: "
@@ -486,7 +518,7 @@ def _connect(settings: DaskSettings, url: URL) -> tuple[Client, Any]:
         env={"PGPASSWORD": password} if password else None,
     )
     try:
-        client = Client(cluster, set_as_default=False)
+        client = Client(cluster, set_as_default=False, direct_to_workers=True)
     except BaseException:
         cluster.close()
         raise
