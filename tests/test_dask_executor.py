@@ -25,7 +25,9 @@ import pytest
 import sqlalchemy as sa
 
 from batch_scorer.config import load_config
-from batch_scorer.executors.dask import WORKER_URL_ENV, partition_count, worker_url
+from batch_scorer.core.checks import TooManyBadRows
+from batch_scorer.errors import RunFailed
+from batch_scorer.executors.dask import WORKER_URL_ENV, Failure, partition_count, worker_url
 from batch_scorer.runtime.jobs import Invocation, run_jobs
 from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage.db import create_engine
@@ -386,6 +388,21 @@ def test_dask_without_the_extra_installed_names_the_extra(
     assert "pip install 'batch-scorer[dask]'" in result.output
     assert "Traceback" not in result.output
     assert query(pg_url, "SELECT to_regclass('scoring_runs') IS NULL") == [(True,)]  # nothing was planned
+
+
+def test_a_job_failure_on_a_worker_reaches_the_driver_with_its_rejected_rows() -> None:
+    """What a task hands back crosses a pickle: TooManyBadRows (whose constructor takes
+    the rows) keeps them; an exception that does not pickle becomes its masked text."""
+
+    class Unpicklable(Exception):  # a local class: pickle cannot name it
+        pass
+
+    too_many = pickle.loads(pickle.dumps(Failure.of(TooManyBadRows("job 'j': too many", [("{}", "bad")]))))
+    error = too_many.exception()
+    assert isinstance(error, TooManyBadRows) and error.rejected == [("{}", "bad")] and str(error) == "job 'j': too many"
+    odd = pickle.loads(pickle.dumps(Failure.of(Unpicklable("at postgresql://u:secret@h/db"))))
+    assert isinstance(odd.exception(), RunFailed)
+    assert "Unpicklable" in str(odd.exception()) and "secret" not in str(odd.exception())
 
 
 def test_partitions_are_about_250k_rows_and_at_least_two_per_worker_thread() -> None:

@@ -372,8 +372,11 @@ class DaskExecutor:
             tuple((sha, _load_options(m, data[sha])) for sha, m in models.items()),
             ThreadSettings(model_threads=self.settings.model_threads, scoring_threads=1),
         )
-        # Each model's bytes go to every worker once; the tasks name them by future.
-        scattered = {sha: client.scatter(blob, broadcast=True) for sha, blob in data.items()}
+        # Each model's bytes go to every worker once; the tasks name them by future. A
+        # key of their own (hash=False): a content-hashed key may still be being
+        # forgotten for a client that died mid-run (a killed driver) when the next run
+        # scatters the same bytes, and the new run's tasks then find no data.
+        scattered = {sha: client.scatter(blob, broadcast=True, hash=False) for sha, blob in data.items()}
         del data
         try:
             _Stream(client, task, scattered, jobs, self.cancel, IN_FLIGHT_PER_THREAD * threads).run(parts)
