@@ -466,7 +466,7 @@ def _result(future: Future, part: Partition, job: str) -> PartitionResult:
     exc = future.exception()
     if isinstance(exc, BatchScorerError):
         raise exc
-    from distributed import KilledWorker
+    from distributed.scheduler import KilledWorker
 
     name = type(exc).__name__
     if isinstance(exc, KilledWorker):
