@@ -9,6 +9,7 @@ scored), and runs the valid plans as one batch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Engine
 from batch_scorer.config import Config
 from batch_scorer.dates import as_of_for
 from batch_scorer.errors import BatchScorerError
-from batch_scorer.executors.base import Cancel
+from batch_scorer.executors.base import Cancel, Executor
 from batch_scorer.executors.local import LocalExecutor
 from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.masking import first_line, mask_text
@@ -63,12 +64,31 @@ def job_as_of(cfg: Config, name: str, now: datetime | None = None) -> date:
     return as_of_for(cfg.job(name).as_of, now or datetime.now(UTC), cfg.timezone)
 
 
+def executor_for(inv: Invocation) -> contextlib.AbstractContextManager[Executor]:
+    """The configured executor (``executor.kind``), closed when the invocation ends.
+
+    ``dask`` without the extra installed is a ConfigError here, before any job is
+    planned; its cluster is reached (or started) by the first run that streams."""
+    section = inv.cfg.executor
+    if section.kind == "dask":
+        from batch_scorer.executors.dask import DaskExecutor, DaskSettings
+
+        settings = DaskSettings(section.address, section.partitions, inv.cfg.runtime.model_threads or 1)
+        return DaskExecutor(settings, inv.cancel)
+    return contextlib.nullcontext(LocalExecutor(threads_of(inv.cfg), inv.cancel))
+
+
 def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -> RunResults:
     """Plan and run ``names`` for ``as_of`` (or each job's own default), one result per job.
 
     Jobs with no upstream job in this invocation are planned first: when none of
     them can run, nothing at all is written. A job that runs after others is
     planned once they are done (it may read what they publish)."""
+    with executor_for(inv) as executor:
+        return _run_jobs(inv, executor, names, as_of)
+
+
+def _run_jobs(inv: Invocation, executor: Executor, names: Sequence[str], as_of: date | None) -> RunResults:
     catalog(inv.engine).clear()  # a long-lived engine (the daemon) sees DDL made since its last batch
     in_batch = set(names)
     jobs = [BatchJob(n, as_of or job_as_of(inv.cfg, n), inv.trigger,
@@ -89,7 +109,6 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
         _log_model_change(inv.engine, outcome)
         return outcome
 
-    executor = LocalExecutor(threads_of(inv.cfg), inv.cancel)
     ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
                        record_lock_skips=inv.trigger != Trigger.SCHEDULE)
     options = BatchOptions(parallel=inv.parallel,
