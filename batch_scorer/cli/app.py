@@ -58,25 +58,31 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 THIRD_PARTY_LOGGERS = ("psycopg", "psycopg2", "sqlalchemy", "apscheduler", "distributed", "adbc_driver_manager")
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    """One handler for every line: time, level, logger, message (which names the job and
-    run); passwords masked. The package logs at INFO (-q WARNING, -vv DEBUG), libraries
-    at WARNING; psycopg's "error ignored terminating" noise only with -vv."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+def _handler(verbose: int) -> logging.Handler:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if verbose < 2:
         handler.addFilter(_NoiseFilter())
     handler.addFilter(_MaskingFilter())
+    return handler
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """One handler for every line: time, level, logger, message (which names the job and
+    run); passwords masked. The package logs at INFO (-q WARNING, -vv DEBUG), libraries
+    at WARNING; psycopg's "error ignored terminating" noise only with -vv."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger("batch_scorer")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_handler(verbose)]
     root.setLevel(level)
     root.propagate = False
     if verbose < 1:
         logging.getLogger("batch_scorer.storage.ledger").setLevel(max(level, logging.WARNING))
     for name in THIRD_PARTY_LOGGERS:
         library = logging.getLogger(name)
-        library.handlers[:] = [handler]
+        # A handler of its own: Dask sets the level of its loggers' handlers
+        # (LocalCluster's silence_logs), which must not silence the package's lines.
+        library.handlers[:] = [_handler(verbose)]
         library.setLevel(logging.WARNING)
         library.propagate = False  # printed once, here, not again by a root handler
 
