@@ -299,6 +299,14 @@ class Profile:
         for feature, fbins in self.bins.items():
             self._counts[feature] += fbins.count(frame[feature])
 
+    def merge(self, other: Profile) -> Profile:
+        """Add ``other``'s counts (a partial of the same bins, e.g. one chunk's) into this one."""
+        if other.bins != self.bins:
+            raise ValueError("only profiles of the same bins merge (one reference, one set of bins)")
+        for feature, counts in other._counts.items():
+            self._counts[feature] += counts
+        return self
+
     def counts(self, feature: str) -> np.ndarray:
         """A copy of the counts per bin of ``feature`` (the NULL bin last)."""
         return self._counts[feature].copy()
@@ -366,10 +374,18 @@ class _NumericSample:
         self.values = np.empty(0, dtype="float64")
         self.keys = np.empty(0, dtype="float64")
 
-    def add(self, x: np.ndarray) -> None:
-        x = x[~np.isnan(x)]
-        values = np.concatenate([self.values, x])
-        keys = np.concatenate([self.keys, self.rng.random(x.size)])
+    def add(self, x: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """Add values (NaN skipped); ``keys``: their random keys, drawn here when not given."""
+        valid = ~np.isnan(x)
+        x = x[valid]
+        keys = self.rng.random(x.size) if keys is None else keys[valid]
+        self._keep(np.concatenate([self.values, x]), np.concatenate([self.keys, keys]))
+
+    def merge(self, other: _NumericSample) -> None:
+        """The bottom-k of both: a uniform sample of the union (the keys are uniform in both)."""
+        self._keep(np.concatenate([self.values, other.values]), np.concatenate([self.keys, other.keys]))
+
+    def _keep(self, values: np.ndarray, keys: np.ndarray) -> None:
         if values.size > self.size:
             keep = np.argpartition(keys, self.size - 1)[: self.size]
             values, keys = values[keep], keys[keep]
@@ -390,6 +406,11 @@ class _HeavyHitters:
         self.summary = pd.Series(dtype="int64", index=pd.Index([], dtype=object))
         self.shortfall = 0
 
+    def merge(self, other: _HeavyHitters) -> None:
+        """Merge another summary (Agarwal et al.'s mergeable Misra-Gries: the bound still holds)."""
+        self.shortfall += other.shortfall
+        self.add(other.summary.index, other.summary.to_numpy())
+
     def add(self, keys: pd.Index, counts: np.ndarray) -> None:
         merged = self.summary.add(pd.Series(counts, index=keys, dtype="int64"), fill_value=0).astype("int64")
         if len(merged) > self.counters:
@@ -406,7 +427,8 @@ class ReferenceSketch:
     """Builds a reference's bins in one streaming pass, in bounded memory.
 
     For a model version with no reference data: its first succeeded run's chunks
-    are fed to :meth:`update` and :meth:`bins` gives the bins for every later run.
+    are fed to :meth:`update` and :meth:`bins` gives the bins for every later run;
+    :meth:`profile` the run's own counts in those bins (see there).
 
     Approximation: numeric deciles are those of a uniform sample of at most
     ``sample_size`` values per feature (exact while the feature has fewer non-NULL
@@ -418,7 +440,12 @@ class ReferenceSketch:
     ``rows / (counters + 1)`` (never while the feature has at most ``counters``
     distinct values). The sample seed is fixed: same chunks, same bins.
     Memory per feature: ``sample_size`` floats or ``counters`` categories, whatever
-    the number of rows. A feature's kind is decided at the first chunk.
+    the number of rows. A feature's kind is decided at the first chunk (pass
+    ``kinds`` to decide it up front: partial sketches then always agree).
+
+    Sketches merge (:meth:`merge`): one per chunk, computed wherever the chunk is
+    scored (a Dask worker), added into one on the driver. Give each partial its own
+    ``seed`` (e.g. from the chunk's content) so the partial samples are independent.
     """
 
     def __init__(
@@ -444,27 +471,54 @@ class ReferenceSketch:
         self.rng = np.random.default_rng(seed)
         self.numeric: dict[str, _NumericSample] = {}
         self.categorical: dict[str, _HeavyHitters] = {}
+        self.nulls: dict[str, int] = {}  # NULL rows per feature (exact)
         self.rows = 0
 
     def update(self, frame: pd.DataFrame) -> None:
         """Add one chunk."""
         if self.features is None:
             self.features = [str(c) for c in frame.columns]
+        keys: np.ndarray | None = None  # one random key per row, shared by the numeric features
         for feature in self.features:
             if feature not in frame.columns:
                 raise SourceError(f"monitoring: the chunk has no column {feature!r}, which the reference sketch counts")
             col = frame[feature]
             if feature not in self.numeric and feature not in self.categorical:
-                if feature_kind(col, self.kinds.get(feature)) == NUMERIC:
-                    self.numeric[feature] = _NumericSample(self.sample_size, self.rng)
-                else:
-                    self.categorical[feature] = _HeavyHitters(self.counters)
+                self._start(feature, feature_kind(col, self.kinds.get(feature)))
             if feature in self.numeric:
-                self.numeric[feature].add(numeric_values(col))
+                x = numeric_values(col)
+                keys = self.rng.random(len(frame)) if keys is None else keys
+                self.numeric[feature].add(x, keys)
+                nulls = int(np.isnan(x).sum())
             else:
-                keys, counts, _ = category_counts(col)
-                self.categorical[feature].add(keys, counts)
+                values, counts, nulls = category_counts(col)
+                self.categorical[feature].add(values, counts)
+            self.nulls[feature] = self.nulls.get(feature, 0) + nulls
         self.rows += len(frame)
+
+    def _start(self, feature: str, kind: str) -> None:
+        if kind == NUMERIC:
+            self.numeric[feature] = _NumericSample(self.sample_size, self.rng)
+        else:
+            self.categorical[feature] = _HeavyHitters(self.counters)
+
+    def merge(self, other: ReferenceSketch) -> ReferenceSketch:
+        """Add another sketch of the same features (e.g. one chunk's partial) into this one."""
+        if self.features is None:
+            self.features = list(other.features or [])
+        for feature in other.features or []:
+            kind = NUMERIC if feature in other.numeric else CATEGORICAL
+            if feature not in self.numeric and feature not in self.categorical:
+                self._start(feature, kind)
+            if (feature in self.numeric) != (kind == NUMERIC):
+                raise ValueError(f"feature {feature!r}: numeric in one sketch, categorical in the other")
+            if kind == NUMERIC:
+                self.numeric[feature].merge(other.numeric[feature])
+            else:
+                self.categorical[feature].merge(other.categorical[feature])
+            self.nulls[feature] = self.nulls.get(feature, 0) + other.nulls.get(feature, 0)
+        self.rows += other.rows
+        return self
 
     def bins(self) -> dict[str, FeatureBins]:
         """The bins of every sketched feature, in the order of :attr:`features`."""
@@ -478,3 +532,42 @@ class ReferenceSketch:
                 named = named_categories(summary, self.min_category_rows, self.max_categories)
                 out[feature] = FeatureBins(feature, CATEGORICAL, categories=named)
         return out
+
+    def profile(self) -> Profile:
+        """The sketched rows counted in :meth:`bins`: the profile of the reference itself.
+
+        NULL counts and each feature's row count are exact. The other counts are
+        exact while a numeric feature has at most ``sample_size`` non-NULL values and
+        a categorical one at most ``counters`` distinct values; beyond that they are
+        estimates: the sample's counts scaled to the non-NULL rows (largest
+        remainders, so they add up), and Misra-Gries lower bounds for the named
+        categories with ``other`` holding the rest.
+        """
+        bins = self.bins()
+        counts: dict[str, np.ndarray] = {}
+        for feature, fbins in bins.items():
+            nulls = self.nulls.get(feature, 0)
+            present = self.rows - nulls
+            if feature in self.numeric:
+                sample = self.numeric[feature].values
+                counts[feature] = _scaled(fbins.count(pd.Series(sample)), present)
+            else:
+                summary = self.categorical[feature].summary
+                named = summary.reindex(list(fbins.categories), fill_value=0).to_numpy(dtype="int64")
+                counts[feature] = np.concatenate([named, [present - int(named.sum())], [0]])
+            counts[feature][-1] = nulls
+        return Profile.from_counts(bins, counts)
+
+
+def _scaled(sample_counts: np.ndarray, total: int) -> np.ndarray:
+    """Counts of a sample (NULL bin last, 0) scaled to ``total`` rows by largest remainders."""
+    out = np.zeros_like(sample_counts)
+    size = int(sample_counts.sum())
+    if size == 0 or total <= 0:
+        return out
+    exact = sample_counts.astype("float64") * (total / size)
+    out = np.floor(exact).astype("int64")
+    short = total - int(out.sum())
+    if short:
+        out[np.argsort(-(exact - out), kind="stable")[:short]] += 1
+    return out

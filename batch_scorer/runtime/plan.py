@@ -14,8 +14,10 @@ import dataclasses
 import hashlib
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -27,7 +29,8 @@ from batch_scorer.errors import DatabaseError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
 from batch_scorer.models.scoring import prediction_kind, probe_model
-from batch_scorer.runtime.spec import RunPlan, Scorer, Settings
+from batch_scorer.runtime.monitor import MonitorSettings, monitor_plan
+from batch_scorer.runtime.spec import MonitorPlan, RunPlan, Scorer, Settings
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
 from batch_scorer.storage.sources.spec import SourceSpec
@@ -117,6 +120,7 @@ def build_plan(
     output = define_output(job.output.table, keys, passing, kind)
     prepare_output_table(engine, output, kind, job.name, model.is_classifier, create=False)
     champion = Scorer("champion", "champion", model, _stamp(model))
+    want_score = job.output.score is not False
     return RunPlan(
         job=job.name,
         as_of=as_of,
@@ -134,10 +138,24 @@ def build_plan(
             chunk_size=cfg.chunk_size(job),
             max_rejected_fraction=cfg.max_rejected_fraction(job),
             allow_empty=job.allow_empty,
-            want_score=job.output.score is not False,
+            want_score=want_score,
         ),
         depends_on=tuple(job.depends_on),
+        monitor=_monitor(engine, job, as_of, champion, kind, want_score, columns.types),
     )
+
+
+def _monitor(
+    engine: Engine, job: JobConfig, as_of: date, champion: Scorer, kind: str, want_score: bool,
+    types: Mapping[str, sa.types.TypeEngine[Any]],
+) -> MonitorPlan | None:
+    """The job's drift monitoring: its reference and previous profile looked up (reads only)."""
+    m = job.monitor
+    if not m.enabled:
+        return None
+    settings = MonitorSettings(bins=m.bins, warn_psi=m.warn_psi, alert_psi=m.alert_psi, on_alert=m.on_alert)
+    return monitor_plan(engine, settings, job=job.name, as_of=as_of, model=champion.model, stamp=champion.stamp,
+                        prediction_kind=kind, want_score=want_score, column_types=types)
 
 
 def _first_row(
