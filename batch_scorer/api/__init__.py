@@ -14,12 +14,14 @@ modules group them by what they are for; import them from here.
 from __future__ import annotations
 
 from batch_scorer.api._common import Check, ConfigLike, as_config, select_jobs
+from batch_scorer.api.monitoring import Evaluation, ReportFile, evaluate, report
 from batch_scorer.api.runs import backfill, retract, run, runs
 from batch_scorer.api.schedule import next_fires, schedule
 from batch_scorer.api.setup import InitReport, init_db, validate
 from batch_scorer.runtime.outcome import RunResult, RunResults
 
 __all__ = [
-    "Check", "ConfigLike", "InitReport", "RunResult", "RunResults", "as_config", "backfill", "init_db",
-    "next_fires", "retract", "run", "runs", "schedule", "select_jobs", "validate",
+    "Check", "ConfigLike", "Evaluation", "InitReport", "ReportFile", "RunResult", "RunResults", "as_config",
+    "backfill", "evaluate", "init_db", "next_fires", "report", "retract", "run", "runs", "schedule",
+    "select_jobs", "validate",
 ]

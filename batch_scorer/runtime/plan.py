@@ -38,7 +38,7 @@ from batch_scorer.storage.sources.sql import check_columns, needed_columns, prob
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelCache", "RunPlan", "build_plan", "source_spec"]
+__all__ = ["ModelCache", "RunPlan", "build_plan", "champion_model", "source_spec"]
 
 
 def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
@@ -97,12 +97,17 @@ class ModelCache:
         return dataclasses.replace(cached, path=path, source=source, version=version or sha[:12])
 
 
+def champion_model(cfg: Config, engine: Engine, job: JobConfig, models: ModelCache | None = None) -> LoadedModel:
+    """The model a job's runs score with (its champion), loaded once per process by sha256."""
+    return (models or ModelCache()).load_path(job)
+
+
 def build_plan(
     cfg: Config, engine: Engine, name: str, as_of: date, trigger: str, models: ModelCache | None = None
 ) -> RunPlan:
     """Resolve one job for one as_of; raises a :class:`BatchScorerError` (exit 2) if it cannot run."""
     job = cfg.job(name)
-    model = (models or ModelCache()).load_path(job)
+    model = champion_model(cfg, engine, job, models)
     check_score_contract(job.name, job.output.score, model)
     spec = source_spec(cfg, job)
     read_columns = tuple(needed_columns(spec, model.features))

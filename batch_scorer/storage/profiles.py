@@ -28,7 +28,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.names import split_table_name
 from batch_scorer.storage.db import begin_write
-from batch_scorer.storage.schema import RunStatus, drift, feature_profiles, model_metrics, scoring_runs
+from batch_scorer.storage.schema import (
+    RunStatus,
+    drift,
+    feature_profiles,
+    model_metrics,
+    scoring_runs,
+    shadow_comparisons,
+)
 
 RUN_PREFIX = "run:"
 REFERENCE_PREFIX = "reference:"
@@ -63,11 +70,14 @@ def has_monitoring_tables(engine: Engine | Connection) -> bool:
     return sa.inspect(engine).has_table(feature_profiles.name)
 
 
-def profile_rows(conn: Connection, profile_id: str) -> list[dict[str, Any]]:
-    """The rows of one profile (:data:`PROFILE_COLUMNS`), in feature and bin order."""
+def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one profile (:data:`PROFILE_COLUMNS`; of one ``feature`` if given), in
+    feature and bin order."""
     t = feature_profiles.c
     stmt = (sa.select(*(t[c] for c in PROFILE_COLUMNS)).where(t.profile_id == profile_id)
             .order_by(t.feature, t.bin))
+    if feature is not None:
+        stmt = stmt.where(t.feature == feature)
     return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
@@ -180,13 +190,23 @@ def prediction_as_ofs(conn: Connection, table: sa.Table, job: str) -> list[date]
 
 def read_predictions(conn: Connection, table: sa.Table, job: str, as_of: date, keys: Sequence[str]) -> pd.DataFrame:
     """A job's published rows of one as_of: keys, ``model_version``, ``prediction``, ``score``
-    (and ``challenger`` from a shadow table)."""
-    extra = ["challenger"] if "challenger" in table.c else []
+    (and ``challenger``, ``run_id`` from a shadow table)."""
+    extra = ["challenger", "run_id"] if "challenger" in table.c else []
     columns = [*(table.c[k] for k in keys), table.c.model_version, table.c.prediction, table.c.score,
                *(table.c[c] for c in extra)]
     stmt = sa.select(*columns).where(table.c.job == job, table.c.as_of == as_of)
     result = conn.execute(stmt)
     return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def challenger_versions(conn: Connection, run_ids: Sequence[int]) -> dict[tuple[int, str], str]:
+    """``{(run_id, challenger label): model version}`` from ``shadow_comparisons``: a shadow row's
+    own ``model_version`` is its run's (the champion's)."""
+    if not run_ids:
+        return {}
+    c = shadow_comparisons.c
+    stmt = sa.select(c.run_id, c.challenger, c.model_version).where(c.run_id.in_([int(r) for r in run_ids]))
+    return {(int(r), str(label)): str(v) for r, label, v in conn.execute(stmt) if v is not None}
 
 
 def _as_date(value: Any) -> date:
