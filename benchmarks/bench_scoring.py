@@ -16,6 +16,7 @@ Examples::
     python benchmarks/bench_scoring.py --history            # + run into a table holding 10 earlier as_ofs
     python benchmarks/bench_scoring.py --memory-rows 5000000  # + peak RSS of a 5M-row run
     python benchmarks/bench_scoring.py --only history,memory --reps 2
+    python benchmarks/bench_scoring.py --only monitor --reps 5  # drift monitoring off vs on
 
 PostgreSQL URL: ``--url`` or ``$BATCH_SCORER_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``). Everything lives in schema
@@ -284,6 +285,43 @@ def bench_memory(args: argparse.Namespace, work: Path, models: dict[str, Path]) 
     engine.dispose()
 
 
+def bench_monitor(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    """The light model's run with drift monitoring off, on (a reference exists: the steady
+    state) and on for a model version's first run (no reference: it sketches one),
+    alternating, each in its own process: wall time, peak RSS and the ratios."""
+    url = schema_url(args.url)
+    engine = create_engine(url)
+    table = ensure_pg_table(engine, args.rows, args.rebuild)
+    jobs = {
+        "monitor_off": {**job(models["light"], table, "pred_monitor_off"), "monitor": {"enabled": False}},
+        "monitor_on": job(models["light"], table, "pred_monitor_on"),
+        "monitor_first": job(models["light"], table, "pred_monitor_first"),
+    }
+    config = write_config(work, url, jobs, args.chunk_size)
+    # Untimed: the tables, and monitor_on's reference (a run of an earlier as_of, so each
+    # timed run also compares with a previous run).
+    for name in jobs:
+        measure(tool_cmd(config, name, AS_OF - timedelta(days=1)))
+    case = Case("PostgreSQL, light model, drift monitoring off / on / first run (sketch)", args.rows)
+    for rep in range(args.reps):
+        for name, label in (("monitor_off", "monitoring off"), ("monitor_on", "monitoring on"),
+                            ("monitor_first", "on, first run (sketch)")):
+            if name == "monitor_first":  # no reference: this run sketches one
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"DELETE FROM {SCHEMA}.feature_profiles WHERE job = 'monitor_first'")
+            settle(engine)
+            case.add(label, measure(tool_cmd(config, name)))
+        print(f"  rep {rep + 1}: " + ", ".join(f"{w} {v[-1].seconds:.2f}s" for w, v in case.samples.items()),
+              flush=True)
+    report(case, "monitoring off", "monitoring on")
+    med = {w: statistics.median(x.seconds for x in v) for w, v in case.samples.items()}
+    rss = {w: max(x.peak_rss_mb for x in v) for w, v in case.samples.items()}
+    for label in ("monitoring on", "on, first run (sketch)"):
+        print(f"{label}: {100 * (med[label] / med['monitoring off'] - 1):+.1f}% wall time (median), "
+              f"{rss[label] - rss['monitoring off']:+.0f} MB peak RSS against monitoring off")
+    engine.dispose()
+
+
 def bench_sqlite(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
     db = work / "bench.db"
     url = f"sqlite:///{db}"
@@ -327,7 +365,8 @@ def main() -> None:
     p.add_argument("--sqlite-rows", type=int, default=200_000, help="SQLite rows; 0 skips SQLite")
     p.add_argument("--history", action="store_true", help="also: run into a table with 10 earlier as_ofs")
     p.add_argument("--memory-rows", type=int, default=0, help="also: peak RSS at this many rows (e.g. 5000000)")
-    p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory to run only those")
+    p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory,monitor to run only those")
+    p.add_argument("--monitor", action="store_true", help="also: the light run with drift monitoring off vs on")
     p.add_argument("--chunk-size", type=int, default=None, help="default: the tool's own")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bs_bench")
     p.add_argument("--rebuild", action="store_true", help="rebuild tables and models")
@@ -350,6 +389,8 @@ def main() -> None:
         if not args.memory_rows:
             args.memory_rows = 5_000_000
         bench_memory(args, args.workdir, models)
+    if (args.monitor and not only) or "monitor" in only:
+        bench_monitor(args, args.workdir, models)
     if (args.sqlite_rows and not only) or "sqlite" in only:
         bench_sqlite(args, args.workdir, models)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

@@ -109,8 +109,10 @@ def process_chunk(work: ChunkWork, chunk: pd.DataFrame, scorer: ScoreFn = score_
     if work.observers:
         # The columns as the model was fed them (coerced to its fitted kinds), as a
         # frame even for a model fed arrays: observers count columns, by name.
-        model = work.champion
-        frame, _ = coerce_features(checked.rows.loc[:, list(model.features)], model.feature_kinds)
+        frame = checked.features
+        if frame is None:
+            model = work.champion
+            frame, _ = coerce_features(checked.rows.loc[:, list(model.features)], model.feature_kinds)
         for observer in work.observers:
             result.observed[observer.name] = observer.observe(checked, frame)
     return result

@@ -114,12 +114,15 @@ class FeatureBins:
         """Counts per bin (int64, length :attr:`size`) of one column; vectorised."""
         if self.kind == NUMERIC:
             x = numeric_values(values)
-            null = np.isnan(x)
             # side="left": the first edge >= x, i.e. e[i-1] < x <= e[i] (closed on the right).
-            where = np.searchsorted(np.asarray(self.edges, dtype="float64"), x[~null], side="left")
-            counts = np.bincount(where, minlength=self.size)
-            counts[-1] = int(null.sum())
-            return counts.astype("int64")
+            # NaN sorts after every edge: it lands in the last interval and is moved to
+            # the NULL bin below (no copy of the non-NULL values is made).
+            where = np.searchsorted(np.asarray(self.edges, dtype="float64"), x, side="left")
+            counts = np.bincount(where, minlength=self.size).astype("int64")
+            nulls = int(np.count_nonzero(np.isnan(x)))
+            counts[len(self.edges)] -= nulls
+            counts[-1] = nulls
+            return counts
         keys, per_key, nulls = category_counts(values)
         slot = pd.Index(self.categories, dtype=object).get_indexer(keys)
         slot[slot < 0] = len(self.categories)  # other
@@ -150,6 +153,8 @@ def _num(value: float) -> str:
 def numeric_values(values: pd.Series) -> np.ndarray:
     """A column as float64 with NaN for NULL; datetimes as epoch seconds, non-numbers as NaN."""
     dtype = values.dtype
+    if dtype == np.float64 and isinstance(dtype, np.dtype):
+        return values.to_numpy()  # NaN is NULL already: no copy
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return _epoch_seconds(values)
     if pd.api.types.is_timedelta64_dtype(dtype):
@@ -183,6 +188,8 @@ def category_counts(values: pd.Series) -> tuple[pd.Index, np.ndarray, int]:
     if pd.api.types.infer_dtype(uniques, skipna=True) in ("string", "empty"):
         return pd.Index(np.asarray(uniques, dtype=object), dtype=object), per_unique, nulls
     keys = pd.Series(per_unique, index=pd.Index([category_text(u) for u in uniques], dtype=object))
+    if keys.index.is_unique:
+        return keys.index, keys.to_numpy(), nulls
     merged = keys.groupby(level=0, sort=False).sum()  # 7 and 7.0 and "7" are one category
     return merged.index, merged.to_numpy(), nulls
 
