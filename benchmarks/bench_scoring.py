@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 class Sample:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0  # user + system time of the child: less sensitive to a loaded machine
 
 
 @dataclass
@@ -80,7 +80,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Sample:
     if proc.returncode != 0:
         sys.stdout.write(output.decode(errors="replace"))
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return Sample(seconds, usage.ru_maxrss / 1024)
+    return Sample(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def schema_url(base: str) -> str:
@@ -161,8 +161,9 @@ def job(model: Path, table: str, out: str) -> dict[str, object]:
 
 
 def tool_cmd(config: Path, name: str, as_of: date = AS_OF) -> list[str]:
-    return [shutil.which("batch-scorer") or "batch-scorer", "--config", str(config), "run", name,
-            "--as-of", as_of.isoformat()]
+    # `python -m batch_scorer` is the command's own entry point; an installed
+    # `batch-scorer` script may be a stale one (pointing at an older layout).
+    return [sys.executable, "-m", "batch_scorer", "--config", str(config), "run", name, "--as-of", as_of.isoformat()]
 
 
 def naive_cmd(url: str, model: Path, table: str, out: str) -> list[str]:
@@ -311,14 +312,19 @@ def bench_monitor(args: argparse.Namespace, work: Path, models: dict[str, Path])
                     conn.exec_driver_sql(f"DELETE FROM {SCHEMA}.feature_profiles WHERE job = 'monitor_first'")
             settle(engine)
             case.add(label, measure(tool_cmd(config, name)))
-        print(f"  rep {rep + 1}: " + ", ".join(f"{w} {v[-1].seconds:.2f}s" for w, v in case.samples.items()),
+        print(f"  rep {rep + 1}: " + ", ".join(f"{w} {v[-1].seconds:.2f}s ({v[-1].cpu_seconds:.2f}s CPU)"
+                                           for w, v in case.samples.items()) + f", load {os.getloadavg()[0]:.1f}",
               flush=True)
     report(case, "monitoring off", "monitoring on")
     med = {w: statistics.median(x.seconds for x in v) for w, v in case.samples.items()}
+    cpu = {w: statistics.median(x.cpu_seconds for x in v) for w, v in case.samples.items()}
     rss = {w: max(x.peak_rss_mb for x in v) for w, v in case.samples.items()}
+    off = "monitoring off"
+    print(f"{off}: median {med[off]:.2f}s wall, {cpu[off]:.2f}s CPU, peak RSS {rss[off]:.0f} MB")
     for label in ("monitoring on", "on, first run (sketch)"):
-        print(f"{label}: {100 * (med[label] / med['monitoring off'] - 1):+.1f}% wall time (median), "
-              f"{rss[label] - rss['monitoring off']:+.0f} MB peak RSS against monitoring off")
+        print(f"{label}: median {med[label]:.2f}s wall ({100 * (med[label] / med[off] - 1):+.1f}%), "
+              f"{cpu[label]:.2f}s CPU ({100 * (cpu[label] / cpu[off] - 1):+.1f}%), peak RSS {rss[label]:.0f} MB "
+              f"({rss[label] - rss[off]:+.0f} MB) against monitoring off")
     engine.dispose()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sqlalchemy.engine import Engine
 
 from batch_scorer.config import load_config
 from batch_scorer.executors.local import LocalExecutor
@@ -22,6 +23,7 @@ from batch_scorer.models.loader import LoadedModel, load_model
 from batch_scorer.runtime.monitor import MonitorSettings, monitor_plan, reference_chunks, store_reference
 from batch_scorer.runtime.plan import build_plan
 from batch_scorer.runtime.run import GroupContext, run_group
+from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import profiles
 from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.ddl import create_tool_tables
@@ -111,7 +113,7 @@ def test_runs_of_a_registered_version_compare_with_its_reference(tmp_path: Path,
     assert run_bins == ref_bins
 
 
-def _as_registered(plan, engine, name: str, version: int):  # type: ignore[no-untyped-def]
+def _as_registered(plan: RunPlan, engine: Engine, name: str, version: int) -> RunPlan:
     """The plan as a registry model's run would have it: the version's name and number on its stamp."""
     stamp = dataclasses.replace(plan.champion.stamp, name=name, registry_version=version)
     monitor = monitor_plan(engine, MonitorSettings(), job=plan.job, as_of=plan.as_of, model=plan.champion.model,

@@ -92,7 +92,8 @@ def _stored(url: str, role: str = "champion") -> dict[tuple[str, str], tuple[flo
     return {(str(d)[:10], m): (float(v), int(n)) for d, m, v, n in rows}
 
 
-def _assert_same(stored: dict, expected: dict) -> None:  # type: ignore[type-arg]
+def _assert_same(stored: dict[tuple[str, str], tuple[float, int]],
+                 expected: dict[tuple[str, str], tuple[float, int]]) -> None:
     assert stored.keys() == expected.keys()
     for key, (value, rows) in expected.items():
         assert stored[key][1] == rows, key
