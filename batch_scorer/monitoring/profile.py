@@ -371,37 +371,52 @@ class _NumericSample:
 
     Bottom-k sampling: every value gets a uniform random key and the ``size``
     smallest keys are kept, so each value is equally likely to be in the sample
-    however the stream is chunked.
+    however the stream is chunked. Candidates gather in a buffer of at most
+    ``2 * size`` values, partitioned when it fills or when the sample is read:
+    merging many partials then costs one partition every few chunks, not one each.
     """
 
     def __init__(self, size: int, rng: np.random.Generator) -> None:
         self.size = size
         self.rng = rng
-        self.values = np.empty(0, dtype="float64")
-        self.keys = np.empty(0, dtype="float64")
+        self._values = np.empty(0, dtype="float64")
+        self._keys = np.empty(0, dtype="float64")
+
+    @property
+    def values(self) -> np.ndarray:
+        """The sample: the values of the ``size`` smallest keys."""
+        self._keep(self._values, self._keys, final=True)
+        return self._values
+
+    @property
+    def buffered(self) -> int:
+        """Values held (the memory the sample takes): at most ``2 * size``."""
+        return int(self._values.size)
 
     def add(self, x: np.ndarray, rows: _RowKeys | None = None) -> None:
         """Add values (NaN skipped); ``rows``: the chunk's row keys, drawn here when not given."""
         valid = ~np.isnan(x)
         if rows is None:
             x = x[valid]
-            self._keep(np.concatenate([self.values, x]), np.concatenate([self.keys, self.rng.random(x.size)]))
+            self._keep(np.concatenate([self._values, x]), np.concatenate([self._keys, self.rng.random(x.size)]))
             return
         if rows.order is None:  # a chunk no larger than the sample: every value is a candidate
             picked = np.flatnonzero(valid)
-        else:  # the rows of the smallest keys among the non-NULL ones: at most `size` can stay
+        elif valid.all():  # the rows of the smallest keys: at most `size` can stay
+            picked = rows.order[: self.size]
+        else:  # the same among the non-NULL rows
             picked = rows.order[valid[rows.order]][: self.size]
-        self._keep(np.concatenate([self.values, x[picked]]), np.concatenate([self.keys, rows.keys[picked]]))
+        self._keep(np.concatenate([self._values, x[picked]]), np.concatenate([self._keys, rows.keys[picked]]))
 
     def merge(self, other: _NumericSample) -> None:
         """The bottom-k of both: a uniform sample of the union (the keys are uniform in both)."""
-        self._keep(np.concatenate([self.values, other.values]), np.concatenate([self.keys, other.keys]))
+        self._keep(np.concatenate([self._values, other._values]), np.concatenate([self._keys, other._keys]))
 
-    def _keep(self, values: np.ndarray, keys: np.ndarray) -> None:
-        if values.size > self.size:
+    def _keep(self, values: np.ndarray, keys: np.ndarray, final: bool = False) -> None:
+        if values.size > (self.size if final else 2 * self.size):
             keep = np.argpartition(keys, self.size - 1)[: self.size]
             values, keys = values[keep], keys[keep]
-        self.values, self.keys = values, keys
+        self._values, self._keys = values, keys
 
 
 class _RowKeys:
@@ -410,8 +425,16 @@ class _RowKeys:
     non-NULL rows in that order instead of partitioning all of its values)."""
 
     def __init__(self, rng: np.random.Generator, rows: int, size: int) -> None:
-        self.keys = rng.random(rows)
-        self.order = np.argsort(self.keys) if rows > size else None
+        if rows <= size:
+            self.keys, self.order = rng.random(rows), None
+            return
+        # Sorted uniform keys without a sort: the normalised partial sums of n + 1
+        # exponentials are distributed as n sorted uniforms; a random permutation says
+        # which row gets each (row order[i] has the i-th smallest key).
+        sums = np.cumsum(rng.standard_exponential(rows + 1))
+        self.order = rng.permutation(rows)
+        self.keys = np.empty(rows)
+        self.keys[self.order] = sums[:-1] / sums[-1]
 
 
 class _HeavyHitters:
@@ -461,8 +484,8 @@ class ReferenceSketch:
     held by more may be missed only if its count is below ``min_category_rows`` plus
     ``rows / (counters + 1)`` (never while the feature has at most ``counters``
     distinct values). The sample seed is fixed: same chunks, same bins.
-    Memory per feature: ``sample_size`` floats or ``counters`` categories, whatever
-    the number of rows. A feature's kind is decided at the first chunk (pass
+    Memory per feature: at most ``2 * sample_size`` values and keys (the sample's
+    buffer) or ``counters`` categories, whatever the number of rows. A feature's kind is decided at the first chunk (pass
     ``kinds`` to decide it up front: partial sketches then always agree).
 
     Sketches merge (:meth:`merge`): one per chunk, computed wherever the chunk is
