@@ -20,9 +20,25 @@ from batch_scorer.monitoring.profile import SCORE, Profile, bins_from_reference
 from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.schema import drift, feature_profiles, model_metrics, scoring_runs, utcnow
-from tests.helpers import AS_OF, OTHER_AS_OF, cli_run, features_frame, job, load_table, save_model, train, write_config
+from tests import test_faults_privileges as privileges
+from tests.faults_support import ok
+from tests.helpers import (
+    AS_OF,
+    OTHER_AS_OF,
+    cli_run,
+    features_frame,
+    job,
+    load_table,
+    query,
+    save_model,
+    train,
+    write_config,
+)
+from tests.test_faults_privileges import Deployment, _config
 from tests.test_monitoring_report import EXTERNAL, PNG
 from tests.test_monitoring_report_browser import ARGS, CHROMIUM, _require
+
+deployment = privileges.deployment  # the least-privilege roles fixture
 
 
 def _fleet_of_runs(tmp_path: Path, url: str) -> Path:
@@ -154,3 +170,24 @@ def _fill(conn: sa.Connection, job: str, first_run: int, seed: int) -> None:
         conn.execute(feature_profiles.insert(), [
             {**row, "profile_id": f"run:{run_id}", "run_id": run_id, "job": job, "model_version": "v1",
              "kind": "numeric"} for row in profile.to_rows()])
+
+
+def test_a_bi_reader_role_can_make_the_report_and_read_the_monitoring_tables(
+    tmp_path: Path, deployment: Deployment
+) -> None:
+    """sql/roles_postgresql.sql's reader reads no ledger table, only the views: the report
+    reads the runs through scoring_runs_bi, drift through its own tables."""
+    dep = deployment
+    ok(_config(tmp_path, dep, dep.owner), "init-db")
+    dep.apply_roles_sql()  # grants the reader what init-db created
+    ok(_config(tmp_path, dep, dep.scorer), "run", "j", "--as-of", AS_OF.isoformat())
+
+    reader = _config(tmp_path, dep, dep.reader)
+    out = tmp_path / "bi_report.html"
+    ok(reader, "report", "--out", str(out))
+    page = out.read_text(encoding="utf-8")
+    assert _section(page, "j").count("no data yet") == 1  # runs, score and PSI drawn; no metrics evaluated yet
+    bi = dep.as_role(dep.reader)
+    for table in ("drift", "drift_latest", "feature_profiles", "model_metrics", "scoring_runs_bi"):
+        assert query(bi, f"SELECT count(*) FROM {table}")[0][0] >= 0
+    assert query(bi, "SELECT DISTINCT status FROM drift_latest") == [("ok",)]

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batch_scorer.api._common import ConfigLike, as_config, open_engine, select_jobs
@@ -123,10 +122,10 @@ def report(config: ConfigLike = None, jobs: Sequence[str] = (), *, out: str | os
 
 
 def _job_reports(cfg: Config, engine: Engine, names: Sequence[str]) -> list[JobReport]:
-    if not profiles.has_monitoring_tables(engine) or not sa.inspect(engine).has_table("scoring_runs"):
+    if not profiles.has_monitoring_tables(engine):  # no run yet: created with the ledger by the first
         return [JobReport(name) for name in names]
     with engine.connect() as conn:
-        return [job_report(engine, conn, name, cfg.job(name).monitor.warn_psi, cfg.job(name).monitor.alert_psi)
+        return [job_report(conn, name, cfg.job(name).monitor.warn_psi, cfg.job(name).monitor.alert_psi)
                 for name in names]
 
 

@@ -485,8 +485,9 @@ class ReferenceSketch:
     ``rows / (counters + 1)`` (never while the feature has at most ``counters``
     distinct values). The sample seed is fixed: same chunks, same bins.
     Memory per feature: at most ``2 * sample_size`` values and keys (the sample's
-    buffer) or ``counters`` categories, whatever the number of rows. A feature's kind is decided at the first chunk (pass
-    ``kinds`` to decide it up front: partial sketches then always agree).
+    buffer) or ``counters`` categories, whatever the number of rows. A feature's
+    kind is decided at the first chunk (pass ``kinds`` to decide it up front:
+    partial sketches then always agree).
 
     Sketches merge (:meth:`merge`): one per chunk, computed wherever the chunk is
     scored (a Dask worker), added into one on the driver. Give each partial its own

@@ -2,7 +2,8 @@
 per job, for :func:`~batch_scorer.monitoring.report.render_report`.
 
 Per job: its last :data:`~batch_scorer.monitoring.report.MAX_RUNS` runs from the
-ledger (every status: a failed run is a red bar), the PSI of each profiled column
+``scoring_runs_bi`` view (every status: a failed run is a red bar; the view, so a
+role that may read only what BI reads can make the report), the PSI of each profiled column
 against the reference over its last published runs (one per as_of: a replaced
 run's drift is not shown), the latest published run's score distribution against
 its reference, and every ``model_metrics`` figure (champion and challengers, by
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from batch_scorer.monitoring.drift import ALERT_PSI, WARN_PSI
 from batch_scorer.monitoring.profile import SCORE, Profile
@@ -22,24 +23,18 @@ from batch_scorer.monitoring.report import MAX_RUNS, METRIC_COLUMNS, PSI_COLUMNS
 from batch_scorer.storage import ledger, profiles
 
 
-def job_report(
-    engine: Engine, conn: Connection, job: str, warn_psi: float = WARN_PSI, alert_psi: float = ALERT_PSI,
-) -> JobReport:
+def job_report(conn: Connection, job: str, warn_psi: float = WARN_PSI, alert_psi: float = ALERT_PSI) -> JobReport:
     """What the report shows of one job (module doc); empty frames where there is no data yet."""
-    runs = ledger.list_runs(engine, job, MAX_RUNS)
-    run_frame = pd.DataFrame(
-        [(r.as_of, r.run_id, r.status, r.rows_read, r.rows_scored, r.rows_rejected, r.seconds, r.model_version)
-         for r in runs],
-        columns=list(RUN_COLUMNS),
-    )
-    published = profiles.published_runs(conn, job, MAX_RUNS)
+    runs = ledger.recent_runs_bi(conn, job, MAX_RUNS)
+    run_frame = pd.DataFrame([[r[c] for c in RUN_COLUMNS] for r in runs], columns=list(RUN_COLUMNS))
+    published = ledger.published_run_ids_bi(conn, job, MAX_RUNS)
     drifts = profiles.drift_rows(conn, published)
     psi = pd.DataFrame([(d["as_of"], d["feature"], d["psi_reference"]) for d in drifts], columns=list(PSI_COLUMNS))
     metrics = pd.DataFrame(profiles.metric_rows(conn, job))
     metrics = metrics.loc[:, list(METRIC_COLUMNS)] if len(metrics) else pd.DataFrame(columns=list(METRIC_COLUMNS))
     return JobReport(
         job=job,
-        model_version=runs[0].model_version if runs else None,
+        model_version=runs[0]["model_version"] if runs else None,
         runs=run_frame,
         score_distribution=_score_distribution(conn, drifts),
         psi=psi,

@@ -134,15 +134,6 @@ def replace_reference(
     return len(values)
 
 
-def published_runs(conn: Connection, job: str, limit: int) -> list[int]:
-    """The run ids of the job's last ``limit`` published runs (one per as_of, newest as_of first)."""
-    r = scoring_runs.c
-    stmt = (sa.select(r.run_id)
-            .where(r.job == job, r.status == RunStatus.SUCCEEDED, r.replaced_by.is_(None))
-            .order_by(r.as_of.desc(), r.run_id.desc()).limit(limit))
-    return [int(v) for v in conn.execute(stmt).scalars()]
-
-
 def drift_rows(conn: Connection, run_ids: Sequence[int]) -> list[dict[str, Any]]:
     """The drift rows (:data:`DRIFT_COLUMNS`) of these runs, in run and feature order."""
     if not run_ids:
