@@ -20,7 +20,14 @@ from batch_scorer.config import load_config
 from batch_scorer.executors.local import LocalExecutor
 from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.models.loader import LoadedModel, load_model
-from batch_scorer.runtime.monitor import MonitorSettings, monitor_plan, reference_chunks, store_reference
+from batch_scorer.runtime.monitor import (
+    MonitorSettings,
+    monitor_plan,
+    profile_reference,
+    reference_chunks,
+    reference_rows,
+    store_reference,
+)
 from batch_scorer.runtime.plan import build_plan
 from batch_scorer.runtime.run import GroupContext, run_group
 from batch_scorer.runtime.spec import RunPlan
@@ -133,3 +140,23 @@ def test_a_reference_of_an_unscorable_row_leaves_that_row_out(tmp_path: Path, sq
     finally:
         engine.dispose()
     assert stored.rows == 299
+
+
+def test_the_rows_a_registration_stores_in_its_own_transaction_are_store_references(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    model, _ = _model(tmp_path)
+    training = features_frame(600, seed=2)
+    profile, exact = profile_reference(model, training)
+    rows = reference_rows(profile)
+    assert exact and {tuple(sorted(r)) for r in rows} == {
+        ("bin", "category", "feature", "kind", "lower", "rows", "upper")}
+    engine = create_engine(sqlite_url)
+    try:
+        store_reference(engine, "churn", 7, model, training)
+    finally:
+        engine.dispose()
+    stored = query(sqlite_url, "SELECT feature, kind, bin, lower, upper, category, rows FROM feature_profiles "
+                               "ORDER BY feature, bin")
+    assert stored == sorted((r["feature"], r["kind"], r["bin"], r["lower"], r["upper"], r["category"], r["rows"])
+                            for r in rows)

@@ -281,27 +281,9 @@ def store_reference(
 ) -> StoredReference:
     """Profile reference data (e.g. the training set) of a registered model version and store
     it as ``reference:<name>:<version>``, replacing an earlier one; every run of that version
-    is then compared with it.
-
-    ``frame_or_chunks``: a DataFrame (exact deciles), a callable returning a fresh iterable
-    of chunks each time it is called (read twice: exact deciles, bounded memory; see
-    :func:`reference_chunks`), or a one-pass iterable of chunks (deciles from a bounded
-    sample). The rows need the model's feature columns; they are coerced and scored as a
-    run would, so the score and the predicted class get a reference too. Rows the model
-    cannot score are left out, as a run leaves out rejected rows.
-    """
+    is then compared with it. The profiling is :func:`profile_reference`'s."""
     create_tool_tables(engine)
-    if isinstance(frame_or_chunks, pd.DataFrame):
-        profile, exact = _exact_profile(model, frame_or_chunks, bins), True
-    elif callable(frame_or_chunks):
-        source = frame_or_chunks
-        sketch = _fold(model, source(), None, bins)
-        profile, exact = _fold(model, source(), sketch.bins() if sketch else {}, bins), True
-    else:
-        sketch = _fold(model, frame_or_chunks, None, bins)
-        profile, exact = (sketch.profile() if sketch else None), False
-    if not isinstance(profile, Profile):
-        profile = Profile({})
+    profile, exact = profile_reference(model, frame_or_chunks, bins)
     pid = profiles.reference_profile_id(model_name, version)
     stamp = ModelStamp(version=str(version), name=model_name)
     profiles.replace_reference(engine, pid, model_name, str(version), _profile_rows(profile, None, None, stamp, pid))
@@ -309,6 +291,36 @@ def store_reference(
     log.info("model %s version %s: reference profile %s stored (%d rows, %d columns)", model_name, version,
              pid, rows, len(profile.bins))
     return StoredReference(pid, rows, tuple(profile.bins), exact)
+
+
+def profile_reference(model: LoadedModel, frame_or_chunks: ChunkSource, bins: int = 10) -> tuple[Profile, bool]:
+    """The profile of reference data as a run of ``model`` profiles its rows, and whether its
+    deciles are exact. For a caller that stores it in its own transaction (a registration):
+    ``reference_rows(profile)`` gives the rows.
+
+    ``frame_or_chunks``: a DataFrame (exact deciles), a callable returning a fresh iterable
+    of chunks each time it is called (read twice: exact deciles, bounded memory; see
+    :func:`reference_chunks`), or a one-pass iterable of chunks (deciles from a bounded
+    sample). The rows need the model's feature columns; they are coerced and scored as a
+    run would, so the score (a regressor's prediction) and the predicted class get a
+    reference too. Rows the model cannot score are left out, as a run leaves out rejected
+    rows.
+    """
+    if isinstance(frame_or_chunks, pd.DataFrame):
+        return _exact_profile(model, frame_or_chunks, bins), True
+    if callable(frame_or_chunks):
+        sketch = _fold(model, frame_or_chunks(), None, bins)
+        profile = _fold(model, frame_or_chunks(), sketch.bins() if sketch else {}, bins)
+        return profile if isinstance(profile, Profile) else Profile({}), True
+    sketch = _fold(model, frame_or_chunks, None, bins)
+    return (sketch.profile() if sketch else Profile({})), False
+
+
+def reference_rows(profile: Profile) -> list[dict[str, Any]]:
+    """A reference profile's ``feature_profiles`` rows without their owner columns
+    (``feature, kind, bin, lower, upper, category, rows``): add ``profile_id``,
+    ``model_name`` and ``model_version`` to store them."""
+    return [{**row, "kind": profile.bins[row["feature"]].kind} for row in profile.to_rows()]
 
 
 def _reference_observer(model: LoadedModel, checked: Checked, features: pd.DataFrame,
