@@ -17,6 +17,7 @@ Examples::
     python benchmarks/bench_scoring.py --memory-rows 5000000  # + peak RSS of a 5M-row run
     python benchmarks/bench_scoring.py --only history,memory --reps 2
     python benchmarks/bench_scoring.py --only shadow       # a run with one challenger vs without
+    python benchmarks/bench_scoring.py --only monitor --reps 5  # drift monitoring off vs on
 
 PostgreSQL URL: ``--url`` or ``$BATCH_SCORER_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``). Everything lives in schema
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +56,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 class Sample:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float = 0.0  # user + system time of the child: less sensitive to a loaded machine
 
 
 @dataclass
@@ -80,7 +81,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Sample:
     if proc.returncode != 0:
         sys.stdout.write(output.decode(errors="replace"))
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return Sample(seconds, usage.ru_maxrss / 1024)
+    return Sample(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def schema_url(base: str) -> str:
@@ -161,8 +162,9 @@ def job(model: Path, table: str, out: str) -> dict[str, object]:
 
 
 def tool_cmd(config: Path, name: str, as_of: date = AS_OF) -> list[str]:
-    return [shutil.which("batch-scorer") or "batch-scorer", "--config", str(config), "run", name,
-            "--as-of", as_of.isoformat()]
+    # `python -m batch_scorer` is the command's own entry point; an installed
+    # `batch-scorer` script may be a stale one (pointing at an older layout).
+    return [sys.executable, "-m", "batch_scorer", "--config", str(config), "run", name, "--as-of", as_of.isoformat()]
 
 
 def naive_cmd(url: str, model: Path, table: str, out: str) -> list[str]:
@@ -332,6 +334,48 @@ def bench_shadow(args: argparse.Namespace, work: Path, models: dict[str, Path]) 
     engine.dispose()
 
 
+def bench_monitor(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
+    """The light model's run with drift monitoring off, on (a reference exists: the steady
+    state) and on for a model version's first run (no reference: it sketches one),
+    alternating, each in its own process: wall time, peak RSS and the ratios."""
+    url = schema_url(args.url)
+    engine = create_engine(url)
+    table = ensure_pg_table(engine, args.rows, args.rebuild)
+    jobs = {
+        "monitor_off": {**job(models["light"], table, "pred_monitor_off"), "monitor": {"enabled": False}},
+        "monitor_on": job(models["light"], table, "pred_monitor_on"),
+        "monitor_first": job(models["light"], table, "pred_monitor_first"),
+    }
+    config = write_config(work, url, jobs, args.chunk_size)
+    # Untimed: the tables, and monitor_on's reference (a run of an earlier as_of, so each
+    # timed run also compares with a previous run).
+    for name in jobs:
+        measure(tool_cmd(config, name, AS_OF - timedelta(days=1)))
+    case = Case("PostgreSQL, light model, drift monitoring off / on / first run (sketch)", args.rows)
+    for rep in range(args.reps):
+        for name, label in (("monitor_off", "monitoring off"), ("monitor_on", "monitoring on"),
+                            ("monitor_first", "on, first run (sketch)")):
+            if name == "monitor_first":  # no reference: this run sketches one
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"DELETE FROM {SCHEMA}.feature_profiles WHERE job = 'monitor_first'")
+            settle(engine)
+            case.add(label, measure(tool_cmd(config, name)))
+        print(f"  rep {rep + 1}: " + ", ".join(f"{w} {v[-1].seconds:.2f}s ({v[-1].cpu_seconds:.2f}s CPU)"
+                                           for w, v in case.samples.items()) + f", load {os.getloadavg()[0]:.1f}",
+              flush=True)
+    report(case, "monitoring off", "monitoring on")
+    med = {w: statistics.median(x.seconds for x in v) for w, v in case.samples.items()}
+    cpu = {w: statistics.median(x.cpu_seconds for x in v) for w, v in case.samples.items()}
+    rss = {w: max(x.peak_rss_mb for x in v) for w, v in case.samples.items()}
+    off = "monitoring off"
+    print(f"{off}: median {med[off]:.2f}s wall, {cpu[off]:.2f}s CPU, peak RSS {rss[off]:.0f} MB")
+    for label in ("monitoring on", "on, first run (sketch)"):
+        print(f"{label}: median {med[label]:.2f}s wall ({100 * (med[label] / med[off] - 1):+.1f}%), "
+              f"{cpu[label]:.2f}s CPU ({100 * (cpu[label] / cpu[off] - 1):+.1f}%), peak RSS {rss[label]:.0f} MB "
+              f"({rss[label] - rss[off]:+.0f} MB) against monitoring off")
+    engine.dispose()
+
+
 def bench_sqlite(args: argparse.Namespace, work: Path, models: dict[str, Path]) -> None:
     db = work / "bench.db"
     url = f"sqlite:///{db}"
@@ -376,7 +420,9 @@ def main() -> None:
     p.add_argument("--history", action="store_true", help="also: run into a table with 10 earlier as_ofs")
     p.add_argument("--memory-rows", type=int, default=0, help="also: peak RSS at this many rows (e.g. 5000000)")
     p.add_argument("--shadow", action="store_true", help="also: a registry run with one challenger vs without")
-    p.add_argument("--only", default="", help="comma list of postgres,sqlite,history,memory,shadow to run only those")
+    p.add_argument("--monitor", action="store_true", help="also: the light run with drift monitoring off vs on")
+    p.add_argument("--only", default="",
+                   help="comma list of postgres,sqlite,history,memory,shadow,monitor to run only those")
     p.add_argument("--chunk-size", type=int, default=None, help="default: the tool's own")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bs_bench")
     p.add_argument("--rebuild", action="store_true", help="rebuild tables and models")
@@ -401,6 +447,8 @@ def main() -> None:
         bench_memory(args, args.workdir, models)
     if (args.shadow and not only) or "shadow" in only:
         bench_shadow(args, args.workdir, models)
+    if (args.monitor and not only) or "monitor" in only:
+        bench_monitor(args, args.workdir, models)
     if (args.sqlite_rows and not only) or "sqlite" in only:
         bench_sqlite(args, args.workdir, models)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from batch_scorer.api._common import Check, ConfigLike, as_config, select_jobs
 from batch_scorer.api.fleet import JobInfo, graph, jobs
 from batch_scorer.api.maintenance import PruneReport, prune
+from batch_scorer.api.monitoring import Evaluation, ReportFile, evaluate, report
 from batch_scorer.api.registry import (
     export_model,
     list_models,
@@ -30,8 +31,9 @@ from batch_scorer.api.setup import InitReport, init_db, validate
 from batch_scorer.runtime.outcome import RunResult, RunResults
 
 __all__ = [
-    "Check", "ConfigLike", "InitReport", "JobInfo", "PruneReport", "RunResult", "RunResults", "as_config",
-    "backfill", "export_model", "graph", "init_db", "jobs", "list_models", "model_history", "next_fires",
-    "promote_model", "prune", "register_model", "retract", "rollback_model", "run", "runs", "schedule",
+    "Check", "ConfigLike", "Evaluation", "InitReport", "JobInfo", "PruneReport", "ReportFile", "RunResult",
+    "RunResults", "as_config", "backfill", "evaluate", "export_model", "graph", "init_db", "jobs", "list_models",
+    "model_history", "next_fires", "promote_model", "prune", "register_model", "report", "retract",
+    "rollback_model", "run", "runs", "schedule",
     "select_jobs", "validate",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from batch_scorer.cli import fleet, maintenance, models, runs, schedule, setup  # noqa: F401 - they register their commands
+from batch_scorer.cli import fleet, maintenance, models, monitoring, runs, schedule, setup  # noqa: F401 - they register their commands
 from batch_scorer.cli.app import cli
 from batch_scorer.errors import EXIT_RUN_FAILED, BatchScorerError
 from batch_scorer.masking import mask_text

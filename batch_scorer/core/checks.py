@@ -125,12 +125,17 @@ def split_null_keys(frame: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFr
 
 class Checked(NamedTuple):
     """One chunk, checked and scored: the rows to write (original values, in source
-    order), their prediction and score, and the rejected ``(key, reason)`` pairs."""
+    order), their prediction and score, and the rejected ``(key, reason)`` pairs.
+
+    ``features``: the model's columns of ``rows`` as the model was fed them (coerced to
+    its fitted kinds), for observers (drift profiles) to count without coercing again.
+    """
 
     rows: pd.DataFrame
     prediction: np.ndarray
     score: np.ndarray | None
     rejected: list[RejectedRow]
+    features: pd.DataFrame | None = None
 
 
 def score_checked(
@@ -159,7 +164,7 @@ def score_checked(
         good = good.loc[~bad].reset_index(drop=True)
         features = features.loc[~bad].reset_index(drop=True)
     if not len(good):
-        return Checked(good, np.empty(0), None if not want_score else np.empty(0), rejected)
+        return Checked(good, np.empty(0), None if not want_score else np.empty(0), rejected, features)
 
     max_bad = max(MIN_BAD_ROWS_PER_CHUNK, math.ceil(2 * max_rejected_fraction * len(good)))
     try:
@@ -192,8 +197,9 @@ def score_checked(
         ok_idx, prediction = ok_idx[~non_finite], prediction[~non_finite]
         score = score[~non_finite] if score is not None else None
 
-    scored = good if len(ok_idx) == len(good) else good.iloc[ok_idx].reset_index(drop=True)
-    return Checked(scored, prediction, score if want_score else None, rejected)
+    if len(ok_idx) != len(good):
+        good, features = (f.iloc[ok_idx].reset_index(drop=True) for f in (good, features))
+    return Checked(good, prediction, score if want_score else None, rejected, features)
 
 
 def _isolate(

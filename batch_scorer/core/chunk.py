@@ -18,6 +18,7 @@ import pandas as pd
 
 from batch_scorer.core.checks import Checked, RejectedRow, ScoreFn, score_checked
 from batch_scorer.masking import mask_text
+from batch_scorer.models.features import coerce_features
 from batch_scorer.models.loader import LoadedModel
 from batch_scorer.models.scoring import prepare_features, score_prepared
 from batch_scorer.storage.sinks.output import output_frame
@@ -106,9 +107,12 @@ def process_chunk(work: ChunkWork, chunk: pd.DataFrame, scorer: ScoreFn = score_
     for label, model in work.challengers:
         _shadow(work, label, model, checked, result, scorer)
     if work.observers:
-        features = prepare_features(work.champion, checked.rows)
-        frame = features if isinstance(features, pd.DataFrame) else pd.DataFrame(
-            features, columns=list(work.champion.features))
+        # The columns as the model was fed them (coerced to its fitted kinds), as a
+        # frame even for a model fed arrays: observers count columns, by name.
+        frame = checked.features
+        if frame is None:
+            model = work.champion
+            frame, _ = coerce_features(checked.rows.loc[:, list(model.features)], model.feature_kinds)
         for observer in work.observers:
             result.observed[observer.name] = observer.observe(checked, frame)
     return result

@@ -11,12 +11,15 @@ built here and never see the configuration. Building a plan writes nothing, so a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator, Mapping
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -31,7 +34,8 @@ from batch_scorer.models.contract import fully_described
 from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
 from batch_scorer.models.registry import version_label
 from batch_scorer.models.scoring import Probe, prediction_kind, probe_model
-from batch_scorer.runtime.spec import FailedChallenger, RunPlan, Scorer, Settings, shadow_definition
+from batch_scorer.runtime.monitor import MonitorSettings, monitor_plan
+from batch_scorer.runtime.spec import FailedChallenger, MonitorPlan, RunPlan, Scorer, Settings, shadow_definition
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
@@ -46,7 +50,7 @@ from batch_scorer.storage.sources.sql import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelCache", "RunPlan", "build_plan", "resolve_models", "source_spec"]
+__all__ = ["ModelCache", "RunPlan", "build_plan", "champion_model", "resolve_models", "source_spec"]
 
 
 def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
@@ -166,6 +170,12 @@ class SourceProbes:
         return columns, first
 
 
+def champion_model(cfg: Config, engine: Engine, job: JobConfig, models: ModelCache | None = None) -> LoadedModel:
+    """The model a job's runs score with (its champion: its file, or the registry version
+    its alias or version names), loaded once per invocation by sha256."""
+    return resolve_champion(engine, job, models or ModelCache()).model
+
+
 def build_plan(
     cfg: Config, engine: Engine, name: str, as_of: date, trigger: str, models: ModelCache | None = None,
     probes: SourceProbes | None = None, always_probe: bool = False,
@@ -197,6 +207,7 @@ def build_plan(
     output = define_output(job.output.table, keys, passing, kind)
     prepare_output_table(engine, output, kind, job.name, model.is_classifier, create=False)
     challengers = [_probed(job.name, job.output.score, c, first, kind) for c in challengers]
+    want_score = job.output.score is not False
     plan = RunPlan(
         job=job.name,
         as_of=as_of,
@@ -214,10 +225,11 @@ def build_plan(
             chunk_size=cfg.chunk_size(job),
             max_rejected_fraction=cfg.max_rejected_fraction(job),
             allow_empty=job.allow_empty,
-            want_score=job.output.score is not False,
+            want_score=want_score,
         ),
         depends_on=tuple(job.depends_on),
         failed_challengers=tuple(c for c in challengers if isinstance(c, FailedChallenger)),
+        monitor=_monitor(engine, job, as_of, champion, kind, want_score, columns.types),
     )
     return dataclasses.replace(plan, shadow=_shadow_table(engine, plan))
 
@@ -228,12 +240,21 @@ Candidate = Scorer | FailedChallenger
 
 
 def resolve_models(engine: Engine, job: JobConfig, models: ModelCache) -> tuple[Scorer, list[Candidate]]:
-    """The job's champion (a model file, or the registry version its alias or version names,
-    or ``models.version`` when pinned) and its challengers, each loaded once per invocation.
-
-    A champion that cannot be resolved or loaded raises (exit 2); a challenger that cannot is
-    a :class:`FailedChallenger`, recorded with the run: it never stops the champion.
+    """The job's champion (:func:`resolve_champion`) and its challengers, each loaded once
+    per invocation. A challenger that cannot be resolved or loaded is a
+    :class:`FailedChallenger`, recorded with the run: it never stops the champion.
     """
+    champion = resolve_champion(engine, job, models)
+    if not job.model.is_registry or not job.challengers:
+        return champion, []
+    with _registry_reads(job):
+        with engine.connect() as conn:
+            return champion, [_challenger(conn, job, models, item) for item in job.challengers]
+
+
+def resolve_champion(engine: Engine, job: JobConfig, models: ModelCache) -> Scorer:
+    """The job's champion: its model file, or the registry version its alias or version
+    names (or ``models.version`` when pinned); one that cannot be loaded raises (exit 2)."""
     m = job.model
     if not m.is_registry:
         if models.version is not None:
@@ -243,16 +264,21 @@ def resolve_models(engine: Engine, job: JobConfig, models: ModelCache) -> tuple[
                 "model.registry."
             )
         model = models.load_path(job)
-        return Scorer("champion", "champion", model, _stamp(model)), []
+        return Scorer("champion", "champion", model, _stamp(model))
     ref: str | int | None = models.version or m.version or m.alias
     assert ref is not None
-    try:
+    with _registry_reads(job):
         with engine.connect() as conn:
             model, stamp = models.load_registry(conn, job, ref)
-            champion = Scorer("champion", "champion", model, stamp)
-            return champion, [_challenger(conn, job, models, item) for item in job.challengers]
+    return Scorer("champion", "champion", model, stamp)
+
+
+@contextlib.contextmanager
+def _registry_reads(job: JobConfig) -> Iterator[None]:
+    try:
+        yield
     except sa.exc.SQLAlchemyError as exc:
-        raise DatabaseError(f"job {job.name!r}: reading model registry {m.registry!r} failed: "
+        raise DatabaseError(f"job {job.name!r}: reading model registry {job.model.registry!r} failed: "
                             f"{mask_text(first_line(exc))}") from exc
 
 
@@ -309,6 +335,19 @@ def _shadow_table(engine: Engine, plan: RunPlan) -> sa.Table | None:
         return None
     prepare_output_table(engine, table, plan.prediction_kind, plan.job, plan.classifier, create=False, shadow=True)
     return table
+
+
+def _monitor(
+    engine: Engine, job: JobConfig, as_of: date, champion: Scorer, kind: str, want_score: bool,
+    types: Mapping[str, sa.types.TypeEngine[Any]],
+) -> MonitorPlan | None:
+    """The job's drift monitoring: its reference and previous profile looked up (reads only)."""
+    m = job.monitor
+    if not m.enabled:
+        return None
+    settings = MonitorSettings(bins=m.bins, warn_psi=m.warn_psi, alert_psi=m.alert_psi, on_alert=m.on_alert)
+    return monitor_plan(engine, settings, job=job.name, as_of=as_of, model=champion.model, stamp=champion.stamp,
+                        prediction_kind=kind, want_score=want_score, column_types=types)
 
 
 def _first_row(

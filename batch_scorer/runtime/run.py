@@ -27,12 +27,21 @@ from batch_scorer.core.chunk import ChunkResult, ChunkWork, Comparison
 from batch_scorer.errors import BatchScorerError, DatabaseError, LockHeld, RunFailed
 from batch_scorer.executors.base import Executor, StreamSpec
 from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime.monitor import MonitorOutcome, RunMonitor
 from batch_scorer.runtime.outcome import RunResult, Status, error_text, from_exception
 from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import ledger, locks
 from batch_scorer.storage.db import DuplicateKeys, begin_write, duplicate_keys
 from batch_scorer.storage.retry import is_sqlite_locked
-from batch_scorer.storage.schema import SHADOW_COLUMN, RunStatus, rejected_rows, shadow_comparisons, utcnow
+from batch_scorer.storage.schema import (
+    SHADOW_COLUMN,
+    RunStatus,
+    drift,
+    feature_profiles,
+    rejected_rows,
+    shadow_comparisons,
+    utcnow,
+)
 from batch_scorer.storage.sinks.output import OutputSpec, PreparedTable, prepare_output_table
 from batch_scorer.storage.sinks.publish import Publication
 from batch_scorer.storage.sources import sql as source
@@ -68,6 +77,8 @@ class JobRun:
         self.started = time.monotonic()
         self.counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
         self.error: BaseException | None = None
+        self.monitor = RunMonitor(plan.monitor) if plan.monitor is not None else None
+        self.drift_status: str | None = None
         # Rejected rows are saved as they accumulate (bounded memory), and kept
         # for a failed run too: they are how you debug it.
         self.rejections = Rejections(flush=lambda rows: _save_rejections(engine, run_id, plan.job, rows))
@@ -85,6 +96,7 @@ class JobRun:
             challengers=tuple((c.label, c.model) for c in plan.challengers if c.label in shadows),
             shadow_columns=tuple(self._main.row_columns),
             want_score=plan.settings.want_score, max_rejected_fraction=plan.settings.max_rejected_fraction,
+            observers=(self.monitor.observer,) if self.monitor is not None else (),
         )
 
     def _stages(self) -> tuple[OutputSpec, dict[str, OutputSpec]]:
@@ -128,6 +140,8 @@ class JobRun:
         for label, comp in result.comparisons.items():
             if label not in self._dropped:
                 self.comparisons.setdefault(label, Comparison()).add(comp)
+        if self.monitor is not None:
+            self.monitor.absorb(result.observed)
         for label, frame in result.shadows.items():
             if label not in self._dropped and not self.comparisons[label].error:
                 self._shadow_stages[label].write(frame)
@@ -161,6 +175,7 @@ class JobRun:
         try:
             _check_outcome(self.plan, self.counts, self.rejections)
             self.counts["rows_rejected"] = len(self.rejections)
+            drifted = self._add_monitoring()  # on_alert: fail raises here, before anything is visible
             self.publication.add_rows(shadow_comparisons, self._comparison_rows())
             if self.plan.shadow is not None and (self._shadow_stages or not self.plan.challengers):
                 # The shadow table exists (staged now, or found by the plan): the
@@ -187,8 +202,23 @@ class JobRun:
             elif not comp.error:
                 log.info("job %s run %d: challenger %s: %d rows -> %s, agreement %s", plan.job, self.run_id, label,
                          comp.rows, plan.shadow.name if plan.shadow is not None else "-", comp.label_agreement)
+        if drifted is not None and drifted.status != "ok":
+            log.warning("job %s run %d as_of %s: %s", plan.job, self.run_id, plan.as_of, drifted.log_line())
         return RunResult(plan.job, Status.SUCCEEDED, plan.as_of, run_id=self.run_id, seconds=seconds,
-                         output_table=plan.output_name, **self._model_fields(), **self.counts)
+                         output_table=plan.output_name, drift_status=self.drift_status, **self._model_fields(),
+                         **self.counts)
+
+    def _add_monitoring(self) -> MonitorOutcome | None:
+        """The run's profile and drift rows, added to its publication; the worst status kept."""
+        if self.monitor is None:
+            return None
+        plan = self.plan
+        outcome = self.monitor.finish(self.run_id, plan.job, plan.as_of, plan.champion.stamp)
+        if outcome is not None:
+            self.publication.add_rows(feature_profiles, outcome.profile_rows)
+            self.publication.add_rows(drift, outcome.drift_rows)
+            self.drift_status = outcome.status
+        return outcome
 
     def _finish(self, conn: Connection) -> None:
         # Inside the publish transaction, before anything is visible.
@@ -199,7 +229,7 @@ class JobRun:
             shadow = self.plan.shadow
             conn.execute(sa.delete(shadow).where(shadow.c.run_id == self.run_id,
                                                  shadow.c[SHADOW_COLUMN].in_(sorted(self._dropped))))
-        ledger.finish_run(conn, self.run_id, **self.counts)
+        ledger.finish_run(conn, self.run_id, drift_status=self.drift_status, **self.counts)
 
     def _comparison_rows(self) -> list[dict[str, object]]:
         """One row per challenger; a failed one has its error and no figures (none of its

@@ -6,12 +6,14 @@ configuration (an import-linter contract keeps it so).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
 import sqlalchemy as sa
 
 from batch_scorer.models.loader import LoadedModel
+from batch_scorer.monitoring.profile import FeatureBins, Profile
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output
 from batch_scorer.storage.sources.spec import SourceSpec
@@ -51,6 +53,38 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class MonitorPlan:
+    """What a run profiles and compares (see :mod:`batch_scorer.runtime.monitor`).
+
+    ``kinds``: every profiled column (the model's features, then the score and the
+    predicted class under ``score_name`` / ``prediction_name``), ``numeric`` or
+    ``categorical``. ``bins``: the reference's bins of each, or None when the model
+    version has no reference yet: the run then sketches its own (``n_bins``) and
+    becomes the reference. ``previous``: the profile of the job's previous
+    published run (``previous_run_id``), for ``psi_previous``.
+    """
+
+    kinds: Mapping[str, str]
+    bins: Mapping[str, FeatureBins] | None
+    n_bins: int
+    warn_psi: float
+    alert_psi: float
+    on_alert: str  # "warn" | "fail"
+    reference_id: str | None = None
+    reference: Profile | None = None
+    previous_run_id: int | None = None
+    previous: Profile | None = None
+    score_name: str | None = None
+    score_from_prediction: bool = False  # a regressor: its prediction is profiled as the score
+    prediction_name: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The profiled columns, features first."""
+        return tuple(self.kinds)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """One job's run for one as_of, resolved (module doc)."""
 
@@ -69,6 +103,7 @@ class RunPlan:
     settings: Settings
     depends_on: tuple[str, ...] = ()
     failed_challengers: tuple[FailedChallenger, ...] = ()
+    monitor: MonitorPlan | None = None  # None: drift monitoring is off for the job
 
     @property
     def scorers(self) -> tuple[Scorer, ...]:

@@ -25,7 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.storage.db import begin_write
-from batch_scorer.storage.schema import RunStatus, scoring_runs, utcnow
+from batch_scorer.storage.schema import RunStatus, UTCDateTime, scoring_runs, utcnow
+from batch_scorer.storage.views import SCORING_RUNS_BI
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,43 @@ def published_as_ofs(engine: Engine, job: str, model_version: str) -> set[date]:
     )
     with engine.connect() as conn:
         return {_as_date(v) for v in conn.execute(stmt).scalars()}
+
+
+def _bi_view() -> Any:
+    """The columns of the ``scoring_runs_bi`` view that the monitoring report reads."""
+    return sa.table(
+        SCORING_RUNS_BI, sa.column("run_id"), sa.column("job"), sa.column("as_of", sa.Date()),
+        sa.column("status"), sa.column("rows_read"), sa.column("rows_scored"), sa.column("rows_rejected"),
+        sa.column("model_version"), sa.column("replaced_by"), sa.column("started_at", UTCDateTime()),
+        sa.column("finished_at", UTCDateTime()),
+    ).c
+
+
+def recent_runs_bi(conn: Connection, job: str, limit: int) -> list[dict[str, Any]]:
+    """The job's last ``limit`` runs, newest first, from the ``scoring_runs_bi`` view (no host,
+    pid or error): what a role that may only read the views (BI's) can read. Each a dict of
+    ``run_id, as_of, status, rows_read, rows_scored, rows_rejected, model_version, seconds``."""
+    v = _bi_view()
+    stmt = (sa.select(v.run_id, v.as_of, v.status, v.rows_read, v.rows_scored, v.rows_rejected, v.model_version,
+                      v.started_at, v.finished_at)
+            .where(v.job == job).order_by(v.run_id.desc()).limit(limit))
+    out = []
+    for row in conn.execute(stmt):
+        values = dict(row._mapping)
+        started, finished = values.pop("started_at"), values.pop("finished_at")
+        values["seconds"] = (finished - started).total_seconds() if started and finished else None
+        out.append(values)
+    return out
+
+
+def published_run_ids_bi(conn: Connection, job: str, limit: int) -> list[int]:
+    """The run ids of the job's last ``limit`` published runs (one per as_of: not replaced),
+    newest as_of first, from the ``scoring_runs_bi`` view."""
+    v = _bi_view()
+    stmt = (sa.select(v.run_id)
+            .where(v.job == job, v.status == S.SUCCEEDED.value, v.replaced_by.is_(None))
+            .order_by(v.as_of.desc(), v.run_id.desc()).limit(limit))
+    return [int(r) for r in conn.execute(stmt).scalars()]
 
 
 def scored_since(engine: Engine, job: str, as_of: date, since: datetime) -> int | None:

@@ -1,0 +1,106 @@
+"""The profile observer: each chunk's model input, score and predicted class counted
+into bins while the run streams (no second read of the source).
+
+:class:`ProfileObserver` is a :class:`batch_scorer.core.chunk.ChunkObserver`. Per
+chunk it returns a partial: a :class:`~batch_scorer.monitoring.profile.Profile` of
+the reference's bins (counts, which add), or, when the model version has no
+reference yet, a :class:`~batch_scorer.monitoring.profile.ReferenceSketch` (a
+bounded sample and counters, which merge). Either is computed where the chunk is
+scored (a thread here, a Dask worker elsewhere) and merged on the driver with
+:func:`merge_partials`; its size does not depend on the chunk's rows beyond the
+sketch's fixed sample.
+
+It counts what the model was fed: the features as coerced to the kinds the model
+was fitted on, of the rows that were scored (rejected rows are not profiled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from batch_scorer.core.checks import Checked
+from batch_scorer.monitoring.profile import CATEGORICAL, FeatureBins, Profile, ReferenceSketch
+
+Partial = Profile | ReferenceSketch
+
+
+@dataclass(frozen=True)
+class ProfileObserver:
+    """Counts a chunk's profiled columns (module doc); picklable, so a Dask task carries it.
+
+    ``kinds``: every profiled column and its kind; ``bins``: the reference's, or None
+    to sketch. The score is ``checked.score`` under ``score_name`` (a regressor's
+    prediction when ``score_from_prediction``); the predicted class is
+    ``checked.prediction`` under ``prediction_name``.
+    """
+
+    kinds: Mapping[str, str]
+    bins: Mapping[str, FeatureBins] | None
+    n_bins: int = 10
+    score_name: str | None = None
+    score_from_prediction: bool = False
+    prediction_name: str | None = None
+    name: str = "profile"
+
+    def observe(self, checked: Checked, features: pd.DataFrame) -> Partial | None:
+        """This chunk's partial (a Profile or a ReferenceSketch); None when no row was scored."""
+        if not len(checked.rows):
+            return None
+        if self.bins is None:
+            sketch = ReferenceSketch(self.kinds, list(self.kinds), n_bins=self.n_bins, seed=_seed(checked))
+            sketch.update({name: self._column(name, checked, features) for name in self.kinds})
+            return sketch
+        # Counted column by column on the coerced features themselves: no frame is built.
+        counts = {name: fbins.count(self._column(name, checked, features)) for name, fbins in self.bins.items()}
+        return Profile.from_counts(self.bins, counts)
+
+    def frame(self, checked: Checked, features: pd.DataFrame) -> pd.DataFrame:
+        """Every profiled column of a chunk as one frame (what a reference is built from)."""
+        return pd.DataFrame({name: _values(self._column(name, checked, features)) for name in self.kinds})
+
+    def _column(self, name: str, checked: Checked, features: pd.DataFrame) -> pd.Series:
+        if name == self.score_name:
+            values = checked.prediction if self.score_from_prediction else checked.score
+        elif name == self.prediction_name:
+            values = checked.prediction
+        else:
+            raw = checked.rows[name] if name in checked.rows.columns else None
+            if raw is not None and isinstance(raw.dtype, pd.StringDtype) and self.kinds.get(name) == CATEGORICAL:
+                # A text column the coercion only copied into an object array (same
+                # values): its Arrow strings factorize 2-4x faster than the copy.
+                return raw
+            return features[name]
+        if values is None:  # no score this run (e.g. output.score: false): all NULL
+            return pd.Series(np.full(len(checked.rows), np.nan))
+        return pd.Series(values, copy=False)
+
+
+def _values(column: pd.Series) -> Any:
+    """A column's values without its index (the sketch's frame is built positionally)."""
+    return column.array if isinstance(column.dtype, pd.api.extensions.ExtensionDtype) else column.to_numpy()
+
+
+def _seed(checked: Checked) -> int:
+    """A seed from the chunk's first and last rows and size: the same chunk samples the same
+    way (a rerun gives the same reference), different chunks independently."""
+    ends = checked.rows.iloc[[0, -1]]
+    digest = int(pd.util.hash_pandas_object(ends, index=False).to_numpy(dtype="uint64").sum(dtype="uint64"))
+    return (digest ^ len(checked.rows)) & 0xFFFF_FFFF
+
+
+def merge_partials(state: Partial | None, partial: Any) -> Partial | None:
+    """Add one chunk's partial into the run's state (the first partial becomes the state)."""
+    if partial is None:
+        return state
+    if state is None:
+        return partial
+    if isinstance(state, Profile) and isinstance(partial, Profile):
+        return state.merge(partial)
+    if isinstance(state, ReferenceSketch) and isinstance(partial, ReferenceSketch):
+        return state.merge(partial)
+    raise TypeError(f"cannot merge a {type(partial).__name__} partial into a {type(state).__name__}")

@@ -1,0 +1,145 @@
+"""Realized performance: published predictions joined to the labels that arrived later,
+and the metrics of each model on them (computed with ``sklearn.metrics``).
+
+* Binary classifiers: ``roc_auc``, ``log_loss`` and ``brier`` from the score (the
+  probability of the positive class, ``classes_[1]``), and ``accuracy``.
+* Multiclass classifiers: ``accuracy`` only. Their score is the probability of the
+  *predicted* class; log loss and the Brier score need the probability of the
+  *true* class (of every class), which the predictions table does not hold.
+* Classifiers without a score (no ``predict_proba``, or ``output.score: false``):
+  ``accuracy``.
+* Regressors: ``rmse``, ``mae``, ``r2``.
+
+A metric that is undefined on the rows (``roc_auc`` when the labels hold one class,
+``r2`` of fewer than two rows) is left out and said so. Labels and predictions are
+compared as text (``1``, ``1.0`` and ``"1"`` are one class, as the drift profiles
+compare categories); rows whose label is not one of the model's classes count in
+``accuracy`` (as wrong) but not in the probability metrics. Rows with a NULL label
+are not labelled yet and are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from batch_scorer.monitoring.profile import category_text
+
+BINARY, MULTICLASS, LABELS, REGRESSION = "binary", "multiclass", "labels", "regression"
+LABEL = "_label"  # the label column of a joined frame (never a key or output column name)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What kind of predictions are evaluated: ``binary``, ``multiclass``, ``labels`` (a
+    classifier without scores: accuracy only) or ``regression``; the classifier's classes."""
+
+    kind: str
+    classes: tuple[Any, ...] = ()
+
+    @classmethod
+    def of(cls, classifier: bool, classes: Sequence[Any] | None, has_scores: bool) -> Task:
+        """The task of a model: a classifier's by its number of classes and whether it scores."""
+        if not classifier:
+            return cls(REGRESSION)
+        classes = tuple(classes or ())
+        if not has_scores:
+            return cls(LABELS, classes)
+        return cls(BINARY if len(classes) == 2 else MULTICLASS, classes)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure: its name, value and the rows it was computed on."""
+
+    metric: str
+    value: float
+    rows: int
+
+
+def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The predictions that have a (non-NULL) label, with it in :data:`LABEL`.
+
+    ``labels`` has the same key column names as ``predictions`` and the label in
+    :data:`LABEL`. A key of different types on the two sides (an integer and its
+    text) is compared as text. A key labelled twice keeps its last label.
+    """
+    labels = labels[labels[LABEL].notna()]
+    left, right = predictions, labels.drop_duplicates(list(keys), keep="last")
+    for key in keys:
+        if not _same_kind(left[key], right[key]):
+            left = left.assign(**{key: _texts(left[key])})
+            right = right.assign(**{key: _texts(right[key])})
+    return left.merge(right.loc[:, [*keys, LABEL]], on=list(keys), how="inner")
+
+
+def _same_kind(a: pd.Series, b: pd.Series) -> bool:
+    """Plain numpy columns of one inferred kind merge as they are; anything else as text."""
+    if isinstance(a.dtype, pd.api.extensions.ExtensionDtype) or isinstance(b.dtype, pd.api.extensions.ExtensionDtype):
+        return False
+    kinds = {pd.api.types.infer_dtype(a, skipna=True), pd.api.types.infer_dtype(b, skipna=True)}
+    return len(kinds) == 1 and kinds <= {"integer", "string", "floating"}
+
+
+def _texts(values: pd.Series) -> pd.Series:
+    """Each value's text form (one call per distinct value)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts = np.array([category_text(u) for u in uniques] + [None], dtype=object)
+    return pd.Series(texts[codes], index=values.index, dtype=object)
+
+
+def compute(task: Task, joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
+    """The metrics of ``joined`` (columns ``prediction``, ``score``, :data:`LABEL`) and notes
+    on the metrics left out (module doc)."""
+    if joined.empty:
+        return [], []
+    if task.kind == REGRESSION:
+        return _regression(joined)
+    label = _texts(joined[LABEL]).to_numpy(dtype=object)
+    predicted = _texts(joined["prediction"]).to_numpy(dtype=object)
+    out = [Metric("accuracy", float(skm.accuracy_score(label, predicted)), len(joined))]
+    if task.kind != BINARY:
+        return out, [_MULTICLASS_NOTE] if task.kind == MULTICLASS else []
+    return _binary(task, joined, label, out)
+
+
+_MULTICLASS_NOTE = ("log_loss and brier not computed: a multiclass predictions table holds the probability of "
+                    "the predicted class only, and they need every class's")
+
+
+def _binary(task: Task, joined: pd.DataFrame, label: np.ndarray, out: list[Metric]) -> tuple[list[Metric], list[str]]:
+    negative, positive = (category_text(c) for c in task.classes)
+    score = pd.to_numeric(joined["score"], errors="coerce").to_numpy(dtype="float64")
+    usable = ~np.isnan(score) & ((label == positive) | (label == negative))
+    if not usable.any():
+        return out, ["roc_auc, log_loss and brier not computed: no row has both a score and a label "
+                     "that is one of the model's classes"]
+    y, p = (label[usable] == positive).astype(int), score[usable]
+    n = int(usable.sum())
+    out += [Metric("log_loss", float(skm.log_loss(y, p, labels=[0, 1])), n),
+            Metric("brier", float(skm.brier_score_loss(y, p, pos_label=1)), n)]
+    if y.min() == y.max():
+        return out, [f"roc_auc not computed: the labels hold one class only ({positive if y[0] else negative})"]
+    out.append(Metric("roc_auc", float(skm.roc_auc_score(y, p)), n))
+    return out, []
+
+
+def _regression(joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
+    y = pd.to_numeric(joined[LABEL], errors="coerce").to_numpy(dtype="float64")
+    p = pd.to_numeric(joined["prediction"], errors="coerce").to_numpy(dtype="float64")
+    ok = np.isfinite(y) & np.isfinite(p)
+    y, p, n = y[ok], p[ok], int(ok.sum())
+    if not n:
+        return [], ["no row has a numeric label and prediction"]
+    out = [Metric("rmse", math.sqrt(float(skm.mean_squared_error(y, p))), n),
+           Metric("mae", float(skm.mean_absolute_error(y, p)), n)]
+    if n < 2:
+        return out, ["r2 not computed: it needs at least two rows"]
+    out.append(Metric("r2", float(skm.r2_score(y, p)), n))
+    return out, []

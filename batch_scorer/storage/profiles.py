@@ -1,0 +1,204 @@
+"""Every query on ``feature_profiles``, ``drift`` and ``model_metrics``, and the reads of
+published predictions that ``evaluate`` joins its labels to.
+
+Rows go in and come out as plain dicts (the monitoring math turns them into
+profiles); this module knows tables, not PSI.
+
+* A profile is the rows of one ``profile_id``: ``run:<run_id>`` for a run's own
+  (written in the run's publish transaction, :func:`run_profile_id`), or
+  ``reference:<model name>:<version>`` for one given when a model version was
+  registered (:func:`reference_profile_id`, :func:`replace_reference`).
+* The reference of a run (:func:`find_reference`): the registered model version's
+  reference profile if there is one, else the profile of the job's first
+  succeeded run of the same model bytes (``scoring_runs.model_sha256``).
+* The previous profile (:func:`previous_profile`): the job's latest published run
+  of an earlier as_of that has a profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from batch_scorer.names import split_table_name
+from batch_scorer.storage.db import begin_write
+from batch_scorer.storage.schema import (
+    RunStatus,
+    drift,
+    feature_profiles,
+    model_metrics,
+    scoring_runs,
+    shadow_comparisons,
+)
+
+RUN_PREFIX = "run:"
+REFERENCE_PREFIX = "reference:"
+# What a stored profile row holds (besides who it belongs to).
+PROFILE_COLUMNS = ("feature", "kind", "bin", "lower", "upper", "category", "rows")
+DRIFT_COLUMNS = ("run_id", "as_of", "model_version", "feature", "psi_reference", "psi_previous", "status",
+                 "reference_profile", "previous_run_id")
+METRIC_COLUMNS = ("as_of", "model_version", "role", "challenger", "metric", "value", "rows", "evaluated_at")
+
+
+def run_profile_id(run_id: int) -> str:
+    """``run:<run_id>``: the profile a run stores of its own rows."""
+    return f"{RUN_PREFIX}{int(run_id)}"
+
+
+def reference_profile_id(model_name: str, version: int | str) -> str:
+    """``reference:<name>:<version>``: the profile given when a model version was registered."""
+    return f"{REFERENCE_PREFIX}{model_name}:{version}"
+
+
+@dataclass(frozen=True)
+class StoredProfile:
+    """One stored profile: its id, the run it belongs to (None for a registered one), its rows."""
+
+    profile_id: str
+    run_id: int | None
+    rows: list[dict[str, Any]]
+
+
+def has_monitoring_tables(engine: Engine | Connection) -> bool:
+    """Whether the monitoring tables exist yet (they are created with the ledger by the first run)."""
+    return sa.inspect(engine).has_table(feature_profiles.name)
+
+
+def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one profile (:data:`PROFILE_COLUMNS`; of one ``feature`` if given), in
+    feature and bin order."""
+    t = feature_profiles.c
+    stmt = (sa.select(*(t[c] for c in PROFILE_COLUMNS)).where(t.profile_id == profile_id)
+            .order_by(t.feature, t.bin))
+    if feature is not None:
+        stmt = stmt.where(t.feature == feature)
+    return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def _stored(conn: Connection, profile_id: str, run_id: int | None) -> StoredProfile | None:
+    rows = profile_rows(conn, profile_id)
+    return StoredProfile(profile_id, run_id, rows) if rows else None
+
+
+def _has_profile(run: Any) -> sa.ColumnElement[bool]:
+    return sa.exists().where(feature_profiles.c.run_id == run.run_id)
+
+
+def find_reference(
+    conn: Connection, *, job: str, sha256: str, model_name: str | None = None, registry_version: int | None = None,
+) -> StoredProfile | None:
+    """The reference profile of a run (module doc), or None when there is none yet."""
+    if model_name is not None and registry_version is not None:
+        registered = _stored(conn, reference_profile_id(model_name, registry_version), None)
+        if registered is not None:
+            return registered
+    r = scoring_runs.c
+    first = conn.execute(
+        sa.select(sa.func.min(r.run_id)).where(
+            r.job == job, r.model_sha256 == sha256, r.status == RunStatus.SUCCEEDED, _has_profile(r)
+        )
+    ).scalar()
+    return _stored(conn, run_profile_id(first), int(first)) if first is not None else None
+
+
+def previous_profile(conn: Connection, *, job: str, as_of: date) -> StoredProfile | None:
+    """The profile of the job's latest published run of an earlier as_of (module doc)."""
+    r = scoring_runs.c
+    run_id = conn.execute(
+        sa.select(r.run_id)
+        .where(r.job == job, r.status == RunStatus.SUCCEEDED, r.replaced_by.is_(None), r.as_of < as_of,
+               _has_profile(r))
+        .order_by(r.as_of.desc(), r.run_id.desc())
+        .limit(1)
+    ).scalar()
+    return _stored(conn, run_profile_id(run_id), int(run_id)) if run_id is not None else None
+
+
+def replace_reference(
+    engine: Engine, profile_id: str, model_name: str, model_version: str, rows: Iterable[Mapping[str, Any]],
+) -> int:
+    """Store a registered model version's reference profile, replacing an earlier one of the
+    same id, in one transaction; returns the rows written."""
+    values = [{**{c: row[c] for c in PROFILE_COLUMNS}, "profile_id": profile_id, "run_id": None, "job": None,
+               "model_name": model_name, "model_version": model_version} for row in rows]
+    with begin_write(engine) as conn:
+        conn.execute(sa.delete(feature_profiles).where(feature_profiles.c.profile_id == profile_id))
+        if values:
+            conn.execute(feature_profiles.insert(), values)
+    return len(values)
+
+
+def drift_rows(conn: Connection, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The drift rows (:data:`DRIFT_COLUMNS`) of these runs, in run and feature order."""
+    if not run_ids:
+        return []
+    d = drift.c
+    stmt = (sa.select(*(d[c] for c in DRIFT_COLUMNS)).where(d.run_id.in_(list(run_ids)))
+            .order_by(d.run_id, d.feature))
+    return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def metric_rows(conn: Connection, job: str) -> list[dict[str, Any]]:
+    """Every ``model_metrics`` row of a job (:data:`METRIC_COLUMNS`), in as_of order."""
+    m = model_metrics.c
+    stmt = sa.select(*(m[c] for c in METRIC_COLUMNS)).where(m.job == job).order_by(m.as_of, m.id)
+    return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def replace_metrics(engine: Engine, job: str, as_ofs: Sequence[date], rows: Sequence[Mapping[str, Any]]) -> None:
+    """A job's figures for these as_ofs, replacing the ones evaluated before (one transaction)."""
+    with begin_write(engine) as conn:
+        if as_ofs:
+            conn.execute(sa.delete(model_metrics).where(model_metrics.c.job == job,
+                                                        model_metrics.c.as_of.in_(list(as_ofs))))
+        if rows:
+            conn.execute(model_metrics.insert(), [{**row, "job": job} for row in rows])
+
+
+def output_tables(conn: Connection, name: str, shadow_name: str) -> tuple[sa.Table | None, sa.Table | None]:
+    """An output table and its ``_shadow`` twin as they exist in the database (None: missing)."""
+    return _reflect(conn, name), _reflect(conn, shadow_name)
+
+
+def _reflect(conn: Connection, name: str) -> sa.Table | None:
+    schema, table = split_table_name(name)
+    if not sa.inspect(conn).has_table(table, schema=schema):
+        return None
+    return sa.Table(table, sa.MetaData(), schema=schema, autoload_with=conn)
+
+
+def prediction_as_ofs(conn: Connection, table: sa.Table, job: str) -> list[date]:
+    """The as_of dates a job has published predictions for in ``table``, oldest first."""
+    stmt = sa.select(table.c.as_of).where(table.c.job == job).distinct().order_by(table.c.as_of)
+    return [_as_date(v) for v in conn.execute(stmt).scalars()]
+
+
+def read_predictions(conn: Connection, table: sa.Table, job: str, as_of: date, keys: Sequence[str]) -> pd.DataFrame:
+    """A job's published rows of one as_of: keys, ``model_version``, ``prediction``, ``score``
+    (and ``challenger``, ``run_id`` from a shadow table)."""
+    extra = ["challenger", "run_id"] if "challenger" in table.c else []
+    columns = [*(table.c[k] for k in keys), table.c.model_version, table.c.prediction, table.c.score,
+               *(table.c[c] for c in extra)]
+    stmt = sa.select(*columns).where(table.c.job == job, table.c.as_of == as_of)
+    result = conn.execute(stmt)
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def challenger_versions(conn: Connection, run_ids: Sequence[int]) -> dict[tuple[int, str], str]:
+    """``{(run_id, challenger label): model version}`` from ``shadow_comparisons``: a shadow row's
+    own ``model_version`` is its run's (the champion's)."""
+    if not run_ids:
+        return {}
+    c = shadow_comparisons.c
+    stmt = sa.select(c.run_id, c.challenger, c.model_version).where(c.run_id.in_([int(r) for r in run_ids]))
+    return {(int(r), str(label)): str(v) for r, label, v in conn.execute(stmt) if v is not None}
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
