@@ -155,6 +155,11 @@ def test_a_dask_run_publishes_exactly_the_rows_of_a_local_run(
     assert _rejected(pg_url, "pred_dask") == _rejected(pg_url, "pred_local")
     assert query(pg_url, "SELECT rows_read, rows_scored, rows_rejected FROM scoring_runs ORDER BY run_id") == [
         (302, 300, 2), (302, 300, 2)]
+    # Drift profiles are observed on the workers and merged by the driver: the same
+    # bins as the local run's (which is the reference, so every PSI is 0).
+    bins = "SELECT feature, bin, lower, upper, category, rows FROM feature_profiles WHERE run_id = :r ORDER BY 1, 2, 5"
+    assert query(pg_url, bins, r=2) == query(pg_url, bins, r=1) != []
+    assert query(pg_url, "SELECT DISTINCT psi_reference FROM drift WHERE run_id = 2") == [(0.0,)]
 
 
 # --- faults ---------------------------------------------------------------------------
