@@ -124,10 +124,11 @@ def counts(url: str) -> dict[str, int]:
 RULES = {"predictions_keep_as_ofs": 2, "rejected_rows_days": 30, "ledger_days": 400}
 # What RULES delete from the history: D0..D2 rows that have a newer row (17 + 14 + 11),
 # every shadow row of D0..D2 (20 + 17 + 14), the rejected rows of runs 1-3, and the
-# ledger rows of runs 1 (replaced) and 7 (failed) with their monitoring rows. Run 2
-# is as old, but its rows for entities 15-17 are what _latest shows.
-EXPECTED = {"predictions": 42, "predictions_shadow": 51, "rejected_rows": 3, "scoring_runs": 2,
-            "feature_profiles": 4, "drift": 1, "shadow_comparisons": 2}
+# ledger row of run 7 (failed) with its monitoring rows. Run 2 is as old, but its rows
+# for entities 15-17 are what _latest shows; run 1 (replaced) is the model's first
+# profiled run, the drift reference its later runs compare with: kept too.
+EXPECTED = {"predictions": 42, "predictions_shadow": 51, "rejected_rows": 3, "scoring_runs": 1,
+            "feature_profiles": 2, "shadow_comparisons": 1}
 
 
 def _deleted(report: api.PruneReport) -> dict[str, int]:
@@ -142,7 +143,7 @@ def test_prune_keeps_the_last_as_ofs_every_latest_row_and_young_or_referenced_le
 
     result = cli_run(h.cfg, "prune")
     assert result.exit_code == 0, result.output
-    assert "prune: deleted 105 row(s)" in result.output
+    assert "prune: deleted 100 row(s)" in result.output
     assert {t: before[t] - n for t, n in counts(db_url).items()} == {t: EXPECTED.get(t, 0) for t in before}
 
     # The view reads exactly the same; every row left is a kept as_of's or a latest one.
@@ -156,10 +157,10 @@ def test_prune_keeps_the_last_as_ofs_every_latest_row_and_young_or_referenced_le
     shadow_days = query(db_url, "SELECT DISTINCT as_of FROM predictions_shadow ORDER BY as_of")
     assert [str(d) for (d,) in shadow_days] == [str(DAYS[3]), str(DAYS[4])]
     assert query(db_url, "SELECT DISTINCT run_id FROM rejected_rows ORDER BY run_id") == [(4,), (5,), (6,)]
-    assert query(db_url, "SELECT run_id FROM scoring_runs ORDER BY run_id") == [(r,) for r in (2, 3, 4, 5, 6)]
+    assert query(db_url, "SELECT run_id FROM scoring_runs ORDER BY run_id") == [(r,) for r in (1, 2, 3, 4, 5, 6)]
     for table in ("feature_profiles", "drift", "shadow_comparisons"):
         runs = {r for (r,) in query(db_url, f"SELECT DISTINCT run_id FROM {table}")}  # noqa: S608
-        assert not runs & {1, 7}, table
+        assert 7 not in runs and 1 in runs, table
 
     again = cli_run(h.cfg, "prune")
     assert again.exit_code == 0 and "prune: deleted 0 row(s)" in again.output
@@ -171,7 +172,7 @@ def test_dry_run_counts_what_prune_deletes_and_deletes_nothing(tmp_path: Path, d
     result = cli_run(h.cfg, "prune", "--dry-run")
     assert result.exit_code == 0, result.output
     assert counts(db_url) == before
-    assert "would delete 105 row(s); nothing was deleted" in result.output
+    assert "would delete 100 row(s); nothing was deleted" in result.output
     table = {tuple(line.split()[:2]): line.split()[2] for line in result.output.splitlines()
              if line.startswith("j ")}
     assert {t: int(n.replace(",", "")) for (_, t), n in table.items()} == EXPECTED
@@ -201,8 +202,8 @@ def test_an_as_of_is_kept_when_any_rule_keeps_it(tmp_path: Path, sqlite_url: str
 def test_default_retention_keeps_every_prediction_and_young_ledger_rows(tmp_path: Path, db_url: str) -> None:
     h = make_history(tmp_path, db_url)  # defaults: rejected rows 30 days, ledger 400 days
     report = api.prune(h.cfg)
-    assert _deleted(report) == {"rejected_rows": 3, "scoring_runs": 2, "feature_profiles": 4, "drift": 1,
-                                "shadow_comparisons": 2}
+    assert _deleted(report) == {"rejected_rows": 3, "scoring_runs": 1, "feature_profiles": 2,
+                                "shadow_comparisons": 1}
     assert query(db_url, "SELECT count(*) FROM predictions") == [(70,)]
 
 

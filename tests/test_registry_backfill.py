@@ -82,3 +82,32 @@ def test_backfill_version_of_a_model_file_job_is_refused(tmp_path: Path, sqlite_
     config = write_config(tmp_path, sqlite_url, {"j": path_job()})
     result = cli_run(config, "backfill", "j", "--start", str(DAYS[0]), "--end", str(DAYS[-1]), "--version", "2")
     assert result.exit_code == 2 and "job 'j'" in result.output and "--version 2" in result.output
+
+
+def test_a_regressor_registered_with_a_table_reference_is_compared_with_it(tmp_path: Path, db_url: str) -> None:
+    """CLI ``--reference TABLE``: read in chunks, profiled as a run profiles (a regressor's
+    prediction is its score); the version's runs then compare with that reference."""
+    _three_days(db_url)
+    load_table(db_url, features_frame(500, seed=7), table="training")
+    config = registry_config(tmp_path, db_url)
+    model = save_model(train("regressor"), tmp_path / "reg.joblib")
+
+    ok(config, "models", "register", "churn", str(model), "--reference", "training", "--alias", "champion")
+    ok(config, "run", "j", "--as-of", str(DAYS[0]))
+
+    profile = query(db_url, "SELECT feature, sum(rows) FROM feature_profiles WHERE profile_id = 'reference:churn:1' "
+                            "GROUP BY feature ORDER BY feature")
+    assert profile == sorted([(f, 500) for f in [*FEATURES, "score"]])
+    drift = query(db_url, "SELECT DISTINCT reference_profile FROM drift")
+    assert drift == [("reference:churn:1",)]
+    assert query(db_url, "SELECT count(*) FROM drift WHERE feature = 'score' AND psi_reference IS NOT NULL") == [(1,)]
+
+
+def test_a_reference_without_the_models_features_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    config = registry_config(tmp_path, sqlite_url)
+    load_table(sqlite_url, features_frame(50, seed=7).drop(columns=["x2"]), table="training")
+    result = cli_run(config, "models", "register", "churn", str(save_model(train("binary"), tmp_path / "m.joblib")),
+                     "--reference", "training")
+    assert result.exit_code == 2, result.output
+    assert "x2" in result.output and "Traceback" not in result.output
+    assert query(sqlite_url, "SELECT count(*) FROM model_versions") == [(0,)]

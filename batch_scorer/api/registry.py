@@ -19,7 +19,7 @@ import copy
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,9 @@ from batch_scorer.config import Config, JobConfig
 from batch_scorer.errors import BatchScorerError, ModelError, UsageError
 from batch_scorer.models import registry
 from batch_scorer.models.loader import LoadedModel, format_for, read_model_file
-from batch_scorer.models.scoring import prepare_features, score_prepared
-from batch_scorer.monitoring.profile import PREDICTION, SCORE, Profile, bins_from_reference, profiled_kinds
 from batch_scorer.names import check_plain_name, check_table_name, split_table_name
 from batch_scorer.runtime.jobs import job_as_of
+from batch_scorer.runtime.monitor import profile_reference, reference_chunks, reference_rows
 from batch_scorer.runtime.plan import ModelCache, build_plan
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.views import daily_view_name
@@ -67,7 +66,8 @@ def register_model(
         _check_name(alias, "alias")
     with open_engine(cfg) as engine:
         create_tool_tables(engine)
-        profile = _reference_profile(engine, name, model, reference) if reference is not None else []
+        bins = next((j.monitor.bins for j in jobs), 10)
+        profile = _reference_profile(engine, name, model, reference, bins) if reference is not None else []
         done = registry.register(engine, name, data, model, note=note, profile=profile)
         log.info("model %s %s: %s (sha256 %s)", name, done.version.label,
                  "registered" if done.created else "already registered", done.version.sha256[:12])
@@ -186,50 +186,30 @@ def _artifact(value: Any) -> tuple[bytes, str, str]:
     return buffer.getvalue(), "joblib", f"estimator {type(value).__name__}"
 
 
-def _reference_profile(engine: Engine, name: str, model: LoadedModel, reference: Reference) -> list[dict[str, Any]]:
-    """The reference's profile rows: the model's features as it sees them, its score and,
-    for a classifier, the predicted class, in the reference's own bins."""
-    frame = reference if isinstance(reference, pd.DataFrame) else _read_reference(engine, model, reference)
-    missing = [f for f in model.features if f not in frame.columns]
-    if missing:
-        raise UsageError(f"model {name!r}: the reference lacks feature column(s) {missing} of the model")
-    if not len(frame):
-        raise UsageError(f"model {name!r}: the reference has no rows")
-    X = prepare_features(model, frame)
-    prediction, score = score_prepared(model, X)
-    data = (X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, columns=list(model.features))).copy()
-    if score is not None:
-        data[SCORE] = score
-    if model.is_classifier:
-        data[PREDICTION] = prediction
-    bins = bins_from_reference(data, profiled_kinds(model.feature_kinds, model.is_classifier))
-    profile = Profile(bins)
-    profile.update(data)
-    return [{**row, "kind": bins[row["feature"]].kind} for row in profile.to_rows()]
-
-
-def _read_reference(engine: Engine, model: LoadedModel, reference: str | os.PathLike[str]) -> pd.DataFrame:
-    """A table's feature columns, or the rows of a .sql file's query."""
-    text = str(reference)
-    with engine.connect() as conn:
-        if text.endswith(".sql"):
+def _reference_profile(
+    engine: Engine, name: str, model: LoadedModel, reference: pd.DataFrame | str | os.PathLike[str], bins: int,
+) -> list[dict[str, Any]]:
+    """The reference's profile rows, profiled as a run of the version profiles its rows
+    (:func:`~batch_scorer.runtime.monitor.profile_reference`: features as the model sees
+    them, its score, for a classifier the predicted class). A table or a .sql file is read
+    in chunks, twice (exact deciles, bounded memory)."""
+    if isinstance(reference, pd.DataFrame):
+        missing = [f for f in model.features if f not in reference.columns]
+        if missing:
+            raise UsageError(f"model {name!r}: the reference lacks feature column(s) {missing} of the model")
+        source: pd.DataFrame | Callable[[], Iterator[pd.DataFrame]] = reference
+    else:
+        text = str(reference)
+        if not text.lower().endswith(".sql"):
             try:
-                sql = Path(text).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"cannot read the reference query file {text}: {exc.strerror or exc}") from None
-            return pd.read_sql(sa.text(sql), conn)
-        try:
-            check_table_name(text, "reference table")
-        except ValueError as exc:
-            raise UsageError(f"{exc}; give a table name or a .sql file") from None
-        schema, table_name = split_table_name(text)
-        try:
-            table = sa.Table(table_name, sa.MetaData(), schema=schema, autoload_with=conn)
-        except sa.exc.NoSuchTableError:
-            raise UsageError(f"the reference table {text!r} does not exist; give a table name or a .sql file") \
-                from None
-        columns = [table.c[f] for f in model.features if f in table.c]
-        return pd.read_sql(sa.select(*columns), conn)
+                check_table_name(text, "reference table")
+            except ValueError as exc:
+                raise UsageError(f"{exc}; give a table name or a .sql file") from None
+        source = reference_chunks(engine, text, model)
+    profile, _ = profile_reference(model, source, bins)
+    if not any(profile.rows(f) for f in profile.bins):
+        raise UsageError(f"model {name!r}: the reference has no rows the model can score")
+    return reference_rows(profile)
 
 
 def _reworded(exc: BatchScorerError, text: str) -> BatchScorerError:

@@ -107,6 +107,17 @@ def find_reference(
     return _stored(conn, run_profile_id(first), int(first)) if first is not None else None
 
 
+def reference_runs(conn: Connection, job: str) -> list[int]:
+    """The runs of ``job`` whose profile is a reference (its first profiled succeeded run
+    of each model sha256, as :func:`find_reference` picks it): kept by prune, so that the
+    baseline a model's runs compare with never moves."""
+    r = scoring_runs.c
+    query = (sa.select(sa.func.min(r.run_id))
+             .where(r.job == job, r.status == RunStatus.SUCCEEDED, r.model_sha256.is_not(None), _has_profile(r))
+             .group_by(r.model_sha256))
+    return [int(x) for x in conn.execute(query).scalars()]
+
+
 def previous_profile(conn: Connection, *, job: str, as_of: date) -> StoredProfile | None:
     """The profile of the job's latest published run of an earlier as_of (module doc)."""
     r = scoring_runs.c

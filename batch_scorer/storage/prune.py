@@ -15,7 +15,8 @@ What goes, per job (:func:`prune_job`):
   ``shadow_comparisons`` rows of those runs. Never a running run's, nor one
   whose rows are still kept anywhere (output rows and rejected rows reference
   their run_id), nor the job's last succeeded run (its model is what the next run
-  compares with), nor the job's latest run with drift rows (``drift_latest``).
+  compares with), nor the job's latest run with drift rows (``drift_latest``), nor a
+  reference run (a model's first profiled run: its later runs compare with it).
 
 Deletes run in batches of at most ``batch_rows`` rows (picked by ``ctid`` on
 PostgreSQL, ``rowid`` on SQLite), each batch its own short write transaction
@@ -42,7 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.expression import FromClause
 
 from batch_scorer.names import short_name, split_table_name
-from batch_scorer.storage import ledger
+from batch_scorer.storage import ledger, profiles
 from batch_scorer.storage.db import begin_write, is_postgres
 from batch_scorer.storage.schema import (
     RunStatus,
@@ -223,11 +224,13 @@ def _prune_ledger(batch: _Batches, job: str, rules: Retention, keep_from: date |
 
 
 def _protected_runs(engine: Engine, job: str) -> list[int]:
-    """The job's last succeeded run and its latest run with drift rows (``drift_latest``)."""
+    """The job's last succeeded run, its latest run with drift rows (``drift_latest``) and
+    its reference runs (one per model: what that model's runs compare with)."""
     last = ledger.last_published(engine, job)
     with engine.connect() as conn:
         latest_drift = conn.execute(sa.select(sa.func.max(drift.c.run_id)).where(drift.c.job == job)).scalar()
-    return [int(r) for r in (last.run_id if last else None, latest_drift) if r is not None]
+        references = profiles.reference_runs(conn, job)
+    return [int(r) for r in (last.run_id if last else None, latest_drift, *references) if r is not None]
 
 
 def _no_rows_kept(engine: Engine, job: str, keep_from: date | None, output: str | None) -> list[Any]:
