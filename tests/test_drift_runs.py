@@ -88,8 +88,9 @@ def test_on_alert_fail_publishes_nothing_and_names_the_feature_and_its_psi(tmp_p
     assert result.exit_code == 1
     error_line = next(line for line in result.output.splitlines() if line.startswith("Error:"))
     assert "x2 PSI " in error_line and "on_alert is fail" in error_line and "nothing was published" in error_line
-    status, error = query(db_url, "SELECT status, error FROM scoring_runs WHERE run_id = 2")[0]
-    assert status == "failed" and "x2 PSI " in error
+    status, error, drift_status = query(db_url, "SELECT status, error, drift_status FROM scoring_runs "
+                                              "WHERE run_id = 2")[0]
+    assert status == "failed" and "x2 PSI " in error and drift_status == "alert"
     assert {str(d)[:10] for d in published(db_url)["as_of"]} == {REFERENCE_DAY.isoformat()}
     assert query(db_url, "SELECT count(*) FROM drift WHERE run_id = 2") == [(0,)]
     assert query(db_url, "SELECT count(*) FROM feature_profiles WHERE run_id = 2") == [(0,)]

@@ -202,6 +202,7 @@ class RunMonitor:
         self.plan = plan
         self.observer = observer_for(plan)
         self.state: Partial | None = None
+        self.alerted = False  # set when finish refused the run (on_alert: fail)
 
     def absorb(self, observed: Mapping[str, Any]) -> None:
         """Merge one chunk's partial (on the driver, whoever computed it)."""
@@ -222,6 +223,7 @@ class RunMonitor:
         drifts = psi_math.compare(reference, current, plan.previous, plan.warn_psi, plan.alert_psi)
         alerts = psi_math.alerts(drifts)
         if alerts and plan.on_alert == "fail":
+            self.alerted = True
             raise RunFailed(
                 f"job {job!r}: drift alert for as_of {as_of}: {psi_math.describe(alerts)} (PSI against the "
                 f"reference {reference_id}, at or above alert_psi {plan.alert_psi:g}); monitor.on_alert is "

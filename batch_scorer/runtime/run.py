@@ -268,7 +268,8 @@ class JobRun:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 _save_rejections(self.engine, self.run_id, plan.job, self.rejections.rows)
         try:
-            ledger.fail_run(self.engine, self.run_id, reason, **self.counts)
+            alerted = "alert" if self.monitor is not None and self.monitor.alerted else None
+            ledger.fail_run(self.engine, self.run_id, reason, drift_status=alerted, **self.counts)
         except sa.exc.SQLAlchemyError as ledger_exc:
             # E.g. the server is gone: one line, not a traceback; the next run
             # of the job finds the row still 'running' and marks it abandoned.

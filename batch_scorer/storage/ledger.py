@@ -155,15 +155,17 @@ def finish_run(
     )
 
 
-def fail_run(engine: Engine, run_id: int, error: str, **counts: int) -> None:
+def fail_run(engine: Engine, run_id: int, error: str, drift_status: str | None = None, **counts: int) -> None:
     """Mark a run ``failed`` in its own transaction (on a new connection: the run's own
     may be dead). Only a ``running`` row changes: if the publish did commit before
-    the failure (e.g. a signal during COMMIT), the ledger keeps saying ``succeeded``."""
+    the failure (e.g. a signal during COMMIT), the ledger keeps saying ``succeeded``.
+    ``drift_status``: ``alert`` for a run that drift monitoring refused."""
     with begin_write(engine) as conn:
         conn.execute(
             scoring_runs.update()
             .where(scoring_runs.c.run_id == run_id, scoring_runs.c.status == S.RUNNING)
-            .values(status=S.FAILED, finished_at=utcnow(), error=error[:ERROR_MAX_CHARS], **counts)
+            .values(status=S.FAILED, finished_at=utcnow(), error=error[:ERROR_MAX_CHARS], drift_status=drift_status,
+                    **counts)
         )
 
 
