@@ -42,3 +42,20 @@ def test_fires_due_together_run_as_one_batch_in_after_order(tmp_path: Path, sqli
         assert set(jobs) == {"down", *(f"m.{c}" for c in COUNTRIES)}, jobs
         assert all(jobs["down"] > run_id for job, run_id in jobs.items() if job != "down"), jobs
     assert query(sqlite_url, "SELECT count(*) FROM downstream_latest") == [(120,)]
+
+
+def test_schedule_and_next_take_a_matrix_name_as_run_does(tmp_path: Path) -> None:
+    from tests.helpers import cli_run
+
+    jobs = {"m": {**matrix_job(), "schedule": "0 2 * * *"},
+            "other": {**matrix_job(["XX"]), "matrix": None, "model": {"path": "models/m_AT.joblib"},
+                      "output": {"table": "other"}, "schedule": "0 3 * * *"}}
+    jobs["other"].pop("matrix")
+    jobs["other"]["source"] = {"table": "features", "key": ["entity_id"]}
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/x.db", jobs)
+    result = cli_run(cfg, "schedule", "--next", "1", "m")
+    assert result.exit_code == 0, result.output
+    named = set(re.findall(r"\bm\.\w+|\bother\b", result.output))
+    assert named == {f"m.{c}" for c in COUNTRIES}, result.output
+    unknown = cli_run(cfg, "schedule", "--next", "1", "mm")
+    assert unknown.exit_code == 2 and "mm" in unknown.output

@@ -91,7 +91,9 @@ def _fire(cfg: Config, name: str, fire_time: datetime, kind: str) -> Fire:
 
 
 def triggers(cfg: Config, names: Sequence[str] = ()) -> dict[str, ScheduleTrigger]:
-    """The trigger of each scheduled job (all of them, or ``names``)."""
+    """The trigger of each scheduled job (all of them, or those ``names`` select: a matrix
+    job's name selects its expansions, as ``run`` takes it)."""
+    names = cfg.select(names) if names else ()
     for name in names:
         if cfg.job(name).schedule is None:
             raise UsageError(f"job {name!r} has no schedule: key; add one (e.g. schedule: \"0 2 * * *\")")
