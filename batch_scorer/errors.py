@@ -20,7 +20,7 @@ class BatchScorerError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 
     exit_code: int = EXIT_RUN_FAILED
-    # The ledger row of the run that failed, once there is one (set by the pipeline).
+    # The ledger row of the run that failed, once there is one (set by the run, runtime/run.py).
     run_id: int | None = None
 
 
@@ -49,13 +49,13 @@ class SourceError(BatchScorerError):
 
 
 class DatabaseError(BatchScorerError):
-    """Raised by ``db`` when the database cannot be reached or fails; the URL is masked."""
+    """Raised by the storage layer when the database cannot be reached or fails; the URL is masked."""
 
     exit_code = EXIT_RUN_FAILED
 
 
 class RunFailed(BatchScorerError):
-    """Raised by ``pipeline`` when a run started but failed; its ledger row says why."""
+    """Raised by a run (runtime/run.py) when a run started but failed; its ledger row says why."""
 
     exit_code = EXIT_RUN_FAILED
 

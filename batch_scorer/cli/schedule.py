@@ -39,7 +39,7 @@ def schedule(ctx: click.Context, jobs: tuple[str, ...], count: int | None, after
     \b
     Example:
         batch-scorer schedule --next 5    # show what would run when
-        batch-scorer schedule             # the daemon (systemd, see README)
+        batch-scorer schedule             # the daemon (systemd: docs/operations.md)
     """
     if after is not None and count is None:
         raise click.UsageError("--after only applies with --next N")

@@ -130,7 +130,7 @@ class Defaults(Strict):
 
 
 class SchedulerConfig(Strict):
-    """Settings of the ``batch-scorer schedule`` daemon (README "Scheduling and backfill")."""
+    """Settings of the ``batch-scorer schedule`` daemon (docs/operations.md, "The scheduler daemon")."""
 
     catch_up_hours: float = Field(default=24.0, ge=0, le=24 * 366)
     """On start, the latest fire of each job within this many hours is run once if the
@@ -153,8 +153,8 @@ class ExecutorConfig(Strict):
     database themselves, so it needs PostgreSQL (a sqlite URL is refused at load).
     Default local."""
     address: str | None = None
-    """Address of the Dask scheduler, e.g. ``tcp://host:8786``. Default null (none given).
-    Only used with kind: dask."""
+    """Address of the Dask scheduler, e.g. ``tcp://host:8786``. Default null: the run starts
+    an in-process LocalCluster (one worker process per core). Only used with kind: dask."""
     partitions: int | None = Field(default=None, ge=1)
     """How many parts a job's rows are split into for the executor. Default null (the
     executor decides); else an int >= 1."""

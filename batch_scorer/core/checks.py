@@ -1,6 +1,6 @@
 """Row-level checks: which rows of a chunk can be scored, and why the others cannot.
 
-:func:`score_checked` is what the pipeline calls per chunk. It is a pure
+:func:`score_checked` is what process_chunk (core/chunk.py) calls per chunk. It is a pure
 function of (model, rows) (features are coerced once, then scored with ``scoring.score_prepared``
 or the executor's threaded version):
 
@@ -66,7 +66,7 @@ class Rejections:
     """Rejected rows of a run: counted by reason, and handed to ``flush`` in batches
     of ``flush_every`` so memory stays bounded whatever the source holds.
 
-    ``rows`` holds those not yet flushed; the pipeline records them when the run ends.
+    ``rows`` holds those not yet flushed; the run records them when the run ends.
     """
 
     flush: Callable[[list[RejectedRow]], None] | None = None
@@ -384,7 +384,7 @@ class _Diagnosis:
 
 class TooManyBadRows(RunFailed):
     """Raised by :func:`score_checked` when it gives up on a chunk; ``rejected`` holds
-    the rows of that chunk found bad so far (the pipeline records them)."""
+    the rows of that chunk found bad so far (the run records them)."""
 
     def __init__(self, message: str, rejected: list[RejectedRow]) -> None:
         super().__init__(message)

@@ -265,7 +265,7 @@ def _deserialize(job: str, data: bytes, source: str, fmt: str, trusted: Sequence
 
 def _unpickle(job: str, data: bytes, source: str) -> Any:
     try:
-        return joblib.load(io.BytesIO(data))  # noqa: S301 - pinned by sha256 above; see README
+        return joblib.load(io.BytesIO(data))  # noqa: S301 - pinned by sha256 above; see docs/operations.md ("Replacing a model file")
     except Exception as exc:  # any unpickling failure is a bad model file
         if _looks_truncated(data, exc):
             problem = (

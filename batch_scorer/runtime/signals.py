@@ -4,7 +4,7 @@ Python turns SIGINT into ``KeyboardInterrupt`` but lets SIGTERM (what cron,
 systemd, Kubernetes and ``kill`` send) end the process without unwinding, so a
 run would neither roll back nor record why it stopped. :func:`interruptible`
 makes both signals raise :class:`Interrupted` (a ``KeyboardInterrupt``) in the
-main thread: the pipeline's ``except BaseException`` rolls the run back and
+main thread: the run's ``except BaseException`` rolls the run back and
 marks its ledger row ``failed`` ("interrupted by SIGTERM"), and the CLI exits
 with 128 + the signal number. A second signal while that cleanup runs ends the
 process at once (the next run then marks the row ``abandoned``; nothing partial

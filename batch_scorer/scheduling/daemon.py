@@ -1,6 +1,6 @@
 """The ``batch-scorer schedule`` daemon (APScheduler 3) and ``--next``.
 
-How it works (README "Scheduling and backfill"):
+How it works (docs/operations.md, "The scheduler daemon"):
 
 - Each job with a ``schedule:`` gets an APScheduler job on a
   :class:`~batch_scorer.config.cron.ScheduleTrigger` in the configured
