@@ -52,6 +52,9 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bs_bench")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--monitoring-off", action="store_true",
+                   help="also time this checkout with monitor.enabled false (a run path change "
+                        "measured apart from drift monitoring's own cost)")
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     url = schema_url(args.url)
@@ -62,12 +65,18 @@ def main() -> None:
     models = train_models(args, args.workdir)
     print(f"compare: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     case = Case(f"PostgreSQL, {args.model} model, before vs after", args.rows)
+    arms = [("before", args.before, False), ("after", args.after, False)]
+    if args.monitoring_off:
+        arms.append(("after, monitoring off", args.after, True))
     for rep in range(args.reps):
-        for label, tree in (("before", args.before), ("after", args.after)):
-            out = f"cmp_{label}"
-            folder = args.workdir / f"compare_{label}"
+        for label, tree, monitoring_off in arms:
+            out = "cmp_" + label.replace(", monitoring off", "_nomon")
+            folder = args.workdir / f"compare_{out}"
             folder.mkdir(exist_ok=True)
-            config = write_config(folder, url, {out: job(models[args.model], table, out)}, args.chunk_size)
+            spec = job(models[args.model], table, out)
+            if monitoring_off:
+                spec["monitor"] = {"enabled": False}
+            config = write_config(folder, url, {out: spec}, args.chunk_size)
             truncate(engine, out)
             settle(engine)
             env = dict(os.environ, PYTHONPATH=str(tree))
@@ -82,6 +91,11 @@ def main() -> None:
     rb = max(s.peak_rss_mb for s in case.samples["before"])
     ra = max(s.peak_rss_mb for s in case.samples["after"])
     print(f"after vs before: wall {100 * (a / b - 1):+.1f}%, peak RSS {100 * (ra / rb - 1):+.1f}%")
+    if args.monitoring_off:
+        label = "after, monitoring off"
+        n = statistics.median(s.seconds for s in case.samples[label])
+        rn = max(s.peak_rss_mb for s in case.samples[label])
+        print(f"{label} vs before: wall {100 * (n / b - 1):+.1f}%, peak RSS {100 * (rn / rb - 1):+.1f}%")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     engine.dispose()
 

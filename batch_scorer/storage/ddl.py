@@ -24,11 +24,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from batch_scorer.errors import DatabaseError, SourceError
 from batch_scorer.masking import first_line
 from batch_scorer.names import split_table_name
-from batch_scorer.storage.catalog import catalog
+from batch_scorer.storage.catalog import Catalog, catalog
 from batch_scorer.storage.db import begin_write, is_sqlite
 from batch_scorer.storage.retry import is_insufficient_privilege
 from batch_scorer.storage.schema import TOOL_TABLES, RunStatus, metadata, output_table, scoring_runs
-from batch_scorer.storage.views import create_view_sql, output_views, tool_views
+from batch_scorer.storage.views import create_view_sql, output_view_names, output_views, tool_views
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,15 @@ def create_tool_tables(engine: Engine) -> None:
     """Create the tool's tables and views if missing, and upgrade an older ledger."""
     _create_tables(engine, metadata, TOOL_TABLES)
     catalog(engine).remember("ledger upgraded", lambda: upgrade_ledger(engine) or True)
-    _create_views(engine, tool_views())
+    views = tool_views()
+    _create_views(engine, list(views), lambda: views)
 
 
 def ensure_output(engine: Engine, table: sa.Table, keys: Sequence[str], classifier: bool) -> None:
     """Create an output table, its indexes and its ``_latest``/``_daily`` views if missing."""
     _create_tables(engine, table.metadata, [table])
-    _create_views(engine, output_views(table, keys, classifier))
+    # The view definitions are built only when one is missing (a fleet's runs find them).
+    _create_views(engine, output_view_names(table), lambda: output_views(table, keys, classifier))
 
 
 def ensure_table(engine: Engine, table: sa.Table) -> None:
@@ -55,10 +57,7 @@ def missing_objects(engine: Engine, table: sa.Table, keys: Sequence[str], classi
     """Which of an output table and its views do not exist yet (read-only)."""
     known = catalog(engine)
     missing = [] if known.has_table(table.name, table.schema) else [_full(table)]
-    for name in output_views(table, keys, classifier):
-        schema, view = split_table_name(name)
-        if not known.has_view(view, schema):
-            missing.append(name)
+    missing.extend(name for name in output_view_names(table) if not _view_exists(known, name))
     return missing
 
 
@@ -85,14 +84,13 @@ def _create_tables(engine: Engine, md: sa.MetaData, tables: Iterable[sa.Table]) 
 
 def check_view_names(engine: Engine, table: sa.Table, keys: Sequence[str], classifier: bool) -> None:
     """Refuse (exit 2) an output table whose view names are taken by tables of someone else's."""
-    _check_free(engine, output_views(table, keys, classifier))
+    _check_free(engine, output_view_names(table))
 
 
-def _check_free(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
+def _check_free(engine: Engine, names: Sequence[str]) -> None:
     known = catalog(engine)
-    for name in views:
-        schema, view = split_table_name(name)
-        if not known.has_view(view, schema) and _is_table(engine, name):
+    for name in names:
+        if not _view_exists(known, name) and _is_table(engine, name):
             raise SourceError(
                 f"the view {name} cannot be created: a table of that name already exists in the "
                 "database (a name batch-scorer derives from an output table). Rename that table, "
@@ -100,17 +98,25 @@ def _check_free(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
             )
 
 
-def _create_views(engine: Engine, views: dict[str, sa.Select[Any]]) -> None:
+def _create_views(engine: Engine, names: Sequence[str], selects: Callable[[], dict[str, sa.Select[Any]]]) -> None:
+    """Create the views ``names`` that are missing, from ``selects()`` (called only then)."""
     known = catalog(engine)
-    _check_free(engine, views)
-    for name, select in views.items():
+    _check_free(engine, names)
+    missing = [n for n in names if not _view_exists(known, n)]
+    if not missing:
+        return
+    views = selects()
+    for name in missing:
         schema, view = split_table_name(name)
-        if known.has_view(view, schema):
-            continue
-        sql = create_view_sql(engine.dialect, name, select)
+        sql = create_view_sql(engine.dialect, name, views[name])
         if _create(engine, lambda v=view, s=schema: known.has_view(v, s),
                    lambda conn, sql=sql: conn.exec_driver_sql(sql), [name]):
             known.created(view, schema, view=True)
+
+
+def _view_exists(known: Catalog, name: str) -> bool:
+    schema, view = split_table_name(name)
+    return known.has_view(view, schema)
 
 
 def _is_table(engine: Engine, name: str) -> bool:

@@ -78,7 +78,9 @@ def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) 
             .order_by(t.feature, t.bin))
     if feature is not None:
         stmt = stmt.where(t.feature == feature)
-    return [dict(r._mapping) for r in conn.execute(stmt)]
+    result = conn.execute(stmt)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def _stored(conn: Connection, profile_id: str, run_id: int | None) -> StoredProfile | None:
@@ -152,14 +154,18 @@ def drift_rows(conn: Connection, run_ids: Sequence[int]) -> list[dict[str, Any]]
     d = drift.c
     stmt = (sa.select(*(d[c] for c in DRIFT_COLUMNS)).where(d.run_id.in_(list(run_ids)))
             .order_by(d.run_id, d.feature))
-    return [dict(r._mapping) for r in conn.execute(stmt)]
+    result = conn.execute(stmt)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def metric_rows(conn: Connection, job: str) -> list[dict[str, Any]]:
     """Every ``model_metrics`` row of a job (:data:`METRIC_COLUMNS`), in as_of order."""
     m = model_metrics.c
     stmt = sa.select(*(m[c] for c in METRIC_COLUMNS)).where(m.job == job).order_by(m.as_of, m.id)
-    return [dict(r._mapping) for r in conn.execute(stmt)]
+    result = conn.execute(stmt)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def replace_metrics(engine: Engine, job: str, as_ofs: Sequence[date], rows: Sequence[Mapping[str, Any]]) -> None:

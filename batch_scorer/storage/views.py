@@ -126,13 +126,16 @@ def tool_views() -> dict[str, sa.Select[Any]]:
     return {SCORING_RUNS_BI: scoring_runs_bi_select(), DRIFT_LATEST: drift_latest_select()}
 
 
+def output_view_names(table: sa.Table) -> list[str]:
+    """The names of one output table's views (``schema.`` kept), as :func:`output_views` keys them."""
+    name = full_name(table)
+    return [latest_view_name(name), daily_view_name(name)]
+
+
 def output_views(table: sa.Table, keys: Sequence[str], classifier: bool) -> dict[str, sa.Select[Any]]:
     """The views of one output table, by name (``schema.`` kept)."""
-    name = full_name(table)
-    return {
-        latest_view_name(name): latest_view_select(table, keys),
-        daily_view_name(name): daily_view_select(table, classifier),
-    }
+    latest, daily = output_view_names(table)
+    return {latest: latest_view_select(table, keys), daily: daily_view_select(table, classifier)}
 
 
 def create_view_sql(dialect: Dialect, view_name: str, select: sa.Select[Any]) -> str:
