@@ -241,3 +241,20 @@ def test_from_counts_rejects_counts_of_the_wrong_length() -> None:
     assert Profile.from_counts(bins, {"x": [1, 2, 3, 4]}).rows("x") == 10
     with pytest.raises(ValueError, match="3 counts for 4 bins"):
         Profile.from_counts(bins, {"x": [1, 2, 3]})
+
+
+def test_counting_many_float_features_at_once_equals_counting_each() -> None:
+    """The observer counts a chunk's float features with one comparison: the same counts as
+    one feature at a time, NULLs, values on an edge and empty chunks included."""
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 500):
+        values = rng.normal(size=(n, 4))
+        values[rng.random((n, 4)) < 0.1] = np.nan
+        values[:, 0] = 0.5  # every row on an edge (bins are closed on the right)
+        bins = [FeatureBins(f"f{i}", NUMERIC, edges=(-1.0, -0.2, 0.5, 1.3)) for i in range(4)]
+        together = FeatureBins.count_numeric(bins, values)
+        for i, fbins in enumerate(bins):
+            assert together[i].tolist() == fbins.count(pd.Series(values[:, i])).tolist(), (n, i)
+    constant = [FeatureBins("a", NUMERIC, edges=()), FeatureBins("b", NUMERIC, edges=())]
+    column = np.array([[1.0, np.nan], [2.0, 3.0]])
+    assert [c.tolist() for c in FeatureBins.count_numeric(constant, column)] == [[2, 0], [1, 1]]

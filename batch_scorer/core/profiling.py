@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from batch_scorer.core.checks import Checked
-from batch_scorer.monitoring.profile import CATEGORICAL, FeatureBins, Profile, ReferenceSketch
+from batch_scorer.monitoring.profile import CATEGORICAL, NUMERIC, FeatureBins, Profile, ReferenceSketch
 
 Partial = Profile | ReferenceSketch
 
@@ -55,9 +55,28 @@ class ProfileObserver:
             sketch = ReferenceSketch(self.kinds, list(self.kinds), n_bins=self.n_bins, seed=_seed(checked))
             sketch.update({name: self._column(name, checked, features) for name in self.kinds})
             return sketch
-        # Counted column by column on the coerced features themselves: no frame is built.
-        counts = {name: fbins.count(self._column(name, checked, features)) for name, fbins in self.bins.items()}
+        # Counted on the coerced features themselves: the float features of the same
+        # number of bins together (one comparison), the others column by column.
+        together = self._float_groups(features)
+        counts: dict[str, np.ndarray] = {}
+        for names in together:
+            matrix = features[names].to_numpy(dtype="float64")
+            counts.update(zip(names, FeatureBins.count_numeric([self.bins[n] for n in names], matrix), strict=True))
+        for name, fbins in self.bins.items():
+            if name not in counts:
+                counts[name] = fbins.count(self._column(name, checked, features))
         return Profile.from_counts(self.bins, counts)
+
+    def _float_groups(self, features: pd.DataFrame) -> list[list[str]]:
+        """The numeric features that are float64 columns of ``features``, by number of edges."""
+        assert self.bins is not None
+        groups: dict[int, list[str]] = {}
+        dtypes = features.dtypes
+        for name, fbins in self.bins.items():
+            if (fbins.kind == NUMERIC and name not in (self.score_name, self.prediction_name)
+                    and name in dtypes.index and dtypes[name] == np.float64):
+                groups.setdefault(len(fbins.edges), []).append(name)
+        return [names for names in groups.values() if len(names) > 1]
 
     def frame(self, checked: Checked, features: pd.DataFrame) -> pd.DataFrame:
         """Every profiled column of a chunk as one frame (what a reference is built from)."""

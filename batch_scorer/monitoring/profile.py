@@ -35,6 +35,7 @@ reference and to every run (e.g. the features as the model sees them).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,9 +96,9 @@ class FeatureBins:
             return len(self.edges) + 2
         return len(self.categories) + 2
 
-    @property
+    @functools.cached_property
     def bins(self) -> tuple[Bin, ...]:
-        """Every bin with its index, label and bounds or category, in index order."""
+        """Every bin with its index, label and bounds or category, in index order (built once)."""
         if self.kind == NUMERIC:
             bounds = (-math.inf, *self.edges, math.inf)
             out = [
@@ -128,6 +129,24 @@ class FeatureBins:
         counts = np.bincount(slot, weights=per_key, minlength=self.size).astype("int64")
         counts[-1] = nulls
         return counts
+
+    @staticmethod
+    def count_numeric(bins: Sequence[FeatureBins], values: np.ndarray) -> list[np.ndarray]:
+        """:meth:`count` of many numeric features at once: ``values`` holds one float64 column
+        per feature (NaN for NULL), ``bins`` that feature's bins, all with the same number of
+        edges. One comparison for the whole chunk instead of one per feature and edge (what
+        costs a small chunk: the calls, not the rows)."""
+        if not bins:
+            return []
+        edges = np.array([b.edges for b in bins], dtype="float64")  # features x edges
+        at_most = np.count_nonzero(values[:, :, None] <= edges[None, :, :], axis=0)
+        nulls = np.count_nonzero(np.isnan(values), axis=0)
+        total = values.shape[0] - nulls
+        zeros = np.zeros((len(bins), 1), dtype="int64")
+        stacked = np.hstack([zeros, at_most.astype("int64"), total[:, None].astype("int64"), zeros])
+        counts = np.diff(stacked, axis=1)
+        counts[:, -1] = nulls
+        return list(counts)
 
     @classmethod
     def from_rows(cls, feature: str, rows: Iterable[Mapping[str, Any]]) -> FeatureBins:

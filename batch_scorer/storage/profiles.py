@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.names import split_table_name
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.db import begin_write
 from batch_scorer.storage.schema import (
     RunStatus,
@@ -65,9 +66,10 @@ class StoredProfile:
     rows: list[dict[str, Any]]
 
 
-def has_monitoring_tables(engine: Engine | Connection) -> bool:
-    """Whether the monitoring tables exist yet (they are created with the ledger by the first run)."""
-    return sa.inspect(engine).has_table(feature_profiles.name)
+def has_monitoring_tables(engine: Engine) -> bool:
+    """Whether the monitoring tables exist yet (they are created with the ledger by the first
+    run); from the engine's catalog (one reflection per engine, not one per job)."""
+    return catalog(engine).has_table(feature_profiles.name)
 
 
 def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) -> list[dict[str, Any]]:
