@@ -182,6 +182,17 @@ def score_checked(
         fail_idx = np.fromiter(failures, dtype=int, count=len(failures))
         rejected += list(zip(key_texts(good.iloc[fail_idx], keys), failures.values(), strict=True))
 
+    ok_idx, prediction, score = _drop_non_finite(ok_idx, prediction, score, good, keys, rejected)
+    if len(ok_idx) != len(good):
+        good, features = (f.iloc[ok_idx].reset_index(drop=True) for f in (good, features))
+    return Checked(good, prediction, score if want_score else None, rejected, features)
+
+
+def _drop_non_finite(
+    ok_idx: np.ndarray, prediction: np.ndarray, score: np.ndarray | None, good: pd.DataFrame,
+    keys: Sequence[str], rejected: list[RejectedRow],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reject (into ``rejected``) the rows whose prediction or score is NaN or infinite."""
     non_finite = np.zeros(len(ok_idx), dtype=bool)
     why = np.full(len(ok_idx), None, dtype=object)
     if prediction.dtype.kind == "f":
@@ -192,14 +203,10 @@ def score_checked(
         bad_score = ~np.isfinite(score) & ~non_finite
         why[bad_score] = NON_FINITE_SCORE
         non_finite |= bad_score
-    if non_finite.any():
-        rejected += list(zip(key_texts(good.iloc[ok_idx[non_finite]], keys), why[non_finite].tolist(), strict=True))
-        ok_idx, prediction = ok_idx[~non_finite], prediction[~non_finite]
-        score = score[~non_finite] if score is not None else None
-
-    if len(ok_idx) != len(good):
-        good, features = (f.iloc[ok_idx].reset_index(drop=True) for f in (good, features))
-    return Checked(good, prediction, score if want_score else None, rejected, features)
+    if not non_finite.any():
+        return ok_idx, prediction, score
+    rejected += list(zip(key_texts(good.iloc[ok_idx[non_finite]], keys), why[non_finite].tolist(), strict=True))
+    return ok_idx[~non_finite], prediction[~non_finite], score[~non_finite] if score is not None else None
 
 
 def _isolate(
