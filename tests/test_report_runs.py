@@ -6,7 +6,6 @@ fetches nothing; a job filled to every chart's cap stays small enough that a
 
 from __future__ import annotations
 
-import io
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -14,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from PIL import Image
 
 from batch_scorer.monitoring.profile import SCORE, Profile, bins_from_reference
 from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.schema import drift, feature_profiles, model_metrics, scoring_runs, utcnow
 from tests import test_faults_privileges as privileges
+from tests.browser_support import open_in_chromium
 from tests.faults_support import ok
 from tests.helpers import (
     AS_OF,
@@ -36,7 +35,6 @@ from tests.helpers import (
 )
 from tests.test_faults_privileges import Deployment, _config
 from tests.test_monitoring_report import EXTERNAL, PNG
-from tests.test_monitoring_report_browser import ARGS, CHROMIUM, _require
 
 deployment = privileges.deployment  # the least-privilege roles fixture
 
@@ -86,35 +84,16 @@ def test_the_report_shows_each_jobs_runs_drift_score_and_metrics(tmp_path: Path,
 
 
 def test_the_report_of_real_runs_opens_in_headless_chromium(tmp_path: Path, sqlite_url: str) -> None:
-    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    _require(sync_playwright is not None, "Playwright is not installed (pip install -e '.[test]')")
     cfg = _fleet_of_runs(tmp_path, sqlite_url)
     out = tmp_path / "report.html"
     assert cli_run(cfg, "report", "churn", "idle", "--out", str(out)).exit_code == 0
 
-    errors: list[str] = []
-    requests: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(out.as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
-    assert errors == []
-    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
-    assert len(images) == 6 and all(images)
-    colours = Image.open(io.BytesIO(shot)).convert("RGB").getcolors(maxcolors=1 << 24)
-    assert colours is not None and len(colours) > 20, "the screenshot is blank"
+    view = open_in_chromium(out, full_page=True)
+
+    assert view.errors == []
+    assert view.outside_requests() == []
+    assert len(view.images) == 6 and all(view.images)
+    assert view.colours() > 20, "the screenshot is blank"
 
 
 def test_a_job_at_every_charts_cap_keeps_a_200_job_report_under_5_mb(tmp_path: Path, sqlite_url: str) -> None:
