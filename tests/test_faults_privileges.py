@@ -244,6 +244,35 @@ def test_deployer_registers_and_promotes_models_and_the_scorer_only_reads_the_re
     assert _denied(scorer, "DELETE FROM model_versions")
 
 
+def test_the_deployer_registers_and_promotes_through_the_cli_and_the_scorer_runs_it(
+    tmp_path: Path, deployment: Deployment
+) -> None:
+    """Promoting checks the version against the job's source (a plan, with drift monitoring
+    on): as the deployer, who may not read the ledger. The scorer then scores it."""
+    dep = deployment
+    table = f"{dep.feature_schema}.features"
+    registry_spec = {**job(table=table, output="r_predictions"), "model": {"registry": "churn"}}
+    as_owner = _config(tmp_path, dep, dep.owner, r=registry_spec)
+    # The owner's first init-db makes the tool's tables (the registry among them); r's output
+    # table waits for a champion (its prediction type is the model's), so it says NOT ready.
+    first_init = cli_run(as_owner, "init-db")
+    assert first_init.exit_code == 2 and "job r: output table NOT ready" in first_init.output
+    dep.apply_roles_sql()
+    as_deployer = _config(tmp_path, dep, dep.deployer, r=registry_spec)
+    first = save_model(train("binary"), tmp_path / "v1.joblib")
+    second = save_model(train("forest"), tmp_path / "v2.joblib")
+
+    ok(as_deployer, "models", "register", "churn", str(first), "--alias", "champion")
+    ok(as_deployer, "models", "register", "churn", str(second))
+    ok(as_deployer, "models", "promote", "churn", "2")
+    ok(as_owner, "init-db")  # now r's table too
+    dep.apply_roles_sql()  # grants on the new table
+
+    as_scorer = _config(tmp_path, dep, dep.scorer, r=registry_spec)
+    ok(as_scorer, "run", "r", "--as-of", AS_OF.isoformat())
+    assert query(dep.url, "SELECT DISTINCT model_version FROM r_predictions") == [("v2",)]
+
+
 def test_scorer_role_cannot_create_tables_or_write_features(deployment: Deployment) -> None:
     dep = deployment
     scorer = dep.as_role(dep.scorer)

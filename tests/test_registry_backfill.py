@@ -111,3 +111,27 @@ def test_a_reference_without_the_models_features_is_refused(tmp_path: Path, sqli
     assert result.exit_code == 2, result.output
     assert "x2" in result.output and "Traceback" not in result.output
     assert query(sqlite_url, "SELECT count(*) FROM model_versions") == [(0,)]
+
+
+def test_a_reference_given_with_bytes_already_registered(tmp_path: Path, sqlite_url: str) -> None:
+    """Registered without a reference, the same bytes again with one: it is stored. Given
+    once more (other data): the version keeps its first reference, and the log says so."""
+    config = registry_config(tmp_path, sqlite_url)
+    model = train("binary")
+    api.register_model(config, "churn", model)
+    count = "SELECT count(*), sum(rows) FROM feature_profiles WHERE profile_id = 'reference:churn:1'"
+    assert query(sqlite_url, count) == [(0, None)]
+
+    again = api.register_model(config, "churn", model, reference=features_frame(300, seed=4))
+    assert again.created is False
+    stored = query(sqlite_url, count)
+    assert stored[0][0] > 0
+
+    result = cli_run(config, "models", "register", "churn", str(save_model(model, tmp_path / "same.joblib")))
+    assert result.exit_code == 0
+    load_table(sqlite_url, features_frame(80, seed=5), table="other_training")
+    third = cli_run(config, "models", "register", "churn", str(tmp_path / "same.joblib"),
+                    "--reference", "other_training")
+    assert third.exit_code == 0, third.output
+    assert "already registered with a drift reference" in third.output
+    assert query(sqlite_url, count) == stored

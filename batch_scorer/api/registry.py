@@ -149,7 +149,8 @@ def check_version(cfg: Config, engine: Engine, name: str, version: int) -> None:
     """Check ``version`` of ``name`` against every job using it (module doc); raises on the first misfit."""
     for job in jobs_using(cfg, name):
         try:
-            plan = build_plan(cfg, engine, job.name, job_as_of(cfg, job.name), "manual", ModelCache(version=version))
+            plan = build_plan(cfg, engine, job.name, job_as_of(cfg, job.name), "manual", ModelCache(version=version),
+                              monitoring=False)
         except BatchScorerError as exc:
             reason = str(exc).removeprefix(f"job {job.name!r}: ")
             raise _reworded(exc, f"cannot use model {name} {registry.version_label(version)} for job "

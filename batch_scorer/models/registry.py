@@ -27,6 +27,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,8 @@ from batch_scorer.storage.db import begin_write, is_postgres
 from batch_scorer.storage.locks import lock_key
 from batch_scorer.storage.retry import is_insufficient_privilege
 from batch_scorer.storage.schema import feature_profiles, model_alias_events, model_aliases, model_versions, utcnow
+
+log = logging.getLogger(__name__)
 
 REGISTER, PROMOTE, ROLLBACK = "register", "promote", "rollback"
 DEFAULT_ALIAS = "champion"
@@ -144,7 +147,8 @@ def register(
     version, or return the version already holding these bytes. With ``alias``, point it at
     the version (a ``register`` event, unless it already points there). ``profile``: the
     reference profile rows (``feature``, ``bin``... as ``Profile.to_rows`` gives them), stored
-    with the new version as ``reference:<name>:<version>``."""
+    as ``reference:<name>:<version>`` with a new version, or with an existing one that has no
+    reference yet (one that has keeps it: its runs' drift stays comparable)."""
     sha = hashlib.sha256(data).hexdigest()
     by = by or actor()
     with _writing(engine, name) as conn:
@@ -161,19 +165,32 @@ def register(
                 kind=model.kind, features=json.dumps(list(model.features)), note=note,
                 registered_at=utcnow(), registered_by=by, artifact=data,
             ))
-            if profile:
-                conn.execute(feature_profiles.insert(), [
-                    {**row, "profile_id": reference_profile_id(name, version), "model_name": name,
-                     "model_version": version_label(version)} for row in profile
-                ])
         else:
             version = int(existing)
+        if profile:
+            _store_reference(conn, name, version, profile, created)
         event = None
         if alias is not None and _alias_version(conn, name, alias) != version:
             event = _move(conn, name, alias, version, REGISTER, note, by)
         entry = _get_version(conn, name, version)
         assert entry is not None
         return Registered(entry, created, event)
+
+
+def _store_reference(
+    conn: Connection, name: str, version: int, profile: Sequence[dict[str, Any]], created: bool
+) -> None:
+    pid = reference_profile_id(name, version)
+    if not created and conn.execute(
+        sa.select(sa.func.count()).select_from(feature_profiles).where(feature_profiles.c.profile_id == pid)
+    ).scalar():
+        log.warning("model %s %s: already registered with a drift reference (%s); the reference given "
+                    "now is not stored (the version's runs keep comparing with the first)", name,
+                    version_label(version), pid)
+        return
+    conn.execute(feature_profiles.insert(), [
+        {**row, "profile_id": pid, "model_name": name, "model_version": version_label(version)} for row in profile
+    ])
 
 
 def reference_profile_id(name: str, version: int) -> str:

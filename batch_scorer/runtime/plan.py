@@ -178,11 +178,13 @@ def champion_model(cfg: Config, engine: Engine, job: JobConfig, models: ModelCac
 
 def build_plan(
     cfg: Config, engine: Engine, name: str, as_of: date, trigger: str, models: ModelCache | None = None,
-    probes: SourceProbes | None = None, always_probe: bool = False,
+    probes: SourceProbes | None = None, always_probe: bool = False, monitoring: bool = True,
 ) -> RunPlan:
     """Resolve one job for one as_of; raises a :class:`BatchScorerError` (exit 2) if it cannot run.
 
-    ``always_probe``: score a probe row whatever the model is made of (``validate``)."""
+    ``always_probe``: score a probe row whatever the model is made of (``validate``).
+    ``monitoring=False``: no drift reference is looked up and the plan monitors nothing
+    (a plan that only checks a model, e.g. ``promote``: the ledger is not read)."""
     job = cfg.job(name)
     champion, challengers = resolve_models(engine, job, models or ModelCache())
     model = champion.model
@@ -229,7 +231,7 @@ def build_plan(
         ),
         depends_on=tuple(job.depends_on),
         failed_challengers=tuple(c for c in challengers if isinstance(c, FailedChallenger)),
-        monitor=_monitor(engine, job, as_of, champion, kind, want_score, columns.types),
+        monitor=_monitor(engine, job, as_of, champion, kind, want_score, columns.types) if monitoring else None,
     )
     return dataclasses.replace(plan, shadow=_shadow_table(engine, plan))
 
