@@ -5,9 +5,11 @@ How it works (docs/operations.md, "The scheduler daemon"):
 - Each job with a ``schedule:`` gets an APScheduler job on a
   :class:`~batch_scorer.config.cron.ScheduleTrigger` in the configured
   timezone (fire times and DST rules: that module). The APScheduler job only
-  *announces* the fire (job, fire time); the runs happen one at a time in the
-  daemon's main thread, so runs never overlap, SIGTERM can roll a run back, and
-  a fire that comes while the daemon is busy waits in a queue
+  *announces* the fire (job, fire time); the runs happen in the daemon's main
+  thread: the fires due together run as one batch (:func:`run_fires`: per
+  as_of, ``after:`` order, shared reads, up to ``defaults.parallel_jobs`` jobs at
+  a time), batches never overlap, SIGTERM can roll a run back, and a fire that
+  comes while the daemon is busy waits in a queue
   (:class:`~batch_scorer.scheduling.fires.FireQueue`: one waiting fire per job
   and as_of; a newer one of the same as_of coalesces, with a log line).
 - as_of of a fire: the fire time's date in the timezone (``as_of: fire_date``,
