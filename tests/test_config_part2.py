@@ -311,4 +311,4 @@ def test_shared_output_needs_the_same_pass_through_columns_in_any_order() -> Non
              {"jobs": {"a": _job(output={"pass_through": ["x", "y"]}), "b": _job(output={"pass_through": ["x"]})}})
     cfg = config_from_dict({"jobs": {"a": _job(output={"pass_through": ["x", "y"]}),
                                      "b": _job(output={"pass_through": ["y", "x"]})}})
-    assert len(cfg.jobs_for_output("predictions")) == 2
+    assert [j.name for j in cfg.jobs.values() if j.output.table == "predictions"] == ["a", "b"]
