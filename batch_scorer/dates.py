@@ -21,7 +21,9 @@ from batch_scorer.errors import UsageError
 
 def to_date(value: Any, timezone: str, what: str = "as_of") -> date:
     """``value`` as one calendar date in ``timezone`` (module doc)."""
-    if isinstance(value, datetime):  # also pandas.Timestamp
+    if isinstance(value, datetime):  # also pandas.Timestamp (and NaT, a datetime too)
+        if value != value:  # NaT: the one datetime that is not equal to itself
+            raise UsageError(f"{what} {value!r} is not a date (NaT: a missing value)")
         if value.tzinfo is not None:
             return value.astimezone(ZoneInfo(timezone)).date()
         return value.date()

@@ -267,8 +267,8 @@ class JobRun:
         if self.rejections.rows and isinstance(exc, BatchScorerError) and not isinstance(exc, DatabaseError):
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 _save_rejections(self.engine, self.run_id, plan.job, self.rejections.rows)
+        alerted = "alert" if self.monitor is not None and self.monitor.alerted else None
         try:
-            alerted = "alert" if self.monitor is not None and self.monitor.alerted else None
             ledger.fail_run(self.engine, self.run_id, reason, drift_status=alerted, **self.counts)
         except sa.exc.SQLAlchemyError as ledger_exc:
             # E.g. the server is gone: one line, not a traceback; the next run
@@ -282,7 +282,8 @@ class JobRun:
             exc.run_id = self.run_id
         self.error = exc
         return from_exception(plan.job, plan.as_of, exc, run_id=self.run_id, output_table=plan.output_name,
-                              seconds=time.monotonic() - self.started, **self._model_fields(), **self.counts)
+                              seconds=time.monotonic() - self.started, drift_status=alerted, **self._model_fields(),
+                              **self.counts)
 
 
 def _spec(prepared: PreparedTable, constants: dict[str, object], plan: RunPlan) -> OutputSpec:
