@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 
 from batch_scorer.storage.db import create_engine
+from tests.helpers import FEATURES, features_frame, preprocessor, save_model
 
 LEDGER_COLUMNS = ("run_id, job, CAST(as_of AS TEXT), status, replaced_by, rows_read, rows_scored, "
                   "rows_rejected, output_table, error")
+
+
+def save_strict_model(path: Path) -> Path:
+    """A real model that raises on predict for any color but red (``handle_unknown='error'``):
+    rows of another color are rows it cannot score."""
+    seen = features_frame(300, seed=1)
+    seen = seen[seen["color"] == "red"]
+    strict = Pipeline([("prep", preprocessor(handle_unknown="error")), ("m", LogisticRegression())])
+    return save_model(strict.fit(seen[FEATURES], (seen["x2"] > 0).astype(int)), path)
 
 
 def has_table(url: str, name: str) -> bool:

@@ -9,22 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
-from tests.gaps_support import has_table, rows_of_query, statuses
-from tests.helpers import (
-    AS_OF,
-    FEATURES,
-    cli_run,
-    features_frame,
-    job,
-    load_table,
-    preprocessor,
-    save_model,
-    train,
-    write_config,
-)
+from tests.gaps_support import has_table, rows_of_query, save_strict_model, statuses
+from tests.helpers import AS_OF, cli_run, features_frame, job, load_table, save_model, train, write_config
 
 N = 80
 
@@ -42,10 +29,7 @@ def _model_raises(tmp_path: Path, url: str) -> None:
     frame = features_frame(N, seed=6)
     frame["color"] = "purple"
     load_table(url, frame, table="up_features")
-    seen = features_frame(300, seed=1)
-    seen = seen[seen["color"] == "red"]
-    strict = Pipeline([("prep", preprocessor(handle_unknown="error")), ("m", LogisticRegression())])
-    save_model(strict.fit(seen[FEATURES], (seen["x2"] > 0).astype(int)), tmp_path / "models" / "up.joblib")
+    save_strict_model(tmp_path / "models" / "up.joblib")
 
 
 @pytest.mark.parametrize("breaks", [_null_keys, _model_raises], ids=["bad_rows", "model_raises"])
