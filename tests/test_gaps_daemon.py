@@ -27,11 +27,11 @@ def test_the_daemon_goes_on_after_failed_fires_and_scores_once_the_model_is_fixe
     save_strict_model(model)  # raises on predict for every green and blue row
     run = Run(cfg, "schedule")  # the config's key alone allows the seconds field
 
-    wait_count(run, FAILED, 2)
+    wait_count(run, FAILED, 2, timeout=60)  # bounds for a loaded machine, not waits
     assert run.proc.poll() is None, run.stderr  # still running after two failed fires
     fixed = save_model(train("binary"), tmp_path / "models" / "fixed.joblib")
     os.replace(fixed, model)  # at once: a fire never reads half a file
-    wait_count(run, SUCCEEDED, 1)
+    wait_count(run, SUCCEEDED, 1, timeout=60)
     assert stop(run) == 0, run.stderr
 
     assert "Traceback" not in run.stderr
