@@ -47,7 +47,8 @@ def retract(engine: Engine, run_id: int, note: str | None = None) -> Retracted:
             raise UsageError(
                 f"run {run_id} (job {run.job}, as_of {run.as_of}) is {run.status}"
                 f"{f' and was replaced by run {run.replaced_by}' if run.replaced_by else ''}: only the rows of "
-                "a succeeded run that no later run replaced are visible, so there is nothing to retract"
+                f"a succeeded run that no later run replaced are visible, so there is nothing to retract. "
+                + _instead(conn, run)
             )
         rows = _delete(conn, run.output_table, run_id)
         shadow = _delete(conn, shadow_table_name(run.output_table), run_id)
@@ -55,6 +56,15 @@ def retract(engine: Engine, run_id: int, note: str | None = None) -> Retracted:
     log.warning("job %s: retracted run %d (as_of %s): %d rows removed from %s", run.job, run_id, run.as_of,
                 rows, run.output_table)
     return Retracted(run_id, run.job, run.as_of, run.output_table, rows, shadow)
+
+
+def _instead(conn: Connection, run: ledger.RunRecord) -> str:
+    """What to do instead: retract the run whose rows readers see for that as_of, if any."""
+    shown = ledger.replaced_runs(conn, run.job, run.as_of, run.run_id, run.output_table)
+    if shown:
+        return (f"The rows readers see for job {run.job}, as_of {run.as_of} are run {max(shown)}'s: "
+                f"`batch-scorer retract {max(shown)}` takes those back.")
+    return f"`batch-scorer runs --job {run.job}` lists the job's runs and which are published."
 
 
 def _delete(conn: Connection, name: str, run_id: int) -> int:

@@ -352,6 +352,7 @@ def _stream(
     processors = [
         c.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None) for c in stmt.selected_columns
     ]
+    result: sa.CursorResult[Any] | None = None
     try:
         # No stream_results: SQLAlchemy's streaming strategy pre-fetches rows
         # from the cursor read here; sqlite3's own cursor is lazy already.
@@ -360,13 +361,20 @@ def _stream(
         assert cursor is not None
         while rows := cursor.fetchmany(chunk_size):
             yield _frame(rows, columns, processors)
-        result.close()
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"job {spec.job!r}: reading the source failed: {mask_text(first_line(exc))}"
         ) from exc
     except conn.dialect.loaded_dbapi.Error as exc:  # raised by the raw cursor
         raise DatabaseError(f"job {spec.job!r}: reading the source failed: {mask_text(str(exc))}") from exc
+    finally:
+        # A read stopped part-way (an error here, a signal, the generator closed) ends
+        # now, not when the error holding this frame is gone: on SQLite a half-read
+        # SELECT keeps its read transaction, and a write on the same pooled connection
+        # (recording the run failed) then gets "database is locked" at once, without
+        # waiting busy_timeout for another writer.
+        if result is not None:
+            result.close()
 
 
 def _frame(rows: list[Any], columns: list[str], processors: list[Any]) -> pd.DataFrame:

@@ -1,0 +1,126 @@
+"""Commands whose output was not checked: ``jobs`` and ``jobs --graph`` on a matrix with an
+``after:`` job (no database needed), ``runs --job`` of a job no longer in the config, and
+a backfill range longer than the limit (7,320 days: refused, nothing written)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from batch_scorer.errors import UsageError
+from batch_scorer.runtime.backfill import MAX_DAYS, date_range
+from tests.fleet_support import COUNTRIES, as_of_arg, country_frame, matrix_job, per_country_models
+from tests.gaps_support import has_table, rows_of_query
+from tests.helpers import cli_run, job, load_table, write_config
+
+TWO = COUNTRIES[:2]  # AT, BE
+
+
+def _fleet_config(tmp_path: Path, url: str) -> Path:
+    down = {**job(model="models/down.joblib", table="predictions_latest", as_of_column=None, output="downstream"),
+            "after": ["m"]}
+    return write_config(tmp_path, url, {"m": matrix_job(TWO, schedule="0 3 * * *"), "down": down})
+
+
+def _columns(output: str) -> list[dict[str, str]]:
+    """The rows of a table the CLI printed, by header (columns cut where the header's words start)."""
+    header, *lines = output.rstrip("\n").splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, bounds, strict=True)} for line in lines]
+
+
+def test_jobs_lists_every_expanded_job_with_model_source_output_schedule_and_after(tmp_path: Path) -> None:
+    db = tmp_path / "never.db"
+    cfg = _fleet_config(tmp_path, f"sqlite:///{db}")
+    result = cli_run(cfg, "jobs")
+    assert result.exit_code == 0, result.output
+    assert _columns(result.output) == [
+        {"job": "m.AT", "model": "models/m_AT.joblib", "source": "features [country=AT]", "output": "predictions",
+         "schedule": "0 3 * * *", "after": ""},
+        {"job": "m.BE", "model": "models/m_BE.joblib", "source": "features [country=BE]", "output": "predictions",
+         "schedule": "0 3 * * *", "after": ""},
+        {"job": "down", "model": "models/down.joblib", "source": "predictions_latest", "output": "downstream",
+         "schedule": "", "after": "m.AT, m.BE"},  # the matrix name, expanded
+    ]
+    assert _columns(cli_run(cfg, "jobs", "m").output) == _columns(result.output)[:2]  # a matrix name selects both
+    assert not db.exists()  # the configuration alone: no database opened
+
+
+def _mermaid(text: str) -> tuple[set[tuple[str, str, str]], dict[str, str]]:
+    """The graph's edges as (from label, to label, edge text) and each node's shape, by label."""
+    labels: dict[str, str] = {}
+    shapes: dict[str, str] = {}
+    for node, table, job_label in re.findall(r'^\s+(\w+)(?:\[\("([^"]*)"\)\]|\["([^"]*)"\])$', text, re.M):
+        labels[node] = table or job_label
+        shapes[labels[node]] = "table" if table else "job"
+    edges = set()
+    for a, arrow, b in re.findall(r"^\s+(\w+) (-->(?:\|[^|]*\|)?|-\. after \.->) (\w+)$", text, re.M):
+        edges.add((labels[a], labels[b], arrow))
+    return edges, shapes
+
+
+def test_jobs_graph_draws_each_jobs_source_to_it_it_to_its_output_and_its_after_edges(tmp_path: Path) -> None:
+    db = tmp_path / "never.db"
+    result = cli_run(_fleet_config(tmp_path, f"sqlite:///{db}"), "jobs", "--graph")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("flowchart LR\n")
+    edges, shapes = _mermaid(result.output)
+    assert shapes == {"m.AT": "job", "m.BE": "job", "down": "job", "features": "table",
+                      "predictions": "table", "predictions_latest": "table", "downstream": "table"}
+    assert edges == {
+        ("features", "m.AT", "-->|country=AT|"), ("m.AT", "predictions", "-->"),
+        ("features", "m.BE", "-->|country=BE|"), ("m.BE", "predictions", "-->"),
+        ("predictions_latest", "down", "-->"), ("down", "downstream", "-->"),
+        ("m.AT", "down", "-. after .->"), ("m.BE", "down", "-. after .->"),
+    }
+    every_line = [ln for ln in result.output.splitlines()[1:] if ln.strip()]
+    assert len(every_line) == len(shapes) + len(edges)  # nothing else drawn
+    assert not db.exists()
+
+
+def test_runs_of_a_job_no_longer_in_the_config_lists_its_ledger_rows(tmp_path: Path, db_url: str) -> None:
+    load_table(db_url, country_frame(20, TWO))
+    per_country_models(tmp_path, TWO)
+    cfg = write_config(tmp_path, db_url, {"m": matrix_job(TWO)})
+    assert cli_run(cfg, "run", "m", *as_of_arg()).exit_code == 0
+    assert cli_run(cfg, "run", "m.BE", *as_of_arg()).exit_code == 0
+    cfg = write_config(tmp_path, db_url, {"m": matrix_job(["AT"])})  # BE removed from the matrix
+
+    listed = cli_run(cfg, "runs", "--job", "m.BE")
+    assert listed.exit_code == 0, listed.output
+    rows = _columns(listed.output)
+    ledger = rows_of_query(db_url, "SELECT run_id, status FROM scoring_runs WHERE job = 'm.BE' ORDER BY run_id DESC")
+    assert [(int(r["run_id"]), r["status"]) for r in rows] == ledger and len(ledger) == 2
+    assert {r["job"] for r in rows} == {"m.BE"}
+    as_json = cli_run(cfg, "runs", "--job", "m.BE", "--json")
+    assert as_json.exit_code == 0 and as_json.output.count('"job": "m.BE"') == 2
+
+    unknown = cli_run(cfg, "runs", "--job", "never")  # neither in the config nor in the ledger
+    assert unknown.exit_code == 2 and "never" in unknown.output
+
+
+def test_the_backfill_limit_is_7320_days() -> None:
+    first = date(2000, 1, 1)
+    assert MAX_DAYS == 7_320
+    assert len(date_range(first, first + timedelta(days=MAX_DAYS - 1))) == 7_320
+    with pytest.raises(UsageError, match="has 7321 days; split it"):
+        date_range(first, first + timedelta(days=MAX_DAYS))
+
+
+def test_a_backfill_range_longer_than_7320_days_is_refused_and_nothing_is_written(
+    tmp_path: Path, db_url: str
+) -> None:
+    load_table(db_url, country_frame(5, TWO))
+    per_country_models(tmp_path, TWO)
+    cfg = write_config(tmp_path, db_url, {"m": matrix_job(TWO)})
+    end = date(2000, 1, 1) + timedelta(days=MAX_DAYS)  # 7,321 days, inclusive
+    result = cli_run(cfg, "backfill", "m", "--start", "2000-01-01", "--end", end.isoformat())
+    assert result.exit_code == 2, result.output
+    assert f"the range 2000-01-01..{end} has 7321 days; split it (at most 7320)" in result.output
+    assert "Traceback" not in result.output
+    assert not has_table(db_url, "scoring_runs") and not has_table(db_url, "predictions")
