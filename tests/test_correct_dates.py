@@ -79,7 +79,7 @@ def test_backfill_with_datetimes_and_timestamps_scores_each_date_once(tmp_path: 
     assert _sets(db_url) == [(d.isoformat(), 40) for d in DAYS]
 
 
-@pytest.mark.parametrize("bad", ["2026-02-30", "yesterday", 20260103, 3.5, object()])
+@pytest.mark.parametrize("bad", ["2026-02-30", "yesterday", 20260103, 3.5, object(), pd.NaT, np.datetime64("NaT")])
 def test_anything_that_is_not_a_date_is_a_usage_error_before_anything_is_written(
     tmp_path: Path, sqlite_url: str, bad: object
 ) -> None:

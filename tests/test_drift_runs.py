@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batch_scorer import api
 from tests.helpers import (
     AS_OF,
     FEATURES,
@@ -91,6 +92,8 @@ def test_on_alert_fail_publishes_nothing_and_names_the_feature_and_its_psi(tmp_p
     status, error, drift_status = query(db_url, "SELECT status, error, drift_status FROM scoring_runs "
                                               "WHERE run_id = 2")[0]
     assert status == "failed" and "x2 PSI " in error and drift_status == "alert"
+    [again] = api.run(cfg, ["j"], as_of=LATER_DAY)  # the API says so too
+    assert (again.status, again.exit_code, again.drift_status) == ("failed", 1, "alert")
     assert {str(d)[:10] for d in published(db_url)["as_of"]} == {REFERENCE_DAY.isoformat()}
     assert query(db_url, "SELECT count(*) FROM drift WHERE run_id = 2") == [(0,)]
     assert query(db_url, "SELECT count(*) FROM feature_profiles WHERE run_id = 2") == [(0,)]
