@@ -159,6 +159,22 @@ def test_a_challenger_whose_feature_column_the_source_lacks_is_recorded_not_read
     assert "'tenure'" in got["error"] and got["rows"] == 0 and got["model_version"] == "v2"
 
 
+def test_a_regressor_named_as_a_classifiers_challenger_is_recorded_not_scored(tmp_path: Path, db_url: str) -> None:
+    """Named by version (so no promote checked it): it is refused like promote refuses it."""
+    frame = setup_source(db_url)
+    config = registry_config(tmp_path, db_url, {"j": registry_job(challengers=[2])})
+    champion = train("binary")
+    ok(config, "models", "register", "churn", str(save_model(champion, tmp_path / "c.joblib")), "--alias", "champion")
+    ok(config, "models", "register", "churn", str(save_model(train("regressor"), tmp_path / "r.joblib")))
+
+    ok(config, "run", "j", "--as-of", str(AS_OF))
+
+    run_id = latest_run(db_url)["run_id"]
+    assert_same_output(run_rows(db_url, run_id), own_output(champion, frame))
+    got = _comparisons(db_url, run_id)["v2"]
+    assert "is a regressor, but the champion is a classifier" in got["error"] and got["rows"] == 0
+
+
 def test_the_shadow_table_has_the_outputs_columns_plus_challenger(tmp_path: Path, sqlite_url: str) -> None:
     setup_source(sqlite_url)
     config, _, _ = _champion_and_challenger(tmp_path, sqlite_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
@@ -125,8 +126,10 @@ def backfill(
     the whole range; ``version`` pins a registry version instead (every job must then use
     model.registry)."""
     cfg = as_config(config)
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+    if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)
+                                or version < 1):
         raise UsageError(f"version must be a registry version number >= 1, not {version!r}")
+    version = int(version) if version is not None else None  # a numpy integer from a DataFrame too
     names = select_jobs(cfg, [job], False)
     days = backfilling.date_range(to_date(start, cfg.timezone, "start"), to_date(end, cfg.timezone, "end"))
     check_not_future(days[-1], cfg.timezone, cfg.defaults.future_days, allow_future)

@@ -208,7 +208,7 @@ def build_plan(
     passing = [(c, types[c]) for c in spec.pass_through]
     output = define_output(job.output.table, keys, passing, kind)
     prepare_output_table(engine, output, kind, job.name, model.is_classifier, create=False)
-    challengers = [_probed(job.name, job.output.score, c, first, kind) for c in challengers]
+    challengers = [_probed(job.name, job.output.score, c, first, kind, model.is_classifier) for c in challengers]
     want_score = job.output.score is not False
     plan = RunPlan(
         job=job.name,
@@ -308,11 +308,18 @@ def _with_columns(c: Candidate, columns: SourceColumns) -> Candidate:
                             f"model {c.model.source}: the source lacks feature column(s) {missing}")
 
 
-def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame, kind: str) -> Candidate:
+def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame, kind: str,
+            classifier: bool) -> Candidate:
     """A challenger through the champion's checks on the probe row; one that fails them,
-    or predicts values the shadow table (typed by the champion) cannot hold, is recorded."""
+    is not the same kind of model (a regressor shadowing a classifier: promote refuses it
+    too), or predicts values the shadow table (typed by the champion) cannot hold, is recorded."""
     if isinstance(c, FailedChallenger):
         return c
+    if c.model.is_classifier != classifier:
+        theirs, ours = ("a classifier", "a regressor") if c.model.is_classifier else ("a regressor", "a classifier")
+        return FailedChallenger(c.label, c.stamp.version,
+                                f"model {c.model.source} is {theirs}, but the champion is {ours}: its predictions "
+                                "cannot be compared (register it under another name)")
     try:
         check_score_contract(job, want_score, c.model)
         probe = Probe(None, None) if fully_described(c.model.estimator) else probe_model(job, c.model, first)
