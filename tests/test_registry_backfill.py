@@ -135,3 +135,15 @@ def test_a_reference_given_with_bytes_already_registered(tmp_path: Path, sqlite_
     assert third.exit_code == 0, third.output
     assert "already registered with a drift reference" in third.output
     assert query(sqlite_url, count) == stored
+
+
+def test_backfill_takes_a_version_read_from_a_dataframe(tmp_path: Path, sqlite_url: str) -> None:
+    import numpy as np
+
+    _three_days(sqlite_url)
+    config = registry_config(tmp_path, sqlite_url)
+    api.register_model(config, "churn", train("binary"), alias="champion")
+    api.register_model(config, "churn", train("forest"))
+    results = api.backfill(config, "j", DAYS[0], DAYS[0], version=np.int64(2))  # e.g. from a versions frame
+    assert results.exit_code == 0
+    assert _versions_by_day(sqlite_url) == [(str(DAYS[0]), 2, "v2")]
