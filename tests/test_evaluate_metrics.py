@@ -218,3 +218,61 @@ def test_a_job_without_labels_or_a_labels_table_without_the_column_is_exit_2(tmp
     result = cli_run(cfg, "evaluate", "typo")
     assert result.exit_code == 2 and "lacks column(s) ['churn_flag']" in result.output
     assert "Traceback" not in result.output
+
+
+def test_boolean_labels_meet_a_model_of_classes_0_and_1(tmp_path: Path, db_url: str) -> None:
+    """A BOOLEAN label column (true/false on PostgreSQL, 1/0 on SQLite) is the classes 1/0."""
+    cfg, frame = _binary_setup(tmp_path, db_url)
+    outcomes = _outcomes(frame[frame["snapshot_date"] == AS_OF], AS_OF, share=1.0)
+    load_table(db_url, outcomes.assign(churned=outcomes["churned"].astype(bool)), table="outcomes",
+               outcome_date=sa.Date(), churned=sa.Boolean())
+    assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
+    result = cli_run(cfg, "evaluate", "j")
+    assert result.exit_code == 0, result.output
+    stored = _stored(db_url)
+    _assert_same(stored, _expected(db_url))
+    assert stored[(AS_OF.isoformat(), "accuracy")][0] > 0.7  # the labels were understood, not all "wrong"
+
+
+def test_a_model_of_classes_false_and_true_meets_labels_0_and_1(tmp_path: Path, sqlite_url: str) -> None:
+    frame = features_frame(N, seed=3, as_of=AS_OF)
+    load_table(sqlite_url, frame)
+    train_on = features_frame(400, seed=1)
+    signal = np.nan_to_num(train_on["x1"].to_numpy()) + train_on["x2"].to_numpy()
+    model = train("binary")
+    model.fit(train_on[FEATURES], signal > 0)  # classes_ [False, True]
+    save_model(model, tmp_path / "models" / "m.joblib")
+    _load_outcomes(sqlite_url, _outcomes(frame, AS_OF, share=1.0))  # churned 0/1
+    labels = {"table": "outcomes", "as_of_column": "outcome_date", "label_column": "churned"}
+    cfg = write_config(tmp_path, sqlite_url, {"j": job(labels=labels)})
+    assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
+    assert cli_run(cfg, "evaluate", "j").exit_code == 0
+
+    preds = published(sqlite_url).sort_values("entity_id")
+    truth = _outcomes(frame, AS_OF, share=1.0).set_index("entity_id").loc[preds["entity_id"], "churned"].to_numpy()
+    want = model.predict(frame.set_index("entity_id").loc[preds["entity_id"], FEATURES])
+    stored = {metric: value for (_, metric), (value, _) in _stored(sqlite_url).items()}
+    assert stored["accuracy"] == pytest.approx(skm.accuracy_score(truth, want.astype(int)))
+    assert stored["roc_auc"] == pytest.approx(skm.roc_auc_score(truth, preds["score"].astype(float)))
+
+
+def test_a_key_labelled_twice_differently_is_left_out_and_said_alike_is_kept_once(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    cfg, frame = _binary_setup(tmp_path, sqlite_url)
+    outcomes = _outcomes(frame[frame["snapshot_date"] == AS_OF], AS_OF, share=1.0).head(N)
+    repeated = outcomes.head(10)  # the same label again: still one row each
+    flipped = outcomes.iloc[10:13].assign(churned=1 - outcomes.iloc[10:13]["churned"])  # which one is true?
+    _load_outcomes(sqlite_url, pd.concat([outcomes, repeated, flipped], ignore_index=True))
+    assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
+    result = cli_run(cfg, "evaluate", "j")
+    assert result.exit_code == 0, result.output
+    assert "3 key(s) labelled twice with different labels were left out" in " ".join(result.output.split())
+
+    preds = published(sqlite_url).query("as_of.astype('str').str[:10] == @AS_OF.isoformat()", engine="python")
+    joined = preds.merge(outcomes.drop(index=range(10, 13)), on="entity_id")
+    y = joined["churned"].astype(int)
+    stored = _stored(sqlite_url)
+    assert stored[(AS_OF.isoformat(), "accuracy")] == (pytest.approx(skm.accuracy_score(y, joined["prediction"])),
+                                                       N - 3)
+    assert stored[(AS_OF.isoformat(), "roc_auc")][0] == pytest.approx(skm.roc_auc_score(y, joined["score"]))

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer.monitoring.metrics import LABEL, Task, compute, join_labels
+from batch_scorer.monitoring.metrics import LABEL, Task, compute, join_labels, unambiguous_labels
 from batch_scorer.storage import profiles
 from batch_scorer.storage.schema import utcnow
 from batch_scorer.storage.sources.spec import SourceSpec
@@ -77,7 +77,10 @@ def evaluate_job(engine: Engine, spec: EvaluationSpec) -> Evaluation:
         if main is None:
             return Evaluation(spec.job, notes=(f"no predictions yet: the output table {spec.output} does not exist",))
         for as_of in profiles.prediction_as_ofs(conn, main, spec.job):
-            labels = read_labels(conn, spec, as_of)
+            labels, conflicting = unambiguous_labels(read_labels(conn, spec, as_of), spec.keys)
+            if conflicting:
+                notes[f"as_of {as_of}: {conflicting} key(s) labelled twice with different labels were left out "
+                      "(fix the labels source: one label per key and as_of)"] = None
             found = _figures(conn, spec, as_of, labels, main, CHAMPION, notes)
             if shadow is not None and len(labels):
                 found += _figures(conn, spec, as_of, labels, shadow, CHALLENGER, notes)

@@ -63,15 +63,30 @@ class Metric:
     rows: int
 
 
+def unambiguous_labels(labels: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, int]:
+    """``labels`` without NULL labels, one row per key, and how many keys were left out
+    because they were labelled twice with different labels (which one is true cannot be
+    told: neither is used). A key labelled twice alike is kept once."""
+    labels = labels[labels[LABEL].notna()]
+    if labels.empty:
+        return labels, 0
+    texts = labels.assign(**{LABEL: _label_texts(labels[LABEL])})
+    distinct = texts.drop_duplicates([*keys, LABEL])
+    clash = distinct.duplicated(list(keys), keep=False)
+    conflicting = int(distinct.loc[clash, list(keys)].drop_duplicates().shape[0])
+    kept = distinct.loc[~clash]
+    return labels.loc[kept.index], conflicting
+
+
 def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """The predictions that have a (non-NULL) label, with it in :data:`LABEL`.
 
     ``labels`` has the same key column names as ``predictions`` and the label in
-    :data:`LABEL`. A key of different types on the two sides (an integer and its
-    text) is compared as text. A key labelled twice keeps its last label.
+    :data:`LABEL` (one per key: :func:`unambiguous_labels`). A key of different types on
+    the two sides (an integer and its text) is compared as text.
     """
     labels = labels[labels[LABEL].notna()]
-    left, right = predictions, labels.drop_duplicates(list(keys), keep="last")
+    left, right = predictions, labels.drop_duplicates(list(keys), keep="first")
     for key in keys:
         if not _same_kind(left[key], right[key]):
             left = left.assign(**{key: _texts(left[key])})
@@ -94,6 +109,26 @@ def _texts(values: pd.Series) -> pd.Series:
     return pd.Series(texts[codes], index=values.index, dtype=object)
 
 
+_TRUTH = {"true": "1", "false": "0"}
+
+
+def label_text(value: Any) -> str:
+    """The text a label, a prediction or a class is compared as: :func:`category_text`,
+    with a boolean (or the text ``true``/``false``, any case) as ``1``/``0``, so a model
+    of classes 0/1 meets BOOLEAN labels and a model of classes False/True meets 0/1 ones."""
+    if isinstance(value, bool | np.bool_):
+        return "1" if value else "0"
+    text = category_text(value)
+    return _TRUTH.get(text.strip().lower(), text)
+
+
+def _label_texts(values: pd.Series) -> pd.Series:
+    """Each label's (or prediction's) :func:`label_text` (one call per distinct value)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts = np.array([label_text(u) for u in uniques] + [None], dtype=object)
+    return pd.Series(texts[codes], index=values.index, dtype=object)
+
+
 def compute(task: Task, joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
     """The metrics of ``joined`` (columns ``prediction``, ``score``, :data:`LABEL`) and notes
     on the metrics left out (module doc)."""
@@ -101,8 +136,8 @@ def compute(task: Task, joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
         return [], []
     if task.kind == REGRESSION:
         return _regression(joined)
-    label = _texts(joined[LABEL]).to_numpy(dtype=object)
-    predicted = _texts(joined["prediction"]).to_numpy(dtype=object)
+    label = _label_texts(joined[LABEL]).to_numpy(dtype=object)
+    predicted = _label_texts(joined["prediction"]).to_numpy(dtype=object)
     out = [Metric("accuracy", float(skm.accuracy_score(label, predicted)), len(joined))]
     if task.kind != BINARY:
         return out, [_MULTICLASS_NOTE] if task.kind == MULTICLASS else []
@@ -114,7 +149,7 @@ _MULTICLASS_NOTE = ("log_loss and brier not computed: a multiclass predictions t
 
 
 def _binary(task: Task, joined: pd.DataFrame, label: np.ndarray, out: list[Metric]) -> tuple[list[Metric], list[str]]:
-    negative, positive = (category_text(c) for c in task.classes)
+    negative, positive = (label_text(c) for c in task.classes)
     score = pd.to_numeric(joined["score"], errors="coerce").to_numpy(dtype="float64")
     usable = ~np.isnan(score) & ((label == positive) | (label == negative))
     if not usable.any():
