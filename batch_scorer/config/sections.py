@@ -52,7 +52,10 @@ class DatabaseConfig(Strict):
     without it): the text stays unexpanded and :meth:`require_url` raises when a
     command needs the database."""
     busy_timeout_seconds: float = Field(default=30.0, gt=0)
-    """SQLite only: how long a writer waits for the file's write lock. Default 30.0; > 0."""
+    """How long a write waits for another session's lock before it fails (exit 1): on
+    SQLite the file's write lock, on PostgreSQL every lock wait of the tool's sessions
+    (``lock_timeout``; e.g. a notebook's open transaction on the output table). Default
+    30.0; > 0."""
     retries: int = Field(default=2, ge=0, le=10)
     """Transient errors (connection lost, serialization failure, deadlock) re-run the
     whole run up to this many more times. Default 2; 0..10."""

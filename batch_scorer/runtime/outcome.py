@@ -25,7 +25,7 @@ from batch_scorer.errors import (
 )
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.signals import Interrupted
-from batch_scorer.storage.retry import is_sqlite_locked
+from batch_scorer.storage.retry import is_lock_wait_timeout, is_sqlite_locked
 
 
 class Status(enum.StrEnum):
@@ -110,6 +110,9 @@ def error_text(exc: BaseException) -> str:
         return "interrupted (SIGINT); rolled back, nothing published"
     if is_sqlite_locked(exc):
         return "database is locked by another writer (gave up after database.busy_timeout_seconds)"
+    if is_lock_wait_timeout(exc):
+        return ("another session's lock blocked this run's write (gave up after "
+                "database.busy_timeout_seconds); nothing published")
     if isinstance(exc, sa.exc.SQLAlchemyError):
         return mask_text(f"database error: {type(exc).__name__}: {first_line(exc)}")
     if isinstance(exc, BatchScorerError):

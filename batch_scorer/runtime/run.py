@@ -32,7 +32,7 @@ from batch_scorer.runtime.outcome import RunResult, Status, error_text, from_exc
 from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import ledger, locks
 from batch_scorer.storage.db import DuplicateKeys, begin_write, duplicate_keys
-from batch_scorer.storage.retry import is_sqlite_locked
+from batch_scorer.storage.retry import is_lock_wait_timeout
 from batch_scorer.storage.schema import (
     SHADOW_COLUMN,
     RunStatus,
@@ -379,8 +379,8 @@ def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempt
 
 
 def _translated(engine: Engine, plan: RunPlan, exc: BaseException) -> BaseException:
-    if is_sqlite_locked(exc):
-        return DatabaseError(f"job {plan.job!r}: {_sqlite_locked_text(engine)}")
+    if is_lock_wait_timeout(exc):
+        return DatabaseError(f"job {plan.job!r}: {_locked_text(engine)}")
     return exc
 
 
@@ -450,7 +450,15 @@ def _duplicates_failure(plan: RunPlan, dupes: DuplicateKeys) -> RunFailed:
     )
 
 
-def _sqlite_locked_text(engine: Engine) -> str:
+def _locked_text(engine: Engine) -> str:
+    if engine.dialect.name != "sqlite":
+        return (
+            "another session holds a lock this run's write needs (an open transaction in a "
+            "notebook, psql or a BI tool?); the run waited database.busy_timeout_seconds and gave "
+            "up, nothing was published. Find the session with SELECT pid, state, xact_start, query "
+            "FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'; let it commit or roll "
+            "back (or pg_terminate_backend(pid)), or raise database.busy_timeout_seconds."
+        )
     return (
         "database is locked by another writer: this run waited "
         "database.busy_timeout_seconds for the write lock on the SQLite file "

@@ -63,13 +63,24 @@ def create_engine(
             engine = sa.create_engine(parsed, connect_args={"timeout": busy_timeout_s}, **kw)
             _configure_sqlite(engine, busy_timeout_s)
         else:
-            engine = sa.create_engine(parsed, **kw)
+            engine = sa.create_engine(parsed, connect_args=_postgres_lock_timeout(parsed, busy_timeout_s), **kw)
     except (NoSuchModuleError, ArgumentError) as exc:
         raise ConfigError(
             f"cannot use database URL {mask_url(parsed)}: {exc}. "
             "Supported: sqlite:///path, postgresql://user@host/db, postgresql+psycopg2://..."
         ) from None
     return engine
+
+
+def _postgres_lock_timeout(url: URL, busy_timeout_s: float) -> dict[str, str]:
+    """libpq ``options`` that bound every lock wait of the session (``lock_timeout``) by
+    ``busy_timeout_s``: a write blocked by another session's open transaction (a notebook,
+    psql, a BI tool) fails after that long instead of waiting for ever. Options the URL
+    already has (``?options=-c search_path=...``) are kept."""
+    own = url.query.get("options")
+    own = own[-1] if isinstance(own, tuple) else own
+    timeout = f"-c lock_timeout={max(1, round(busy_timeout_s * 1000))}"
+    return {"options": f"{own} {timeout}" if own else timeout}
 
 
 def _sqlite_file(url: URL, create: bool) -> None:

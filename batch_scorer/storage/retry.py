@@ -121,6 +121,15 @@ def is_insufficient_privilege(exc: BaseException) -> bool:
     return sqlstate(exc) == INSUFFICIENT_PRIVILEGE
 
 
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out (or NOWAIT)
+
+
+def is_lock_wait_timeout(exc: BaseException) -> bool:
+    """True if a write gave up waiting for another session's lock: SQLite's busy timeout
+    on the file, or PostgreSQL's ``lock_timeout`` (``database.busy_timeout_seconds``)."""
+    return is_sqlite_locked(exc) or sqlstate(exc) == LOCK_NOT_AVAILABLE
+
+
 def is_sqlite_locked(exc: BaseException) -> bool:
     """True if SQLite gave up waiting for another writer (after its busy timeout)."""
     for cur in _chain(exc):
