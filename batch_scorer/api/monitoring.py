@@ -72,7 +72,8 @@ def _evaluation_spec(cfg: Config, engine: Engine, job: JobConfig, models: ModelC
             f"{job.source.key} has {len(job.source.key)}; they are matched position by position"
         )
     spec = SourceSpec(job=job.name, key=keys, table=labels.table, query=labels.query,
-                      as_of_column=labels.as_of_column, params=tuple(labels.params.items()), timezone=cfg.timezone)
+                      as_of_column=labels.as_of_column, params=tuple(labels.params.items()), timezone=cfg.timezone,
+                      section="labels")
     _check_label_columns(engine, spec, labels.label_column)
     model = champion_model(cfg, engine, job, models)
     return EvaluationSpec(job=job.name, output=job.output.table, keys=tuple(job.source.key), labels=spec,

@@ -135,8 +135,14 @@ def describe(
 ) -> LoadedModel:
     """Load bytes about to be registered (the usual checks: fitted, one prediction per row,
     skops types trusted) to learn what the model is. Raises :class:`ModelError`."""
-    return load_model_bytes(f"registry {name}", data, source=source, fmt=fmt, features=features,
-                            trusted_types=trusted_types)
+    label = f"registry {name}"
+    try:
+        return load_model_bytes(label, data, source=source, fmt=fmt, features=features,
+                                trusted_types=trusted_types)
+    except ModelError as exc:  # the loader speaks of a job and its config: say what happened here
+        text = str(exc).replace(f"job {label!r}: ", f"registering model {name!r}: ", 1)
+        text = text.replace("Fit it, save it again, and update model.sha256", "Fit it, then register it again")
+        raise ModelError(text) from None
 
 
 def register(

@@ -378,7 +378,8 @@ def reference_chunks(
     text = str(source)
     is_query = text.lower().endswith(".sql")
     spec = SourceSpec(job=f"reference {text}", key=(), table=None if is_query else text,
-                      query=Path(text) if is_query else None)
+                      query=Path(text) if is_query else None, section=None,
+                      subject=f"reference {'query' if is_query else 'table'} {text!r} of model {model.source}")
     day = date.today()
     with engine.connect() as conn:
         check_columns(spec, model.features, probe_columns(conn, spec, day))

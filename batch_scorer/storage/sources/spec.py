@@ -34,6 +34,23 @@ class SourceSpec:
     params: tuple[tuple[str, Any], ...] = ()
     pass_through: tuple[str, ...] = ()
     timezone: str = "UTC"
+    section: str | None = "source"
+    """The config section the spec comes from (``source``, ``labels``), named in advice;
+    None: not from the config (a model's reference table or query, given to ``models
+    register --reference`` or ``reference=``)."""
+    subject: str | None = None
+    """Who messages are about; None: ``job '<job>'``."""
+
+    @property
+    def who(self) -> str:
+        """How messages begin: ``job 'churn'`` (or :attr:`subject`)."""
+        return self.subject or f"job {self.job!r}"
+
+    def fix(self, key: str) -> str:
+        """Advice to fix one of the spec's keys: ``fix source.table in the config``."""
+        if self.section:
+            return f"fix {self.section}.{key} in the config"
+        return "fix the name given (models register --reference, or reference= from Python)"
 
     @property
     def exact(self) -> tuple[str, ...]:

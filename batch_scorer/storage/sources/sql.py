@@ -85,15 +85,15 @@ def _prepared_query(spec: SourceSpec, postgres: bool) -> QueryText:
         sql = spec.query.read_text(encoding="utf-8")
     except OSError as exc:
         raise SourceError(
-            f"job {spec.job!r}: cannot read source.query file {spec.query}: {exc.strerror}. "
+            f"{spec.who}: cannot read query file {spec.query}: {exc.strerror}. "
             "Fix the path (relative paths resolve against the config file's folder)."
         ) from None
     try:
         prepared = prepare_query(sql, postgres)
     except ValueError as exc:
-        raise SourceError(f"job {spec.job!r}: source.query file {spec.query}: {exc}. Close it.") from None
+        raise SourceError(f"{spec.who}: query file {spec.query}: {exc}. Close it.") from None
     if not prepared.sql:
-        raise SourceError(f"job {spec.job!r}: source.query file {spec.query} is empty")
+        raise SourceError(f"{spec.who}: query file {spec.query} is empty")
     return prepared
 
 
@@ -113,12 +113,12 @@ def _query(conn: Connection, spec: SourceSpec, as_of: date) -> _Query:
     prepared = _prepared_query(spec, conn.dialect.name == "postgresql")
     values = dict(spec.params)
     if "as_of" in values:
-        raise SourceError(f"job {spec.job!r}: a query parameter may not be called 'as_of': "
+        raise SourceError(f"{spec.who}: a query parameter may not be called 'as_of': "
                           ":as_of is always the run's as_of date. Rename the parameter.")
     missing = [n for n in prepared.binds if n != "as_of" and n not in values]
     if missing:
         raise SourceError(
-            f"job {spec.job!r}: source.query {spec.query} uses parameter(s) "
+            f"{spec.who}: query {spec.query} uses parameter(s) "
             f"{', '.join(':' + n for n in missing)}, which have no value: only :as_of and the job's "
             f"parameters ({', '.join(values) or 'none'}) are bound. Give them a value, or fix the query."
         )
@@ -144,8 +144,8 @@ def source_table(conn: Connection, spec: SourceSpec) -> sa.Table:
         return catalog(conn.engine).table(name, schema, conn)
     except sa.exc.NoSuchTableError:
         raise SourceError(
-            f"job {spec.job!r}: source table {spec.table!r} does not exist in the "
-            "database. Create it, or fix source.table in the config."
+            f"{spec.who}: {spec.section or 'the'} table {spec.table!r} does not exist in the "
+            f"database. Create it, or {spec.fix('table')}."
         ) from None
 
 
@@ -167,7 +167,7 @@ def probe_columns(conn: Connection, spec: SourceSpec, as_of: date) -> SourceColu
         result = conn.execute(wrapped)
     except SQLAlchemyError as exc:
         raise SourceError(
-            f"job {spec.job!r}: the source query {spec.query} failed: "
+            f"{spec.who}: the {spec.section or 'given'} query {spec.query} failed: "
             f"{mask_text(first_line(exc))}"
         ) from None
     names = list(result.keys())
@@ -246,9 +246,10 @@ def check_columns(spec: SourceSpec, features: Sequence[str], columns: SourceColu
         problems.append(f"where column(s) {missing_where}")
     if problems:
         raise SourceError(
-            f"job {spec.job!r}: source {spec.describe()} lacks {'; '.join(problems)}. "
+            f"{spec.who}: {spec.section or 'table'} {spec.describe()} lacks {'; '.join(problems)}. "
             f"It has: {', '.join(columns.names) or '(no columns)'}. Add the columns to the "
-            "source (or alias them in the query), or fix the job's key/pass_through/where."
+            f"{spec.section or 'table'} (or alias them in the query)"
+            + (", or fix the job's key/pass_through/where." if spec.section else ".")
         )
 
 
@@ -363,10 +364,10 @@ def _stream(
             yield _frame(rows, columns, processors)
     except SQLAlchemyError as exc:
         raise DatabaseError(
-            f"job {spec.job!r}: reading the source failed: {mask_text(first_line(exc))}"
+            f"{spec.who}: reading the {spec.section or 'rows'} failed: {mask_text(first_line(exc))}"
         ) from exc
     except conn.dialect.loaded_dbapi.Error as exc:  # raised by the raw cursor
-        raise DatabaseError(f"job {spec.job!r}: reading the source failed: {mask_text(str(exc))}") from exc
+        raise DatabaseError(f"{spec.who}: reading the {spec.section or 'rows'} failed: {mask_text(str(exc))}") from exc
     finally:
         # A read stopped part-way (an error here, a signal, the generator closed) ends
         # now, not when the error holding this frame is gone: on SQLite a half-read
