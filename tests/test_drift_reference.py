@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from batch_scorer import api
 from batch_scorer.config import load_config
 from batch_scorer.executors.local import LocalExecutor
 from batch_scorer.executors.threads import ThreadSettings
@@ -34,7 +35,18 @@ from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage import profiles
 from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.ddl import create_tool_tables
-from tests.helpers import AS_OF, FEATURES, features_frame, job, load_table, query, save_model, train, write_config
+from tests.helpers import (
+    AS_OF,
+    FEATURES,
+    OTHER_AS_OF,
+    features_frame,
+    job,
+    load_table,
+    query,
+    save_model,
+    train,
+    write_config,
+)
 
 
 def _model(tmp_path: Path) -> tuple[LoadedModel, object]:
@@ -160,3 +172,22 @@ def test_the_rows_a_registration_stores_in_its_own_transaction_are_store_referen
                                "ORDER BY feature, bin")
     assert stored == sorted((r["feature"], r["kind"], r["bin"], r["lower"], r["upper"], r["category"], r["rows"])
                             for r in rows)
+
+
+def test_a_retracted_first_run_stops_being_the_reference_and_the_next_succeeded_run_is(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    third = OTHER_AS_OF + (OTHER_AS_OF - AS_OF)
+    for seed, day in ((1, AS_OF), (2, OTHER_AS_OF), (3, third)):
+        load_table(sqlite_url, features_frame(400, seed=seed, as_of=day))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    cfg = str(write_config(tmp_path, sqlite_url, {"j": job()}))
+    (first,) = api.run(cfg, ["j"], as_of=AS_OF.isoformat())
+    (second,) = api.run(cfg, ["j"], as_of=OTHER_AS_OF.isoformat())
+    refs = query(sqlite_url, "SELECT DISTINCT reference_profile FROM drift WHERE run_id = :r", r=second.run_id)
+    assert refs == [(f"run:{first.run_id}",)]
+
+    api.retract(cfg, first.run_id, note="wrong feature table that day")
+    (later,) = api.run(cfg, ["j"], as_of=third.isoformat())
+    refs = query(sqlite_url, "SELECT DISTINCT reference_profile FROM drift WHERE run_id = :r", r=later.run_id)
+    assert refs == [(f"run:{second.run_id}",)]
