@@ -95,7 +95,8 @@ def train_fleet(engine: sa.Engine, table: str, folder: Path) -> dict[tuple[str, 
 
 
 def fleet_config(folder: Path, url: str, table: str, models: list[str] = MODELS,
-                 countries: list[str] = COUNTRIES, parallel: int = 10) -> Path:
+                 countries: list[str] = COUNTRIES, parallel: int | None = None) -> Path:
+    """The fleet's config; ``parallel`` None: the tool's default ``defaults.parallel_jobs``."""
     jobs = {
         m: {"matrix": {"country": countries},
             "model": {"path": str(folder / "fleet_models" / f"{m}_{{country}}.joblib")},
@@ -103,8 +104,10 @@ def fleet_config(folder: Path, url: str, table: str, models: list[str] = MODELS,
             "output": {"table": "fleet_out", "pass_through": ["country"]}}
         for m in models
     }
-    data = {"database": {"url": url}, "timezone": "UTC", "defaults": {"parallel_jobs": parallel}, "jobs": jobs}
-    path = folder / f"fleet_{parallel}.yaml"
+    data: dict = {"database": {"url": url}, "timezone": "UTC", "jobs": jobs}
+    if parallel is not None:
+        data["defaults"] = {"parallel_jobs": parallel}
+    path = folder / f"fleet_{parallel or 'default'}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -167,7 +170,7 @@ def bench_ten(args: argparse.Namespace, url: str, engine: sa.Engine, label: str)
     jobs = {m: {"model": {"path": str(args.workdir / "fleet_models" / f"{m}_C00.joblib")},
                 "source": {"table": table, "key": ["entity_id"]},
                 "output": {"table": f"ten_{m}"}} for m in MODELS}
-    data = {"database": {"url": url}, "timezone": "UTC", "defaults": {"parallel_jobs": 10}, "jobs": jobs}
+    data = {"database": {"url": url}, "timezone": "UTC", "jobs": jobs}  # the default parallel_jobs
     cfg = args.workdir / "ten.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     case = Case(f"{label}, ten models on one source", args.ten_rows)

@@ -276,3 +276,22 @@ def test_a_key_labelled_twice_differently_is_left_out_and_said_alike_is_kept_onc
     assert stored[(AS_OF.isoformat(), "accuracy")] == (pytest.approx(skm.accuracy_score(y, joined["prediction"])),
                                                        N - 3)
     assert stored[(AS_OF.isoformat(), "roc_auc")][0] == pytest.approx(skm.roc_auc_score(y, joined["score"]))
+
+
+def test_a_label_column_none_of_whose_values_is_a_class_is_exit_2_and_keeps_the_figures(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    cfg, frame = _binary_setup(tmp_path, sqlite_url)
+    outcomes = _outcomes(frame[frame["snapshot_date"] == AS_OF], AS_OF, share=1.0)
+    tier = np.where(outcomes["churned"] == 1, "gold", "bronze")
+    _load_outcomes(sqlite_url, outcomes.assign(tier=tier))
+    assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
+    assert cli_run(cfg, "evaluate", "j").exit_code == 0
+    before = _stored(sqlite_url)
+
+    cfg.write_text(cfg.read_text().replace("label_column: churned", "label_column: tier"))
+    result = cli_run(cfg, "evaluate", "j")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "none of the labels" in text and "['bronze', 'gold']" in text and "labels.label_column 'tier'" in text
+    assert _stored(sqlite_url) == before  # nothing replaced

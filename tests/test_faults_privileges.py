@@ -198,6 +198,13 @@ def test_bi_role_reads_predictions_views_and_safe_tool_tables_and_nothing_raw(
     assert _denied(bi, "SELECT count(*) FROM rejected_rows")
     assert _denied(bi, "SELECT count(*) FROM job_locks")
     assert _denied(bi, f'SELECT count(*) FROM "{dep.feature_schema}".features')
+
+    # Commands the BI role may not run say so in a paragraph, not with SQLAlchemy's SQL dump.
+    for args in (("runs", "--limit", "2"), ("run", "j", "--as-of", AS_OF.isoformat())):
+        result = cli_run(_config(tmp_path, dep, dep.reader), *args)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1 and "the database role may not do this: permission denied" in text, text
+        assert "[SQL:" not in text and "sqlalche.me" not in text and "Traceback" not in text
     assert _denied(bi, "INSERT INTO predictions (job, entity_id, as_of, model_version, run_id, "
                        "scored_at) VALUES ('x', 1, '2026-01-01', 'v', 1, now())")
     assert _denied(bi, "UPDATE predictions SET score = 0")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tests.helpers import AS_OF, cli_run, features_frame, load_table, query, save_model, train
+from tests.helpers import AS_OF, cli_run, features_frame, load_table, published, query, save_model, train
 from tests.registry_support import (
     assert_same_output,
     latest_run,
@@ -182,3 +182,16 @@ def test_the_shadow_table_has_the_outputs_columns_plus_challenger(tmp_path: Path
     main = pd.DataFrame(query(sqlite_url, "SELECT name FROM pragma_table_info('predictions')"))[0].tolist()
     shadow = pd.DataFrame(query(sqlite_url, "SELECT name FROM pragma_table_info('predictions_shadow')"))[0].tolist()
     assert shadow == [*main, "challenger"]
+
+
+def test_a_challenger_just_promoted_to_champion_is_not_scored_against_itself(tmp_path: Path, sqlite_url: str) -> None:
+    frame = setup_source(sqlite_url)
+    config, _, challenger = _champion_and_challenger(tmp_path, sqlite_url)
+    ok(config, "models", "promote", "churn", "2", "--alias", "champion")  # both aliases now name v2
+    result = cli_run(config, "-v", "run", "j", "--as-of", str(AS_OF))
+    assert result.exit_code == 0, result.output
+    assert "is the champion's own version v2" in " ".join(result.output.split())
+    run_id = latest_run(sqlite_url)["run_id"]
+    assert_same_output(run_rows(sqlite_url, run_id), own_output(challenger, frame))
+    assert _comparisons(sqlite_url, run_id) == {}
+    assert published(sqlite_url, "predictions_shadow").empty  # no shadow rows (no shadow table even)

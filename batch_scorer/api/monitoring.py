@@ -91,9 +91,9 @@ def _check_label_columns(engine: Engine, spec: SourceSpec, label_column: str) ->
         missing.append(spec.as_of_column)
     if missing:
         raise SourceError(
-            f"job {spec.job!r}: the labels source {spec.describe()} lacks column(s) {missing}; it has "
+            f"job {spec.job!r}: the labels source {spec.describe()!r} lacks column(s) {missing}; it has "
             f"{', '.join(have) or '(no columns)'}. Fix labels.key, labels.label_column or labels.as_of_column"
-            + (" (a labels query must return a column named as_of)" if spec.query is not None else "")
+            + (" (a labels query must return a column named as_of)." if spec.query is not None else ".")
         )
 
 

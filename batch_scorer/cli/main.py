@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+import sqlalchemy as sa
 
 from batch_scorer.cli import fleet, maintenance, models, monitoring, runs, schedule, setup  # noqa: F401 - they register their commands
 from batch_scorer.cli.app import cli
 from batch_scorer.errors import EXIT_RUN_FAILED, BatchScorerError
-from batch_scorer.masking import mask_text
+from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.signals import Interrupted
+from batch_scorer.storage.retry import is_insufficient_privilege
 
 __all__ = ["cli", "invoke", "main"]
 
@@ -77,6 +79,11 @@ def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> in
         return exc.exit_code
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
+    except sa.exc.SQLAlchemyError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {_database_error_text(exc)}", err=True)
+        return EXIT_RUN_FAILED
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if debug:
             raise
@@ -87,6 +94,19 @@ def invoke(command: Callable[..., Any], argv: Sequence[str] | None = None) -> in
         )
         return EXIT_RUN_FAILED
     return rv if isinstance(rv, int) else 0
+
+
+def _database_error_text(exc: sa.exc.SQLAlchemyError) -> str:
+    """A database error outside a run, in one line (no SQL, no parameters)."""
+    if is_insufficient_privilege(exc):
+        return (
+            f"the database role may not do this: {mask_text(first_line(exc))}. The reader (BI) role "
+            "reads the views (<output>_latest, <output>_daily, scoring_runs_bi, drift_latest), not "
+            "the ledger; run, runs and backfill need the scorer role, init-db the owner "
+            "(sql/roles_postgresql.sql; docs/operations.md, Least privilege)."
+        )
+    return (f"database error: {type(exc).__name__}: {mask_text(first_line(exc))} "
+            "(run again with --debug for the traceback)")
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:

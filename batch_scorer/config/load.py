@@ -192,7 +192,7 @@ def load_config(path: str | os.PathLike[str] | Mapping[str, Any] | None = None) 
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(cfg_path)!r} must be a mapping of keys at the top level")
-    _warn_literal_password(raw)
+    _warn_literal_password(raw, cfg_path)
     _warn_if_writable_by_others(cfg_path)
     return config_from_dict(raw, base_dir=cfg_path.resolve().parent, source_file=cfg_path)
 
@@ -400,7 +400,10 @@ def _warn_if_writable_by_others(path: Path) -> None:
     )
 
 
-def _warn_literal_password(raw: Mapping[str, Any]) -> None:
+_WARNED_PASSWORD: set[str] = set()  # config files already warned about, once per process
+
+
+def _warn_literal_password(raw: Mapping[str, Any], path: Path) -> None:
     db = raw.get("database")
     url = db.get("url") if isinstance(db, dict) else None
     if not isinstance(url, str) or "${" in url.split("@")[0]:
@@ -409,10 +412,11 @@ def _warn_literal_password(raw: Mapping[str, Any]) -> None:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return
-    if parsed.password:
+    if parsed.password and str(path.resolve()) not in _WARNED_PASSWORD:
+        _WARNED_PASSWORD.add(str(path.resolve()))
         # The example avoids user:...@ so the log masking filter leaves it readable.
         log.warning(
-            "config.yaml holds a literal database password; put it in an environment "
+            "%s holds a literal database password; put it in an environment "
             "variable instead: url: ${DATABASE_URL}, or leave the password out of the URL "
-            "and export PGPASSWORD (PostgreSQL drivers read it)"
+            "and export PGPASSWORD (PostgreSQL drivers read it)", path
         )

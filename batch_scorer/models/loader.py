@@ -323,7 +323,9 @@ def _load_skops(job: str, data: bytes, source: str, trusted: Sequence[str]) -> A
             f"job {job!r}: model {source} holds types that skops does not trust by default: "
             f"{', '.join(refused)}. Loading them could run their code, so the model was not "
             "loaded. If you have reviewed them and trust them, list them under the job's "
-            f"model.trusted_types (trusted_types: [{', '.join(refused)}])."
+            f"model.trusted_types (trusted_types: [{', '.join(refused)}]); when registering, pass "
+            f"--trust TYPE once per type (batch-scorer models register ... "
+            f"{' '.join('--trust ' + t for t in refused)}) or trusted_types=[...] from Python."
         )
     try:
         return sio.loads(data, trusted=list(trusted))  # skops adds its own defaults

@@ -92,10 +92,16 @@ def alerts(drifts: Iterable[FeatureDrift]) -> list[FeatureDrift]:
     return sorted((d for d in drifts if d.status == ALERT), key=lambda d: -d.psi_reference)
 
 
+def psi_text(psi: float) -> str:
+    """A PSI for people: two decimals from 0.1 up, two significant digits below (so a warn
+    at a small threshold never reads 0.00)."""
+    return f"{psi:.2f}" if abs(psi) >= 0.1 or psi == 0 else f"{psi:.2g}"
+
+
 def describe(drifts: Iterable[FeatureDrift], limit: int = 10) -> str:
     """``"x1 PSI 0.83, x2 PSI 0.41"``: the given features, highest PSI first (for an error)."""
     ordered = sorted(drifts, key=lambda d: -d.psi_reference)
-    text = ", ".join(f"{d.feature} PSI {d.psi_reference:.2f}" for d in ordered[:limit])
+    text = ", ".join(f"{d.feature} PSI {psi_text(d.psi_reference)}" for d in ordered[:limit])
     if len(ordered) > limit:
         text += f" and {len(ordered) - limit} more"
     return text

@@ -24,7 +24,15 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Connection, Engine
 
-from batch_scorer.monitoring.metrics import LABEL, Task, compute, join_labels, unambiguous_labels
+from batch_scorer.errors import UsageError
+from batch_scorer.monitoring.metrics import (
+    LABEL,
+    Task,
+    compute,
+    foreign_labels,
+    join_labels,
+    unambiguous_labels,
+)
 from batch_scorer.storage import profiles
 from batch_scorer.storage.schema import utcnow
 from batch_scorer.storage.sources.spec import SourceSpec
@@ -72,6 +80,7 @@ def evaluate_job(engine: Engine, spec: EvaluationSpec) -> Evaluation:
     evaluated: list[date] = []
     unlabelled: list[date] = []
     notes: dict[str, None] = {}
+    foreign: dict[date, list[str]] = {}
     with engine.connect() as conn:
         main, shadow = profiles.output_tables(conn, spec.output, shadow_table_name(spec.output))
         if main is None:
@@ -81,13 +90,34 @@ def evaluate_job(engine: Engine, spec: EvaluationSpec) -> Evaluation:
             if conflicting:
                 notes[f"as_of {as_of}: {conflicting} key(s) labelled twice with different labels were left out "
                       "(fix the labels source: one label per key and as_of)"] = None
+            foreign[as_of] = foreign_labels(labels[LABEL], spec.classes if spec.classifier else None)
+            if foreign[as_of]:
+                unlabelled.append(as_of)
+                continue
             found = _figures(conn, spec, as_of, labels, main, CHAMPION, notes)
             if shadow is not None and len(labels):
                 found += _figures(conn, spec, as_of, labels, shadow, CHALLENGER, notes)
             (evaluated if found else unlabelled).append(as_of)
             rows += found
+    _check_foreign(spec, {d: v for d, v in foreign.items() if v}, evaluated, notes)
     profiles.replace_metrics(engine, spec.job, evaluated, rows)
     return Evaluation(spec.job, rows, tuple(evaluated), tuple(unlabelled), tuple(notes))
+
+
+def _check_foreign(spec: EvaluationSpec, foreign: dict[date, list[str]], evaluated: list[date],
+                   notes: dict[str, None]) -> None:
+    """As_ofs whose labels are none of the model's classes: a wrong ``labels.label_column``
+    when no as_of has a usable label (:class:`UsageError`, nothing stored), else a note
+    (those as_ofs keep their earlier figures)."""
+    if not foreign:
+        return
+    day, values = next(iter(foreign.items()))
+    text = (f"none of the labels of {len(foreign)} as_of(s) (e.g. {day}: {values}) is one of the model's "
+            f"classes {[str(c) for c in spec.classes or ()]}")
+    if not evaluated:
+        raise UsageError(f"job {spec.job!r}: {text}. Is labels.label_column {spec.label_column!r} the right "
+                         "column? Nothing was stored.")
+    notes[f"{text}; those as_ofs were not evaluated and keep their earlier figures"] = None
 
 
 def _figures(

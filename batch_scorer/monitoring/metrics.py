@@ -78,6 +78,17 @@ def unambiguous_labels(labels: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Da
     return labels.loc[kept.index], conflicting
 
 
+def foreign_labels(labels: pd.Series, classes: Sequence[Any] | None) -> list[str]:
+    """The distinct labels (as compared, at most five) when *none* of ``labels`` is one of a
+    classifier's ``classes`` (a labels column that cannot belong to the model), else []."""
+    if not classes or labels.empty:
+        return []
+    texts = set(_label_texts(labels.dropna()).dropna())
+    if texts & {label_text(c) for c in classes}:
+        return []
+    return sorted(texts)[:5]
+
+
 def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """The predictions that have a (non-NULL) label, with it in :data:`LABEL`.
 
@@ -145,7 +156,7 @@ def compute(task: Task, joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
 
 
 _MULTICLASS_NOTE = ("log_loss and brier not computed: a multiclass predictions table holds the probability of "
-                    "the predicted class only, and they need every class's")
+                    "the predicted class only, and they need the probability of every class")
 
 
 def _binary(task: Task, joined: pd.DataFrame, label: np.ndarray, out: list[Metric]) -> tuple[list[Metric], list[str]]:

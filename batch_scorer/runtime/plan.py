@@ -251,7 +251,18 @@ def resolve_models(engine: Engine, job: JobConfig, models: ModelCache) -> tuple[
         return champion, []
     with _registry_reads(job):
         with engine.connect() as conn:
-            return champion, [_challenger(conn, job, models, item) for item in job.challengers]
+            challengers = [_challenger(conn, job, models, item) for item in job.challengers]
+    return champion, [c for c in challengers if not _is_the_champion(job, champion, c)]
+
+
+def _is_the_champion(job: JobConfig, champion: Scorer, c: Candidate) -> bool:
+    """A challenger whose alias now names the champion's own version (it was just promoted)
+    would be compared with itself: it is left out, with a log line."""
+    if isinstance(c, Scorer) and c.model.sha256 == champion.model.sha256:
+        log.info("job %s: challenger %s is the champion's own version %s (promoted?); not scored in shadow. "
+                 "Point its alias at the next candidate.", job.name, c.label, champion.stamp.version)
+        return True
+    return False
 
 
 def resolve_champion(engine: Engine, job: JobConfig, models: ModelCache) -> Scorer:

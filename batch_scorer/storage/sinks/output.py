@@ -150,7 +150,8 @@ def _check_fits(actual: sa.Table, wanted: sa.Table, prediction_kind: str, job: s
     )
     if not fits:
         raise SourceError(
-            f"job {job!r}: output table {name!r} has a {have} prediction column, but this "
+            f"job {job!r}: output table {name!r} has {'an' if have[0] in 'aeiou' else 'a'} {have} "
+            "prediction column, but this "
             f"model predicts {prediction_kind} values. Give the job its own output.table."
         )
 
