@@ -109,9 +109,13 @@ def test_runs_shows_read_scored_and_published_and_filters(tmp_path: Path, sqlite
     assert newest[6:9] == ["60", "60", "60"]
     assert older[6:9] == ["60", "60", "0"]  # replaced by the newer run: nothing of it is visible
     assert len(cli_run(cfg, "runs", "--since", "2000-01-01").output.splitlines()) == 3
-    assert cli_run(cfg, "runs", "--since", "2999-01-01").output.strip() == "no runs recorded yet"
+    assert cli_run(cfg, "runs", "--since", "2999-01-01").output.strip() == "no runs match these filters"
+    assert cli_run(cfg, "runs", "--status", "failed").output.strip() == "no runs match these filters"
+    assert len(cli_run(cfg, "runs", "--status", "Succeeded").output.splitlines()) == 3  # any case
     typo = cli_run(cfg, "runs", "--job", "jj")
     assert typo.exit_code == 2 and "unknown job 'jj'" in typo.output
+    bogus = cli_run(cfg, "runs", "--status", "bogus")
+    assert bogus.exit_code == 2 and "'bogus' is not a run status" in bogus.output and "retracted" in bogus.output
 
 
 def test_validate_and_runs_never_create_a_sqlite_file_from_a_typo(tmp_path: Path) -> None:

@@ -298,6 +298,9 @@ def test_scorer_role_without_init_db_gets_an_error_naming_init_db(
     assert "batch-scorer init-db" in run.stderr and "permission denied" in run.stderr
     assert dep.scorer in run.stderr
     assert "Traceback" not in run.stderr
+    every = Run(_config(tmp_path, dep, dep.scorer), "run", "--all", "--as-of", AS_OF.isoformat())
+    assert every.finish() == 1, every.stderr
+    assert every.stderr.count("batch-scorer init-db") == 1 and "Error (2 jobs: j, q)" in every.stderr  # once
     assert query(dep.url, "SELECT count(*) FROM pg_tables WHERE schemaname = :s", s=dep.schema) == [(0,)]
 
 

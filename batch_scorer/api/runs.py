@@ -31,7 +31,7 @@ from batch_scorer.runtime.plan import ModelCache
 from batch_scorer.runtime.progress import DateFn, ProgressFn
 from batch_scorer.storage import ledger
 from batch_scorer.storage import retract as retracting
-from batch_scorer.storage.schema import Trigger
+from batch_scorer.storage.schema import RunStatus, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ def runs(
     config: ConfigLike = None, job: str | None = None, limit: int = 20, *,
     status: Sequence[str] = (), since: date | datetime | str | None = None,
 ) -> list[ledger.RunRecord]:
-    """The latest runs from the ledger, newest first (of one job and its matrix expansions)."""
+    """The latest runs from the ledger, newest first (of one job and its matrix expansions).
+    ``status``: only runs of these statuses (:class:`UsageError` for one that is none)."""
     cfg = as_config(config)
+    status = _statuses(status)
     with open_engine(cfg, create=False) as engine:
         if not sa.inspect(engine).has_table("scoring_runs"):
             if job is not None:
@@ -84,6 +86,17 @@ def runs(
         if since is not None:  # midnight of that date in the configured time zone
             start = datetime.combine(to_date(since, cfg.timezone, "since"), time.min, tzinfo=ZoneInfo(cfg.timezone))
         return ledger.list_runs(engine, names, limit, status=status, since=start)
+
+
+def _statuses(given: Sequence[str]) -> list[str]:
+    """``given`` as ledger statuses: any case; one that is not a status is a usage error."""
+    known = [s.value for s in RunStatus]
+    out = []
+    for text in given:
+        if text.strip().lower() not in known:
+            raise UsageError(f"--status {text!r} is not a run status; use one of: {', '.join(known)}")
+        out.append(text.strip().lower())
+    return out
 
 
 def _ledger_jobs(cfg: Config, engine: Engine, job: str | None) -> list[str] | None:

@@ -132,9 +132,16 @@ def print_results(results: Sequence[RunResult]) -> None:
                    f"{r.rows_scored:,} rows scored, {r.rows_rejected:,} rejected, {r.seconds:.1f}s -> {r.output_table}")
     elif results:
         _summary(results)
+    failed: dict[str, list[str]] = {}  # the same error of many jobs (no tool tables yet) once
     for r in results:
         if not r.ok:
-            click.echo(f"Error: {r.error}", err=True)
+            failed.setdefault(str(r.error), []).append(r.job)
+    for error, jobs in failed.items():
+        if len(jobs) == 1:
+            click.echo(f"Error: {error}", err=True)
+        else:
+            named = ", ".join(jobs[:5]) + (f" and {len(jobs) - 5} more" if len(jobs) > 5 else "")
+            click.echo(f"Error ({len(jobs)} jobs: {named}): {error}", err=True)
 
 
 def _summary(results: Sequence[RunResult]) -> None:

@@ -67,7 +67,8 @@ def runs(ctx: click.Context, job: str | None, limit: int, statuses: tuple[str, .
             click.echo(json.dumps({**dataclasses.asdict(r), "rows_published": r.rows_published}, default=str))
         return
     if not records:
-        click.echo("no runs recorded yet")
+        filtered = job is not None or statuses or since is not None
+        click.echo("no runs match these filters" if filtered else "no runs recorded yet")
         return
     header = ("run_id", "job", "as_of", "model", "trigger", "status", "read", "scored", "published",
               "rejected", "drift", "started (UTC)", "seconds")

@@ -174,13 +174,13 @@ class RetentionConfig(Strict):
     """How long the tool keeps what it writes (``retention:``); every key is optional."""
 
     predictions_keep_as_ofs: int | None = Field(default=None, ge=1)
-    """Keep each job's predictions for its last N as_of dates only. Default null (keep all)."""
+    """Keep each job's predictions for its last N as_of dates only (N >= 1). Default null (keep all)."""
     predictions_days: int | None = Field(default=None, ge=1)
-    """Keep predictions whose as_of is newer than N days. Default null (keep all)."""
+    """Keep predictions whose as_of is newer than N days (N >= 1). Default null (keep all)."""
     rejected_rows_days: int | None = Field(default=30, ge=1)
-    """Keep rejected rows for N days. Default 30; null keeps all."""
+    """Keep rejected rows for N days (N >= 1). Default 30; null keeps all."""
     ledger_days: int | None = Field(default=400, ge=1)
-    """Keep ledger rows (scoring_runs) for N days. Default 400; null keeps all."""
+    """Keep ledger rows (scoring_runs) for N days (N >= 1). Default 400; null keeps all."""
 
 
 class RuntimeConfig(Strict):

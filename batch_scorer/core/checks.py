@@ -300,9 +300,7 @@ class _Bisection:
             self.diagnosis.found_good(int(idx[0]))
         for pos, exc_name in undiagnosed:  # failed before any good row was known
             column = self.diagnosis.blame(pos)
-            self.failures[pos] = (
-                _column_reason(column, exc_name) if column else f"the model raised {exc_name} on this row"
-            )
+            self.failures[pos] = _column_reason(column, exc_name) if column else self.diagnosis.unnamed(exc_name)
 
     def _failed(
         self, idx: np.ndarray, exc_name: str, stack: list[np.ndarray], undiagnosed: list[tuple[int, str]]
@@ -376,6 +374,16 @@ class _Diagnosis:
                 return name
         return None
 
+    def unnamed(self, exc_name: str) -> str:
+        """The reason of a failing row whose column was not found."""
+        if self.reference is None:
+            return f"the model raised {exc_name} on this row (no row of its chunk scored to compare it with)"
+        if self.calls >= DIAGNOSE_CALLS_PER_CHUNK:
+            return (f"the model raised {exc_name} on this row (its column was not looked for: naming "
+                    f"columns stops after {DIAGNOSE_CALLS_PER_CHUNK} model calls per chunk; the rows "
+                    "with a column named show what is wrong)")
+        return f"the model raised {exc_name} on this row (no single column's value makes it fail)"
+
     def same_value(self, column: str, pos: int) -> np.ndarray:
         """Mask of the rows whose ``column`` holds the same value as row ``pos``."""
         col = self.features[column]
@@ -391,11 +399,13 @@ class _Diagnosis:
 
 class TooManyBadRows(RunFailed):
     """Raised by :func:`score_checked` when it gives up on a chunk; ``rejected`` holds
-    the rows of that chunk found bad so far (the run records them)."""
+    the rows of that chunk found bad so far (the run records them); ``rows_read`` the
+    chunk's rows (read, though not scored)."""
 
-    def __init__(self, message: str, rejected: list[RejectedRow]) -> None:
+    def __init__(self, message: str, rejected: list[RejectedRow], rows_read: int = 0) -> None:
         super().__init__(message)
         self.rejected = rejected
+        self.rows_read = rows_read
 
 
 def _too_many(
@@ -420,6 +430,7 @@ def _too_many(
         "the source or re-train the model (max_rejected_fraction sets how many bad rows a "
         "run tolerates).",
         found,
+        chunk_rows,
     )
 
 

@@ -142,13 +142,14 @@ class Failure:
 
     message: str
     rejected: list[RejectedRow] | None = None  # set for TooManyBadRows: the rows it found bad
+    rows_read: int = 0  # and the rows of the chunk it gave up on
     error: BaseException | None = None  # the exception itself, when it pickles
 
     @classmethod
     def of(cls, exc: BaseException) -> Failure:
         """``exc`` as a Failure: itself if it pickles, else its masked text."""
         if isinstance(exc, TooManyBadRows):  # its constructor takes the rows: pickle cannot rebuild it
-            return cls(str(exc), list(exc.rejected))
+            return cls(str(exc), list(exc.rejected), rows_read=exc.rows_read)
         try:
             pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, made on the line before
         except Exception:  # noqa: BLE001 - e.g. a model's own exception class
@@ -160,7 +161,7 @@ class Failure:
         if self.error is not None:
             return self.error
         if self.rejected is not None:
-            return TooManyBadRows(self.message, self.rejected)
+            return TooManyBadRows(self.message, self.rejected, self.rows_read)
         return RunFailed(self.message)
 
 

@@ -167,8 +167,13 @@ class JobRun:
     def fail(self, exc: BaseException) -> None:
         """Stop this job (the others in its group go on); recorded when the group ends."""
         if isinstance(exc, TooManyBadRows):
-            self.rejections.extend(exc.rejected, flush=False)
+            self._count_bad_chunk(exc)
         self.error = exc
+
+    def _count_bad_chunk(self, exc: TooManyBadRows) -> None:
+        """The chunk a :class:`TooManyBadRows` gave up on: its rows were read, its bad rows found."""
+        self.rejections.extend(exc.rejected, flush=False)
+        self.counts["rows_read"] += exc.rows_read
 
     def publish(self) -> RunResult:
         """Make the run visible with its ledger row, or record why it cannot be."""
@@ -258,7 +263,7 @@ class JobRun:
             self.publication.abort()
         plan = self.plan
         if isinstance(exc, TooManyBadRows) and exc is not self.error:
-            self.rejections.extend(exc.rejected, flush=False)
+            self._count_bad_chunk(exc)
         self.counts["rows_rejected"] = len(self.rejections)
         exc = _translated(self.engine, plan, exc)
         reason = error_text(exc)

@@ -28,7 +28,7 @@ from batch_scorer.storage import ledger
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.db import is_postgres
 from batch_scorer.storage.sinks.output import OutputSpec
-from batch_scorer.storage.sinks.postgres_copy import CopyStream, column_oids, copyable
+from batch_scorer.storage.sinks.postgres_copy import CopyStream, column_oids, copy_rows, copyable
 from batch_scorer.storage.sinks.staging import CopyStage, InsertStage, Stage, TempStage
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class Publication:
         for stage in self._stages:
             stage.move_in(conn)
         for table, rows in self._extra:
-            conn.execute(table.insert(), rows)
+            if not (self._postgres and copy_rows(conn, table, rows)):
+                conn.execute(table.insert(), rows)
         finish(conn)
         return replaced
 

@@ -196,23 +196,43 @@ def _check_values(spec: SourceSpec) -> None:
                 )
 
 
+class SqliteAnyType(sa.types.UserDefinedType[Any]):
+    """A SQLite column declared without a type: it stores each value as given (an integer
+    stays an integer, a float a float, a text its text), as the query that feeds it does."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return ""
+
+
+# How many of a SQLite query's rows are looked at for its column types.
+SQLITE_TYPE_SAMPLE = 1000
+
+
 def _sqlite_query_types(
     conn: Connection, spec: SourceSpec, as_of: date, names: list[str]
 ) -> dict[str, sa.types.TypeEngine[Any]]:
-    # SQLite reports no result types; look at one row's values instead.
-    row = conn.execute(_wrapped(conn, spec, as_of, "LIMIT 1")).first()
-    types: dict[str, sa.types.TypeEngine[Any]] = {}
-    for i, name in enumerate(names):
-        value = row[i] if row is not None else None
-        if isinstance(value, bool):
-            types[name] = sa.Boolean()
-        elif isinstance(value, int):
-            types[name] = sa.BigInteger()
-        elif isinstance(value, float):
-            types[name] = sa.Float(53)
-        else:
-            types[name] = sa.Text()
-    return types
+    """SQLite reports no result types: each column's type from the storage classes of its
+    first :data:`SQLITE_TYPE_SAMPLE` rows (integers: BIGINT; reals, or reals and integers:
+    DOUBLE; any text: TEXT). A column with no value there (no rows for that as_of yet, or
+    NULLs only) gets no declared type (:class:`SqliteAnyType`), so it keeps what it is given."""
+    quote = conn.dialect.identifier_preparer.quote
+    query = _query(conn, spec, as_of)
+    kinds = ", ".join(f"group_concat(DISTINCT typeof(s.{quote(n)}))" for n in names)
+    sample = f"SELECT * FROM ({query.sql}) AS src LIMIT {SQLITE_TYPE_SAMPLE}"  # noqa: S608 - the job's own query
+    row = conn.execute(query.clause(f"SELECT {kinds} FROM ({sample}) AS s")).first()  # noqa: S608 - quoted names
+    return {name: _sqlite_type(set((row[i] or "").split(",")) - {"null", ""}) for i, name in enumerate(names)}
+
+
+def _sqlite_type(storage: set[str]) -> sa.types.TypeEngine[Any]:
+    if not storage:
+        return SqliteAnyType()
+    if storage == {"integer"}:
+        return sa.BigInteger()
+    if storage <= {"integer", "real"}:
+        return sa.Float(53)
+    return sa.Text()
 
 
 def _portable(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
