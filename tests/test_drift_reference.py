@@ -191,3 +191,24 @@ def test_a_retracted_first_run_stops_being_the_reference_and_the_next_succeeded_
     (later,) = api.run(cfg, ["j"], as_of=third.isoformat())
     refs = query(sqlite_url, "SELECT DISTINCT reference_profile FROM drift WHERE run_id = :r", r=later.run_id)
     assert refs == [(f"run:{second.run_id}",)]
+
+
+
+def test_a_sqlite_run_id_is_never_handed_out_again_after_the_ledger_is_emptied_by_hand(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Profiles and output rows are keyed by run id: a reused id would mix an old run into a new one."""
+    load_table(sqlite_url, features_frame(400, seed=1, as_of=AS_OF))
+    load_table(sqlite_url, features_frame(400, seed=2, as_of=OTHER_AS_OF))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    cfg = str(write_config(tmp_path, sqlite_url, {"j": job()}))
+    (first,) = api.run(cfg, ["j"], as_of=AS_OF.isoformat())
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM scoring_runs")  # an operator's clean-up by hand
+    engine.dispose()
+    (again,) = api.run(cfg, ["j"], as_of=AS_OF.isoformat())
+    assert again.status == "succeeded" and again.run_id > first.run_id
+    (later,) = api.run(cfg, ["j"], as_of=OTHER_AS_OF.isoformat())
+    refs = query(sqlite_url, "SELECT DISTINCT reference_profile FROM drift WHERE run_id = :r", r=later.run_id)
+    assert refs == [(f"run:{again.run_id}",)]  # a usable reference, not one merged with the old run's

@@ -114,6 +114,9 @@ scoring_runs = sa.Table(
     sa.CheckConstraint(_in('"trigger"', Trigger), name="ck_scoring_runs_trigger"),
     sa.Index("ix_scoring_runs_job_status", "job", "status"),
     sa.Index("ix_scoring_runs_job_as_of", "job", "as_of", "model_version"),
+    # SQLite: a run id is never handed out again, even after the newest ledger rows
+    # were deleted by hand (profiles and output rows are keyed by it).
+    sqlite_autoincrement=True,
 )
 
 rejected_rows = sa.Table(
