@@ -21,6 +21,7 @@ from batch_scorer.cli import fleet, maintenance, models, monitoring, runs, sched
 from batch_scorer.cli.app import cli
 from batch_scorer.errors import EXIT_RUN_FAILED, BatchScorerError
 from batch_scorer.masking import first_line, mask_text
+from batch_scorer.runtime.outcome import error_text
 from batch_scorer.runtime.signals import Interrupted
 from batch_scorer.storage.retry import is_insufficient_privilege
 
@@ -105,8 +106,7 @@ def _database_error_text(exc: sa.exc.SQLAlchemyError) -> str:
             "the ledger; run, runs and backfill need the scorer role, init-db the owner "
             "(sql/roles_postgresql.sql; docs/operations.md, Least privilege)."
         )
-    return (f"database error: {type(exc).__name__}: {mask_text(first_line(exc))} "
-            "(run again with --debug for the traceback)")
+    return f"{error_text(exc)} (run again with --debug for the traceback)"
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:

@@ -21,7 +21,7 @@ are not labelled yet and are left out.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,7 @@ def unambiguous_labels(labels: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Da
     labels = labels[labels[LABEL].notna()]
     if labels.empty:
         return labels, 0
-    texts = labels.assign(**{LABEL: _label_texts(labels[LABEL])})
+    texts = labels.assign(**{LABEL: _texts(labels[LABEL], label_text)})
     distinct = texts.drop_duplicates([*keys, LABEL])
     clash = distinct.duplicated(list(keys), keep=False)
     conflicting = int(distinct.loc[clash, list(keys)].drop_duplicates().shape[0])
@@ -83,7 +83,7 @@ def foreign_labels(labels: pd.Series, classes: Sequence[Any] | None) -> list[str
     classifier's ``classes`` (a labels column that cannot belong to the model), else []."""
     if not classes or labels.empty:
         return []
-    texts = set(_label_texts(labels.dropna()).dropna())
+    texts = set(_texts(labels.dropna(), label_text).dropna())
     if texts & {label_text(c) for c in classes}:
         return []
     return sorted(texts)[:5]
@@ -113,10 +113,10 @@ def _same_kind(a: pd.Series, b: pd.Series) -> bool:
     return len(kinds) == 1 and kinds <= {"integer", "string", "floating"}
 
 
-def _texts(values: pd.Series) -> pd.Series:
-    """Each value's text form (one call per distinct value)."""
+def _texts(values: pd.Series, text: Callable[[Any], str] = category_text) -> pd.Series:
+    """Each value's ``text`` form (one call per distinct value; NULL stays None)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    texts = np.array([category_text(u) for u in uniques] + [None], dtype=object)
+    texts = np.array([text(u) for u in uniques] + [None], dtype=object)
     return pd.Series(texts[codes], index=values.index, dtype=object)
 
 
@@ -133,13 +133,6 @@ def label_text(value: Any) -> str:
     return _TRUTH.get(text.strip().lower(), text)
 
 
-def _label_texts(values: pd.Series) -> pd.Series:
-    """Each label's (or prediction's) :func:`label_text` (one call per distinct value)."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    texts = np.array([label_text(u) for u in uniques] + [None], dtype=object)
-    return pd.Series(texts[codes], index=values.index, dtype=object)
-
-
 def compute(task: Task, joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
     """The metrics of ``joined`` (columns ``prediction``, ``score``, :data:`LABEL`) and notes
     on the metrics left out (module doc)."""
@@ -147,8 +140,8 @@ def compute(task: Task, joined: pd.DataFrame) -> tuple[list[Metric], list[str]]:
         return [], []
     if task.kind == REGRESSION:
         return _regression(joined)
-    label = _label_texts(joined[LABEL]).to_numpy(dtype=object)
-    predicted = _label_texts(joined["prediction"]).to_numpy(dtype=object)
+    label = _texts(joined[LABEL], label_text).to_numpy(dtype=object)
+    predicted = _texts(joined["prediction"], label_text).to_numpy(dtype=object)
     out = [Metric("accuracy", float(skm.accuracy_score(label, predicted)), len(joined))]
     if task.kind != BINARY:
         return out, [_MULTICLASS_NOTE] if task.kind == MULTICLASS else []
