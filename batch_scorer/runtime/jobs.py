@@ -28,7 +28,7 @@ from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.batch import BatchJob, BatchOptions, run_batch
 from batch_scorer.runtime.outcome import RunResult, RunResults, from_exception
-from batch_scorer.runtime.plan import ModelCache, RunPlan, SourceProbes, build_plan
+from batch_scorer.runtime.plan import ModelCache, RunPlan, SourceProbes, build_plan, with_monitoring
 from batch_scorer.runtime.run import GroupContext, ProgressFn, SkipCheck
 from batch_scorer.storage import ledger
 from batch_scorer.storage.catalog import catalog
@@ -93,7 +93,7 @@ def _run_jobs(inv: Invocation, executor: Executor, names: Sequence[str], as_of: 
     in_batch = set(names)
     jobs = [BatchJob(n, as_of or job_as_of(inv.cfg, n), inv.trigger,
                      tuple(d for d in inv.cfg.job(n).depends_on if d in in_batch)) for n in names]
-    early = {j.name: _plan(inv, j) for j in jobs if not j.depends_on}
+    early = _plans(inv, [j for j in jobs if not j.depends_on])
     if len(early) == len(jobs) and all(isinstance(p, RunResult) for p in early.values()):
         return RunResults(_recorded(inv, early[j.name]) for j in jobs)  # type: ignore[arg-type]
     try:
@@ -116,9 +116,17 @@ def _run_jobs(inv: Invocation, executor: Executor, names: Sequence[str], as_of: 
     return RunResults(run_batch(ctx, jobs, plan_for, options, inv.cancel))
 
 
-def _plan(inv: Invocation, job: BatchJob) -> RunPlan | RunResult:
+def _plans(inv: Invocation, jobs: Sequence[BatchJob]) -> dict[str, RunPlan | RunResult]:
+    """The plans of jobs planned together, their drift lookups done in one go for all."""
+    planned = {j.name: _plan(inv, j, monitoring=False) for j in jobs}
+    valid = [p for p in planned.values() if isinstance(p, RunPlan)]
+    return {**planned, **{p.job: p for p in with_monitoring(inv.cfg, inv.engine, valid)}}
+
+
+def _plan(inv: Invocation, job: BatchJob, monitoring: bool = True) -> RunPlan | RunResult:
     try:
-        return build_plan(inv.cfg, inv.engine, job.name, job.as_of, inv.trigger, inv.models, inv.probes)
+        return build_plan(inv.cfg, inv.engine, job.name, job.as_of, inv.trigger, inv.models, inv.probes,
+                          monitoring=monitoring)
     except BatchScorerError as exc:
         log.info("job %s as_of %s: not run: invalid (exit 2)", job.name, job.as_of)
         return from_exception(job.name, job.as_of, exc)

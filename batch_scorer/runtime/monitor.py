@@ -125,19 +125,46 @@ def column_kinds(model: LoadedModel, column_types: Mapping[str, sa.types.TypeEng
     return out
 
 
+@dataclass(frozen=True)
+class MonitorRequest:
+    """What planning knows of one run that monitoring needs (see :func:`monitor_plans`)."""
+
+    settings: MonitorSettings
+    job: str
+    as_of: date
+    model: LoadedModel
+    stamp: ModelStamp
+    prediction_kind: str
+    want_score: bool
+    column_types: Mapping[str, sa.types.TypeEngine[Any]]
+
+
 def monitor_plan(
     engine: Engine, settings: MonitorSettings, *, job: str, as_of: date, model: LoadedModel, stamp: ModelStamp,
     prediction_kind: str, want_score: bool, column_types: Mapping[str, sa.types.TypeEngine[Any]],
 ) -> MonitorPlan:
     """What a run of ``job`` profiles and compares against (module doc). Reads, never writes."""
-    outputs = profiled_outputs(model, prediction_kind, want_score)
-    kinds = {**column_kinds(model, column_types), **outputs.kinds()}
-    reference = previous = None
-    if profiles.has_monitoring_tables(engine):
+    request = MonitorRequest(settings, job, as_of, model, stamp, prediction_kind, want_score, column_types)
+    return monitor_plans(engine, [request])[0]
+
+
+def monitor_plans(engine: Engine, requests: Sequence[MonitorRequest]) -> list[MonitorPlan]:
+    """:func:`monitor_plan` for many runs, their references and previous profiles read
+    together (a few queries for a whole batch, not four per job). Reads, never writes."""
+    found: list[tuple[profiles.StoredProfile | None, profiles.StoredProfile | None]] = [(None, None)] * len(requests)
+    if requests and profiles.has_monitoring_tables(engine):
+        wants = [profiles.ProfileWant(r.job, r.model.sha256, r.stamp.name, r.stamp.registry_version, r.as_of)
+                 for r in requests]
         with engine.connect() as conn:
-            reference = profiles.find_reference(conn, job=job, sha256=model.sha256, model_name=stamp.name,
-                                                registry_version=stamp.registry_version)
-            previous = profiles.previous_profile(conn, job=job, as_of=as_of)
+            found = profiles.reference_and_previous(conn, wants)
+    return [_plan_of(r, reference, previous) for r, (reference, previous) in zip(requests, found, strict=True)]
+
+
+def _plan_of(request: MonitorRequest, reference: profiles.StoredProfile | None,
+             previous: profiles.StoredProfile | None) -> MonitorPlan:
+    job, settings = request.job, request.settings
+    outputs = profiled_outputs(request.model, request.prediction_kind, request.want_score)
+    kinds = {**column_kinds(request.model, request.column_types), **outputs.kinds()}
     ref_profile = _rebuilt(job, reference)
     bins: dict[str, FeatureBins] | None = None
     if ref_profile is not None:

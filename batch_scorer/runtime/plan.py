@@ -16,10 +16,9 @@ import dataclasses
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -34,8 +33,9 @@ from batch_scorer.models.contract import fully_described
 from batch_scorer.models.loader import LoadedModel, load_model_bytes, read_model
 from batch_scorer.models.registry import version_label
 from batch_scorer.models.scoring import Probe, prediction_kind, probe_model
-from batch_scorer.runtime.monitor import MonitorSettings, monitor_plan
-from batch_scorer.runtime.spec import FailedChallenger, MonitorPlan, RunPlan, Scorer, Settings, shadow_definition
+from batch_scorer.names import split_table_name
+from batch_scorer.runtime.monitor import MonitorRequest, MonitorSettings, monitor_plans
+from batch_scorer.runtime.spec import FailedChallenger, RunPlan, Scorer, Settings, shadow_definition
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sinks.output import define_output, prepare_output_table
@@ -47,10 +47,11 @@ from batch_scorer.storage.sources.sql import (
     probe_columns,
     probe_row,
 )
+from batch_scorer.storage.views import shadow_table_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelCache", "RunPlan", "build_plan", "champion_model", "resolve_models", "source_spec"]
+__all__ = ["ModelCache", "RunPlan", "build_plan", "champion_model", "resolve_models", "source_spec", "with_monitoring"]
 
 
 def source_spec(cfg: Config, job: JobConfig) -> SourceSpec:
@@ -231,9 +232,19 @@ def build_plan(
         ),
         depends_on=tuple(job.depends_on),
         failed_challengers=tuple(c for c in challengers if isinstance(c, FailedChallenger)),
-        monitor=_monitor(engine, job, as_of, champion, kind, want_score, columns.types) if monitoring else None,
     )
-    return dataclasses.replace(plan, shadow=_shadow_table(engine, plan))
+    plan = dataclasses.replace(plan, shadow=_shadow_table(engine, plan))
+    return with_monitoring(cfg, engine, [plan])[0] if monitoring else plan
+
+
+def with_monitoring(cfg: Config, engine: Engine, plans: Sequence[RunPlan]) -> list[RunPlan]:
+    """The plans with their drift monitoring (jobs with ``monitor.enabled``): every plan's
+    reference and previous profile looked up together, in a few queries (reads only)."""
+    requests = {p.job: _monitor_request(cfg.job(p.job), p) for p in plans}
+    wanted = [(p, r) for p in plans if (r := requests[p.job]) is not None]
+    monitors = iter(monitor_plans(engine, [r for _, r in wanted]))
+    chosen = {id(p): next(monitors) for p, _ in wanted}
+    return [dataclasses.replace(p, monitor=chosen[id(p)]) if id(p) in chosen else p for p in plans]
 
 
 # -- the models of a job: its champion and its challengers ------------------------------
@@ -350,24 +361,23 @@ def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame,
 def _shadow_table(engine: Engine, plan: RunPlan) -> sa.Table | None:
     """The shadow twin when the run scores challengers, or when it exists (a re-run then
     removes the rows of the runs it replaces there too); an existing one is checked."""
+    schema, name = split_table_name(shadow_table_name(plan.output_name))
+    if not plan.challengers and not catalog(engine).has_table(name, schema):
+        return None  # decided by name: defining the table costs a millisecond a job in a fleet
     table = shadow_definition(plan)
-    if not plan.challengers and not catalog(engine).has_table(table.name, table.schema):
-        return None
     prepare_output_table(engine, table, plan.prediction_kind, plan.job, plan.classifier, create=False, shadow=True)
     return table
 
 
-def _monitor(
-    engine: Engine, job: JobConfig, as_of: date, champion: Scorer, kind: str, want_score: bool,
-    types: Mapping[str, sa.types.TypeEngine[Any]],
-) -> MonitorPlan | None:
-    """The job's drift monitoring: its reference and previous profile looked up (reads only)."""
+def _monitor_request(job: JobConfig, plan: RunPlan) -> MonitorRequest | None:
+    """What the job's drift monitoring needs to look up (None: monitoring is off)."""
     m = job.monitor
     if not m.enabled:
         return None
     settings = MonitorSettings(bins=m.bins, warn_psi=m.warn_psi, alert_psi=m.alert_psi, on_alert=m.on_alert)
-    return monitor_plan(engine, settings, job=job.name, as_of=as_of, model=champion.model, stamp=champion.stamp,
-                        prediction_kind=kind, want_score=want_score, column_types=types)
+    champion = plan.champion
+    return MonitorRequest(settings, plan.job, plan.as_of, champion.model, champion.stamp, plan.prediction_kind,
+                          plan.settings.want_score, plan.columns.types)
 
 
 def _first_row(

@@ -17,7 +17,7 @@ profiles); this module knows tables, not PSI.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -85,54 +85,130 @@ def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) 
     return [dict(zip(keys, row, strict=True)) for row in result]
 
 
-def _stored(conn: Connection, profile_id: str, run_id: int | None) -> StoredProfile | None:
-    rows = profile_rows(conn, profile_id)
-    return StoredProfile(profile_id, run_id, rows) if rows else None
+def profiles_by_id(conn: Connection, profile_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of many profiles (as :func:`profile_rows` gives one), by profile id: a
+    few queries however many profiles; an id with no rows is absent."""
+    t = feature_profiles.c
+    out: dict[str, list[dict[str, Any]]] = {}
+    for part in _parts(sorted(set(profile_ids))):
+        stmt = (sa.select(t.profile_id, *(t[c] for c in PROFILE_COLUMNS)).where(t.profile_id.in_(part))
+                .order_by(t.profile_id, t.feature, t.bin))
+        for pid, *values in conn.execute(stmt):
+            out.setdefault(pid, []).append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
+    return out
+
+
+def _parts(values: Sequence[Any], size: int = 500) -> Iterator[list[Any]]:
+    """``values`` in lists of at most ``size`` (bound parameters per statement stay few)."""
+    for i in range(0, len(values), size):
+        yield list(values[i:i + size])
 
 
 def _has_profile(run: Any) -> sa.ColumnElement[bool]:
     return sa.exists().where(feature_profiles.c.run_id == run.run_id)
 
 
+def first_profiled_runs(conn: Connection, jobs: Iterable[str]) -> dict[tuple[str, str], int]:
+    """``{(job, model sha256): run_id}``: each job's first succeeded run that has a profile,
+    for each model's bytes it ran: the run whose profile is the reference of the runs of
+    those bytes (when the model version has no registered one)."""
+    r = scoring_runs.c
+    out: dict[tuple[str, str], int] = {}
+    for part in _parts(sorted(set(jobs))):
+        query = (sa.select(r.job, r.model_sha256, sa.func.min(r.run_id))
+                 .where(r.job.in_(part), r.status == RunStatus.SUCCEEDED, r.model_sha256.is_not(None),
+                        _has_profile(r))
+                 .group_by(r.job, r.model_sha256))
+        out.update({(str(job), str(sha)): int(run) for job, sha, run in conn.execute(query)})
+    return out
+
+
+def latest_profiled_runs(conn: Connection, jobs: Iterable[str], as_of: date) -> dict[str, int]:
+    """``{job: run_id}``: each job's latest published (not replaced) succeeded run of an
+    as_of before ``as_of`` that has a profile: the run a run of ``as_of`` compares with."""
+    r = scoring_runs.c
+    out: dict[str, int] = {}
+    for part in _parts(sorted(set(jobs))):
+        ranked = (sa.select(r.job, r.run_id, sa.func.row_number().over(
+                      partition_by=r.job, order_by=(r.as_of.desc(), r.run_id.desc())).label("n"))
+                  .where(r.job.in_(part), r.status == RunStatus.SUCCEEDED, r.replaced_by.is_(None),
+                         r.as_of < as_of, _has_profile(r))
+                  .subquery())
+        query = sa.select(ranked.c.job, ranked.c.run_id).where(ranked.c.n == 1)
+        out.update({str(job): int(run) for job, run in conn.execute(query)})
+    return out
+
+
+@dataclass(frozen=True)
+class ProfileWant:
+    """Which profiles one run compares with: the job, its model's bytes, its registry
+    version if it has one, and its as_of (None: no previous profile wanted)."""
+
+    job: str
+    sha256: str
+    model_name: str | None = None
+    registry_version: int | None = None
+    as_of: date | None = None
+
+    @property
+    def registered_id(self) -> str | None:
+        if self.model_name is None or self.registry_version is None:
+            return None
+        return reference_profile_id(self.model_name, self.registry_version)
+
+
+def reference_and_previous(
+    conn: Connection, wants: Sequence[ProfileWant],
+) -> list[tuple[StoredProfile | None, StoredProfile | None]]:
+    """Each run's reference profile and previous profile (module doc), or None where there is
+    none yet: for many runs in a few queries (the runs of a fleet's batch are planned together).
+
+    The reference is the registered model version's profile when it has one, else the
+    profile of :func:`first_profiled_runs`; the previous one is :func:`latest_profiled_runs`'s."""
+    first = first_profiled_runs(conn, (w.job for w in wants))
+    previous: dict[tuple[str, date], int] = {}
+    for day in {w.as_of for w in wants if w.as_of is not None}:
+        jobs = {w.job for w in wants if w.as_of == day}
+        previous.update({(job, day): run for job, run in latest_profiled_runs(conn, jobs, day).items()})
+    firsts = {w: first.get((w.job, w.sha256)) for w in wants}
+    prevs = {w: previous.get((w.job, w.as_of)) if w.as_of is not None else None for w in wants}
+    ids = [i for w in wants if (i := w.registered_id) is not None]
+    ids += [run_profile_id(run) for run in (*firsts.values(), *prevs.values()) if run is not None]
+    rows = profiles_by_id(conn, ids)
+
+    def stored(profile_id: str | None, run_id: int | None) -> StoredProfile | None:
+        found = rows.get(profile_id) if profile_id is not None else None
+        return StoredProfile(profile_id, run_id, found) if found and profile_id is not None else None
+
+    def reference(w: ProfileWant) -> StoredProfile | None:
+        run = firsts[w]
+        return stored(w.registered_id, None) or (stored(run_profile_id(run), run) if run is not None else None)
+
+    return [(reference(w), stored(run_profile_id(prevs[w]), prevs[w]) if prevs[w] is not None else None)
+            for w in wants]
+
+
 def find_reference(
     conn: Connection, *, job: str, sha256: str, model_name: str | None = None, registry_version: int | None = None,
 ) -> StoredProfile | None:
     """The reference profile of a run (module doc), or None when there is none yet."""
-    if model_name is not None and registry_version is not None:
-        registered = _stored(conn, reference_profile_id(model_name, registry_version), None)
-        if registered is not None:
-            return registered
-    r = scoring_runs.c
-    first = conn.execute(
-        sa.select(sa.func.min(r.run_id)).where(
-            r.job == job, r.model_sha256 == sha256, r.status == RunStatus.SUCCEEDED, _has_profile(r)
-        )
-    ).scalar()
-    return _stored(conn, run_profile_id(first), int(first)) if first is not None else None
+    return reference_and_previous(conn, [ProfileWant(job, sha256, model_name, registry_version)])[0][0]
 
 
 def reference_runs(conn: Connection, job: str) -> list[int]:
     """The runs of ``job`` whose profile is a reference (its first profiled succeeded run
     of each model sha256, as :func:`find_reference` picks it): kept by prune, so that the
     baseline a model's runs compare with never moves."""
-    r = scoring_runs.c
-    query = (sa.select(sa.func.min(r.run_id))
-             .where(r.job == job, r.status == RunStatus.SUCCEEDED, r.model_sha256.is_not(None), _has_profile(r))
-             .group_by(r.model_sha256))
-    return [int(x) for x in conn.execute(query).scalars()]
+    return sorted(first_profiled_runs(conn, [job]).values())
 
 
 def previous_profile(conn: Connection, *, job: str, as_of: date) -> StoredProfile | None:
     """The profile of the job's latest published run of an earlier as_of (module doc)."""
-    r = scoring_runs.c
-    run_id = conn.execute(
-        sa.select(r.run_id)
-        .where(r.job == job, r.status == RunStatus.SUCCEEDED, r.replaced_by.is_(None), r.as_of < as_of,
-               _has_profile(r))
-        .order_by(r.as_of.desc(), r.run_id.desc())
-        .limit(1)
-    ).scalar()
-    return _stored(conn, run_profile_id(run_id), int(run_id)) if run_id is not None else None
+    run = latest_profiled_runs(conn, [job], as_of).get(job)
+    if run is None:
+        return None
+    rows = profiles_by_id(conn, [run_profile_id(run)]).get(run_profile_id(run))
+    return StoredProfile(run_profile_id(run), run, rows) if rows else None
 
 
 def replace_reference(
