@@ -131,3 +131,26 @@ def test_text_in_a_numeric_column_marks_only_that_row_and_never_echoes_the_value
     assert np.isnan(out["x"].tolist()[2:4]).all()
     assert reasons is not None
     assert list(reasons) == [None, None, None, None, "column 'x': not a number", None]
+
+
+def test_text_converted_once_for_many_models_is_what_each_model_would_convert() -> None:
+    """Read once, score many: a chunk's pandas ``str`` columns are made object arrays once
+    (text_once); each model's own conversion then gives what it gives without that, for a
+    model fitted on the column as text, as a number, or with no kinds at all."""
+    from batch_scorer.models.features import text_once
+
+    frame = pd.DataFrame({"plan": pd.array(["basic", None, "pro", "7"], dtype="str"),
+                          "code": pd.array([" 7", "8", None, "x"], dtype="str"),
+                          "amount": [1.0, 2.0, np.nan, 4.0]})
+    kinds = [{"plan": TEXT, "code": TEXT, "amount": NUMERIC}, {"plan": TEXT, "code": NUMERIC}, {}]
+    shared = text_once(frame, kinds)
+    assert shared["plan"].dtype == object and shared["amount"].dtype == np.float64
+    for k in kinds:
+        alone, why_alone = coerce_features(frame, k)
+        once, why_once = coerce_features(shared, k)
+        for name in frame.columns:
+            assert list(once[name].astype(object).where(once[name].notna(), None)) == \
+                list(alone[name].astype(object).where(alone[name].notna(), None)), (k, name)
+        assert (why_alone is None) == (why_once is None)
+        if why_alone is not None:
+            assert list(why_alone) == list(why_once)

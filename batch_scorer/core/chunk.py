@@ -18,7 +18,7 @@ import pandas as pd
 
 from batch_scorer.core.checks import Checked, RejectedRow, ScoreFn, score_checked
 from batch_scorer.masking import mask_text
-from batch_scorer.models.features import coerce_features
+from batch_scorer.models.features import coerce_features, text_once
 from batch_scorer.models.loader import LoadedModel
 from batch_scorer.models.scoring import prepare_features, score_prepared
 from batch_scorer.storage.sinks.output import output_frame
@@ -46,6 +46,14 @@ class ChunkWork:
     want_score: bool = True
     max_rejected_fraction: float = 0.01
     observers: tuple[ChunkObserver, ...] = ()
+
+
+def shared_chunk(chunk: pd.DataFrame, works: Sequence[ChunkWork]) -> pd.DataFrame:
+    """A chunk that several jobs process (read once, score many), with what every job's
+    feature conversion would redo made once (text columns: :func:`text_once`)."""
+    if len(works) < 2:
+        return chunk
+    return text_once(chunk, [m.feature_kinds for w in works for m in (w.champion, *(c for _, c in w.challengers))])
 
 
 @dataclass

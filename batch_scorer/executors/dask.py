@@ -57,7 +57,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from batch_scorer.core.checks import RejectedRow, TooManyBadRows
-from batch_scorer.core.chunk import ChunkResult, ChunkWork, process_chunk
+from batch_scorer.core.chunk import ChunkResult, ChunkWork, process_chunk, shared_chunk
 from batch_scorer.errors import BatchScorerError, ConfigError, ModelError, RunFailed
 from batch_scorer.executors.base import Cancel, StreamJob, StreamSpec
 from batch_scorer.executors.threads import ThreadSettings, limit_model_threads, scorer
@@ -232,6 +232,7 @@ def score_partition(
         read_chunks(conn, spec.source, spec.as_of, spec.columns, spec.chunk_size, spec.features, partition=partition)
     ) as chunks:
         for chunk in chunks:
+            chunk = shared_chunk(chunk, list(works.values()))  # noqa: PLW2901 - the same rows, converted once
             for i, work in list(works.items()):
                 try:
                     result.chunks[i].append(process_chunk(work, chunk, score))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
-from batch_scorer.core.chunk import process_chunk
+from batch_scorer.core.chunk import process_chunk, shared_chunk
 from batch_scorer.executors.base import Cancel, StreamJob, StreamSpec
 from batch_scorer.executors.threads import ThreadSettings, scorer
 from batch_scorer.storage.sources.sql import read_chunks
@@ -31,7 +31,9 @@ class LocalExecutor:
         ) as chunks:
             for chunk in chunks:
                 self.cancel.check()
-                for job in [j for j in jobs if j.alive]:
+                alive = [j for j in jobs if j.alive]
+                chunk = shared_chunk(chunk, [j.work for j in alive])
+                for job in alive:
                     try:
                         job.absorb(process_chunk(job.work, chunk, self.score))
                     except Exception as exc:  # noqa: BLE001 - fails this job only

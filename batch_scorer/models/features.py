@@ -156,6 +156,20 @@ def coerce_features(
     return frame, reasons
 
 
+def text_once(frame: pd.DataFrame, kinds: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    """A chunk several models score, its pandas ``str`` columns that some model was fitted
+    on as text already the object arrays :func:`coerce_features` makes of them: converted
+    once for all the models (ten models on one source: once, not ten times per chunk)."""
+    text = {name for k in kinds for name, kind in k.items() if kind == TEXT}
+    converted = {str(name): _to_text(frame[name]) for name in frame.columns
+                 if name in text and _is_nan_str(frame[name].dtype)}
+    return frame.assign(**converted) if converted else frame
+
+
+def _is_nan_str(dtype: Any) -> bool:
+    return isinstance(dtype, pd.StringDtype) and dtype.na_value is np.nan
+
+
 def _to_numeric(col: pd.Series) -> tuple[pd.Series, np.ndarray | None]:
     dtype = col.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
@@ -179,7 +193,7 @@ def _to_numeric(col: pd.Series) -> tuple[pd.Series, np.ndarray | None]:
 
 
 def _to_text(col: pd.Series) -> pd.Series:
-    if isinstance(col.dtype, pd.StringDtype) and col.dtype.na_value is np.nan:
+    if _is_nan_str(col.dtype):
         # pandas' "str" columns as the object arrays scikit-learn's encoders and
         # imputers convert them to anyway: once per chunk, not once per step.
         return col.astype(object)

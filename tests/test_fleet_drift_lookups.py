@@ -1,0 +1,65 @@
+"""A fleet's drift lookups are batched: planning many jobs reads their references and
+previous profiles in a few queries (not four per job), and each job still compares with
+its own reference (its first profiled run of its model) and its own previous run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from batch_scorer import api
+from tests.helpers import AS_OF, features_frame, load_table, query, save_model, train, write_config
+
+JOBS = [f"m{i}" for i in range(6)]
+DAYS = [AS_OF - timedelta(days=2), AS_OF - timedelta(days=1), AS_OF]
+# One marker per lookup query (storage/profiles.py): first runs, previous runs, profile rows.
+MARKERS = ("min(scoring_runs.run_id)", "row_number() over", "feature_profiles.profile_id in")
+
+
+def _fleet(tmp_path: Path, url: str) -> Path:
+    load_table(url, features_frame(300, seed=3))
+    for i, name in enumerate(JOBS):
+        save_model(train("binary" if i % 2 else "forest", features_frame(200, seed=80 + i)),
+                   tmp_path / "models" / f"{name}.joblib")
+    jobs = {name: {"model": {"path": f"models/{name}.joblib"},
+                   "source": {"table": "features", "key": ["entity_id"]},
+                   "output": {"table": "fleet_out"}} for name in JOBS}
+    return write_config(tmp_path, url, jobs, defaults={"parallel_jobs": 3})
+
+
+def _lookups_while(fn: object) -> list[str]:
+    seen: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        text = " ".join(statement.lower().split())
+        seen.extend(m for m in MARKERS if m in text)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+    try:
+        fn()  # type: ignore[operator]
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+    return seen
+
+
+def test_a_fleet_plans_its_drift_lookups_in_a_few_queries_each_job_its_own(tmp_path: Path, db_url: str) -> None:
+    cfg = _fleet(tmp_path, db_url)
+    for day in DAYS[:2]:
+        assert api.run(cfg, all_jobs=True, as_of=day).exit_code == 0
+    # A re-run of the second day replaces its runs: the previous run is the re-run's.
+    assert api.run(cfg, all_jobs=True, as_of=DAYS[1]).exit_code == 0
+    results: list[object] = []
+    seen = _lookups_while(lambda: results.append(api.run(cfg, all_jobs=True, as_of=DAYS[2])))
+    assert results[0].exit_code == 0  # type: ignore[attr-defined]
+    # One query of each kind for the six jobs (SQLite and PostgreSQL alike), not one per job.
+    assert sorted(seen) == sorted(MARKERS), seen
+    runs = query(db_url, "SELECT job, as_of, run_id, replaced_by FROM scoring_runs WHERE status = 'succeeded'")
+    for name in JOBS:
+        mine = sorted((r for r in runs if r[0] == name), key=lambda r: r[2])
+        first, rerun, today = mine[0][2], mine[2][2], mine[3][2]
+        assert mine[1][3] == rerun  # the second day's first run was replaced by the re-run
+        rows = query(db_url, "SELECT DISTINCT reference_profile, previous_run_id FROM drift WHERE run_id = :r",
+                     r=today)
+        assert rows == [(f"run:{first}", rerun)], (name, rows)
