@@ -15,7 +15,7 @@ from tests.helpers import AS_OF, features_frame, load_table, query, save_model, 
 JOBS = [f"m{i}" for i in range(6)]
 DAYS = [AS_OF - timedelta(days=2), AS_OF - timedelta(days=1), AS_OF]
 # One marker per lookup query (storage/profiles.py): first runs, previous runs, profile rows.
-MARKERS = ("min(scoring_runs.run_id)", "row_number() over", "feature_profiles.profile_id in")
+MARKERS = ("min(r.run_id)", "order by r.as_of desc, r.run_id desc", "feature_profiles.profile_id in")
 
 
 def _fleet(tmp_path: Path, url: str) -> Path:
