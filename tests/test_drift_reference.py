@@ -194,6 +194,37 @@ def test_a_retracted_first_run_stops_being_the_reference_and_the_next_succeeded_
 
 
 
+def test_prune_keeps_a_retracted_first_run_while_the_runs_made_before_compare_with_it(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A retracted first run stops being the reference of new runs, but the second run's drift
+    rows still name its profile: prune keeps it (no drift row points at a profile that is gone),
+    and deletes an old retracted run that no run compares with."""
+    third = OTHER_AS_OF + (OTHER_AS_OF - AS_OF)
+    for seed, day in ((1, AS_OF), (2, OTHER_AS_OF), (3, third)):
+        load_table(db_url, features_frame(400, seed=seed, as_of=day))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    cfg = str(write_config(tmp_path, db_url, {"j": job()}, retention={"ledger_days": 400}))
+    first, second, later = (api.run(cfg, ["j"], as_of=day.isoformat())[0] for day in (AS_OF, OTHER_AS_OF, third))
+    api.retract(cfg, first.run_id, note="wrong feature table that day")
+    api.retract(cfg, later.run_id, note="a duplicate")
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:  # both retracted runs started long ago
+            conn.exec_driver_sql("UPDATE scoring_runs SET started_at = started_at - INTERVAL '500 days'"
+                                 if engine.dialect.name == "postgresql" else
+                                 "UPDATE scoring_runs SET started_at = datetime(started_at, '-500 days')")
+    finally:
+        engine.dispose()
+    api.prune(cfg)
+    kept = [r for (r,) in query(db_url, "SELECT run_id FROM scoring_runs ORDER BY run_id")]
+    assert kept == [first.run_id, second.run_id]
+    refs = query(db_url, "SELECT DISTINCT reference_profile FROM drift WHERE run_id = :r", r=second.run_id)
+    assert refs == [(f"run:{first.run_id}",)]
+    assert query(db_url, "SELECT count(*) FROM feature_profiles WHERE profile_id = :p",
+                 p=f"run:{first.run_id}")[0][0] > 0
+
+
 def test_a_sqlite_run_id_is_never_handed_out_again_after_the_ledger_is_emptied_by_hand(
     tmp_path: Path, sqlite_url: str
 ) -> None:

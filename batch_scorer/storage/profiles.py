@@ -238,6 +238,18 @@ def reference_runs(conn: Connection, job: str) -> list[int]:
     return sorted(first_profiled_runs(conn, [job]).values())
 
 
+def cited_references(conn: Connection, job: str) -> list[int]:
+    """The runs of ``job`` whose profile another run's drift rows name as their reference
+    (``drift.reference_profile``): kept by prune while those rows are, so that no drift
+    row points at a profile that is gone (a retracted first run stops being a reference
+    for new runs, but the runs made before keep comparing with it)."""
+    d = drift.c
+    own = sa.literal(RUN_PREFIX) + sa.cast(d.run_id, sa.String)
+    query = (sa.select(d.reference_profile).where(d.job == job, d.reference_profile.like(f"{RUN_PREFIX}%"),
+                                                  d.reference_profile != own).distinct())
+    return sorted(int(str(pid)[len(RUN_PREFIX):]) for pid in conn.execute(query).scalars())
+
+
 def previous_profile(conn: Connection, *, job: str, as_of: date) -> StoredProfile | None:
     """The profile of the job's latest published run of an earlier as_of (module doc)."""
     run = latest_profiled_runs(conn, [job], as_of).get(job)

@@ -16,7 +16,9 @@ What goes, per job (:func:`prune_job`):
   whose rows are still kept anywhere (output rows and rejected rows reference
   their run_id), nor the job's last succeeded run (its model is what the next run
   compares with), nor the job's latest run with drift rows (``drift_latest``), nor a
-  reference run (a model's first profiled run: its later runs compare with it).
+  reference run (a model's first profiled run: its later runs compare with it), nor
+  a run that another run's drift rows name as their reference (a retracted first
+  run: the runs made before the retract compare with it; it goes once they have).
 
 Deletes run in batches of at most ``batch_rows`` rows (picked by ``ctid`` on
 PostgreSQL, ``rowid`` on SQLite), each batch its own short write transaction
@@ -53,7 +55,7 @@ from batch_scorer.storage.schema import (
     scoring_runs,
     shadow_comparisons,
 )
-from batch_scorer.storage.views import shadow_table_name
+from batch_scorer.storage.views import drift_latest_select, shadow_table_name
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +226,15 @@ def _prune_ledger(batch: _Batches, job: str, rules: Retention, keep_from: date |
 
 
 def _protected_runs(engine: Engine, job: str) -> list[int]:
-    """The job's last succeeded run, its latest run with drift rows (``drift_latest``) and
-    its reference runs (one per model: what that model's runs compare with)."""
+    """The job's last succeeded run, its latest run with drift rows (``drift_latest``), its
+    reference runs (one per model: what that model's runs compare with) and the runs other
+    runs' drift rows name as their reference (a retracted first run, until those go)."""
     last = ledger.last_published(engine, job)
     with engine.connect() as conn:
-        latest_drift = conn.execute(sa.select(sa.func.max(drift.c.run_id)).where(drift.c.job == job)).scalar()
-        references = profiles.reference_runs(conn, job)
-    return [int(r) for r in (last.run_id if last else None, latest_drift, *references) if r is not None]
+        shown = drift_latest_select().subquery()
+        latest_drift = conn.execute(sa.select(shown.c.run_id).where(shown.c.job == job).distinct()).scalars().all()
+        references = [*profiles.reference_runs(conn, job), *profiles.cited_references(conn, job)]
+    return [int(r) for r in (last.run_id if last else None, *latest_drift, *references) if r is not None]
 
 
 def _no_rows_kept(engine: Engine, job: str, keep_from: date | None, output: str | None) -> list[Any]:

@@ -53,8 +53,8 @@ def retract(engine: Engine, run_id: int, note: str | None = None) -> Retracted:
         rows = _delete(conn, run.output_table, run_id)
         shadow = _delete(conn, shadow_table_name(run.output_table), run_id)
         ledger.mark_retracted(conn, run_id, f"retracted: {note}" if note else "retracted by an operator")
-    log.warning("job %s: retracted run %d (as_of %s): %d rows removed from %s", run.job, run_id, run.as_of,
-                rows, run.output_table)
+    log.info("job %s: retracted run %d (as_of %s): %d rows removed from %s", run.job, run_id, run.as_of,
+             rows, run.output_table)
     return Retracted(run_id, run.job, run.as_of, run.output_table, rows, shadow)
 
 
