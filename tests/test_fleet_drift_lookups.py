@@ -13,6 +13,7 @@ from batch_scorer import api
 from tests.helpers import AS_OF, features_frame, load_table, query, save_model, train, write_config
 
 JOBS = [f"m{i}" for i in range(6)]
+UNMONITORED = "plain"  # a job of the same batch with monitoring off: planned alongside, looked up for nothing
 DAYS = [AS_OF - timedelta(days=2), AS_OF - timedelta(days=1), AS_OF]
 # One marker per lookup query (storage/profiles.py): first runs, previous runs, profile rows.
 MARKERS = ("min(r.run_id)", "order by r.as_of desc, r.run_id desc", "feature_profiles.profile_id in")
@@ -26,6 +27,7 @@ def _fleet(tmp_path: Path, url: str) -> Path:
     jobs = {name: {"model": {"path": f"models/{name}.joblib"},
                    "source": {"table": "features", "key": ["entity_id"]},
                    "output": {"table": "fleet_out"}} for name in JOBS}
+    jobs[UNMONITORED] = {**jobs[JOBS[0]], "monitor": {"enabled": False}}
     return write_config(tmp_path, url, jobs, defaults={"parallel_jobs": 3})
 
 
@@ -63,3 +65,5 @@ def test_a_fleet_plans_its_drift_lookups_in_a_few_queries_each_job_its_own(tmp_p
         rows = query(db_url, "SELECT DISTINCT reference_profile, previous_run_id FROM drift WHERE run_id = :r",
                      r=today)
         assert rows == [(f"run:{first}", rerun)], (name, rows)
+    assert query(db_url, "SELECT count(*) FROM drift WHERE job = :j", j=UNMONITORED) == [(0,)]
+    assert query(db_url, "SELECT count(DISTINCT as_of) FROM fleet_out WHERE job = :j", j=UNMONITORED) == [(3,)]
