@@ -247,7 +247,7 @@ def test_counting_many_float_features_at_once_equals_counting_each() -> None:
     """The observer counts a chunk's float features with one comparison: the same counts as
     one feature at a time, NULLs, values on an edge and empty chunks included."""
     rng = np.random.default_rng(0)
-    for n in (0, 1, 7, 500):
+    for n in (0, 1, 7, 500, 1_999, 2_000, 20_000):  # small chunks in one call, large ones by feature
         values = rng.normal(size=(n, 4))
         values[rng.random((n, 4)) < 0.1] = np.nan
         values[:, 0] = 0.5  # every row on an edge (bins are closed on the right)
@@ -258,3 +258,5 @@ def test_counting_many_float_features_at_once_equals_counting_each() -> None:
     constant = [FeatureBins("a", NUMERIC, edges=()), FeatureBins("b", NUMERIC, edges=())]
     column = np.array([[1.0, np.nan], [2.0, 3.0]])
     assert [c.tolist() for c in FeatureBins.count_numeric(constant, column)] == [[2, 0], [1, 1]]
+    many = np.tile(column, (2_000, 1))
+    assert [c.tolist() for c in FeatureBins.count_numeric(constant, many)] == [[4_000, 0], [2_000, 2_000]]
