@@ -240,11 +240,10 @@ def build_plan(
 def with_monitoring(cfg: Config, engine: Engine, plans: Sequence[RunPlan]) -> list[RunPlan]:
     """The plans with their drift monitoring (jobs with ``monitor.enabled``): every plan's
     reference and previous profile looked up together, in a few queries (reads only)."""
-    requests = {p.job: _monitor_request(cfg.job(p.job), p) for p in plans}
-    wanted = [(p, r) for p in plans if (r := requests[p.job]) is not None]
-    monitors = iter(monitor_plans(engine, [r for _, r in wanted]))
-    chosen = {id(p): next(monitors) for p, _ in wanted}
-    return [dataclasses.replace(p, monitor=chosen[id(p)]) if id(p) in chosen else p for p in plans]
+    requests = [_monitor_request(cfg.job(p.job), p) for p in plans]
+    monitors = iter(monitor_plans(engine, [r for r in requests if r is not None]))
+    return [p if r is None else dataclasses.replace(p, monitor=next(monitors))
+            for p, r in zip(plans, requests, strict=True)]
 
 
 # -- the models of a job: its champion and its challengers ------------------------------

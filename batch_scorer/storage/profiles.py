@@ -76,25 +76,27 @@ def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) 
     """The rows of one profile (:data:`PROFILE_COLUMNS`; of one ``feature`` if given), in
     feature and bin order."""
     t = feature_profiles.c
-    stmt = (sa.select(*(t[c] for c in PROFILE_COLUMNS)).where(t.profile_id == profile_id)
-            .order_by(t.feature, t.bin))
-    if feature is not None:
-        stmt = stmt.where(t.feature == feature)
-    result = conn.execute(stmt)
-    keys = list(result.keys())
-    return [dict(zip(keys, row, strict=True)) for row in result]
+    where = [t.profile_id == profile_id, *([t.feature == feature] if feature is not None else [])]
+    return _profiles_where(conn, *where).get(profile_id, [])
 
 
 def profiles_by_id(conn: Connection, profile_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """The rows of many profiles (as :func:`profile_rows` gives one), by profile id: a
     few queries however many profiles; an id with no rows is absent."""
-    t = feature_profiles.c
     out: dict[str, list[dict[str, Any]]] = {}
     for part in _parts(sorted(set(profile_ids))):
-        stmt = (sa.select(t.profile_id, *(t[c] for c in PROFILE_COLUMNS)).where(t.profile_id.in_(part))
-                .order_by(t.profile_id, t.feature, t.bin))
-        for pid, *values in conn.execute(stmt):
-            out.setdefault(pid, []).append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
+        out.update(_profiles_where(conn, feature_profiles.c.profile_id.in_(part)))
+    return out
+
+
+def _profiles_where(conn: Connection, *where: sa.ColumnElement[bool]) -> dict[str, list[dict[str, Any]]]:
+    """The profile rows matching ``where``, by profile id, each profile in feature and bin order."""
+    t = feature_profiles.c
+    stmt = (sa.select(t.profile_id, *(t[c] for c in PROFILE_COLUMNS)).where(*where)
+            .order_by(t.profile_id, t.feature, t.bin))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for pid, *values in conn.execute(stmt):
+        out.setdefault(pid, []).append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
     return out
 
 
@@ -129,23 +131,10 @@ def _rows_of(values: Sequence[tuple[str, ...]], names: tuple[str, ...]) -> sa.Su
     return (selects[0] if len(selects) == 1 else sa.union_all(*selects)).subquery("w")
 
 
-def first_profiled_runs(conn: Connection, jobs: Iterable[str]) -> dict[tuple[str, str], int]:
-    """``{(job, model sha256): run_id}``: each job's first reference candidate run for each
-    model's bytes it ran: the run whose profile is the reference of the runs of those bytes
-    (when the model version has no registered one). For every sha256 of a job (prune)."""
-    r = scoring_runs.c
-    out: dict[tuple[str, str], int] = {}
-    for part in _parts(sorted(set(jobs))):
-        query = (sa.select(r.job, r.model_sha256, sa.func.min(r.run_id))
-                 .where(r.job.in_(part), *_is_reference_candidate(r))
-                 .group_by(r.job, r.model_sha256))
-        out.update({(str(job), str(sha)): int(run) for job, sha, run in conn.execute(query)})
-    return out
-
-
 def first_runs_of(conn: Connection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """:func:`first_profiled_runs` for given ``(job, sha256)`` pairs only (planning: the bytes
-    each job is about to score with), in a query per 250 pairs."""
+    """``{(job, model sha256): run_id}``: for each pair, the job's first reference candidate
+    run of those model bytes, whose profile is the reference of the runs of those bytes
+    (when the model version has no registered one). A query per 250 pairs."""
     r = scoring_runs.alias("r").c
     out: dict[tuple[str, str], int] = {}
     for part in _parts(sorted(set(pairs)), 250):  # SQLite allows 500 terms in a UNION
@@ -196,7 +185,7 @@ def reference_and_previous(
     none yet: for many runs in a few queries (the runs of a fleet's batch are planned together).
 
     The reference is the registered model version's profile when it has one, else the
-    profile of :func:`first_profiled_runs`; the previous one is :func:`latest_profiled_runs`'s."""
+    profile of :func:`first_runs_of`; the previous one is :func:`latest_profiled_runs`'s."""
     if conn.dialect.name == "postgresql":
         # Many small index probes whose summed cost estimate would switch JIT compilation
         # on: it costs more than the probes (600 ms for 200 jobs on a two-year ledger).
@@ -235,7 +224,10 @@ def reference_runs(conn: Connection, job: str) -> list[int]:
     """The runs of ``job`` whose profile is a reference (its first profiled succeeded run
     of each model sha256, as :func:`find_reference` picks it): kept by prune, so that the
     baseline a model's runs compare with never moves."""
-    return sorted(first_profiled_runs(conn, [job]).values())
+    r = scoring_runs.c
+    query = (sa.select(sa.func.min(r.run_id)).where(r.job == job, *_is_reference_candidate(r))
+             .group_by(r.model_sha256))
+    return sorted(int(run) for run in conn.execute(query).scalars())
 
 
 def cited_references(conn: Connection, job: str) -> list[int]:

@@ -271,4 +271,3 @@ def copy_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any
         for row in rows:
             copy.write_row([row[n] for n in names])
     return True
-
