@@ -141,16 +141,22 @@ def test_text_converted_once_for_many_models_is_what_each_model_would_convert() 
 
     frame = pd.DataFrame({"plan": pd.array(["basic", None, "pro", "7"], dtype="str"),
                           "code": pd.array([" 7", "8", None, "x"], dtype="str"),
+                          "blank": pd.array([None] * 4, dtype="str"),  # no value at all
                           "amount": [1.0, 2.0, np.nan, 4.0]})
-    kinds = [{"plan": TEXT, "code": TEXT, "amount": NUMERIC}, {"plan": TEXT, "code": NUMERIC}, {}]
-    shared = text_once(frame, kinds)
+    kinds = [{"plan": TEXT, "code": TEXT, "blank": TEXT, "amount": NUMERIC}, {"plan": TEXT, "code": NUMERIC}, {}]
+    shared, ready = text_once(frame, kinds)
+    assert ready == {"plan", "code"}  # "blank" is converted again by each model (NaN to None)
     assert shared["plan"].dtype == object and shared["amount"].dtype == np.float64
+
+    def exact(values: pd.Series) -> list[object]:  # None and NaN told apart: the models tell them apart
+        return ["<None>" if v is None else "<NaN>" if isinstance(v, float) and np.isnan(v) else v
+                for v in values.astype(object)]
+
     for k in kinds:
         alone, why_alone = coerce_features(frame, k)
-        once, why_once = coerce_features(shared, k)
+        once, why_once = coerce_features(shared, k, ready)
         for name in frame.columns:
-            assert list(once[name].astype(object).where(once[name].notna(), None)) == \
-                list(alone[name].astype(object).where(alone[name].notna(), None)), (k, name)
+            assert exact(once[name]) == exact(alone[name]), (k, name)
         assert (why_alone is None) == (why_once is None)
         if why_alone is not None:
             assert list(why_alone) == list(why_once)

@@ -110,3 +110,38 @@ def test_a_feature_named_score_keeps_its_name_and_the_model_score_moves_aside(tm
     outputs = profiled_outputs(model, "boolean", want_score=True)
     assert outputs.score_name == "model_score" and outputs.prediction_name == PREDICTION
     assert pd.Index(model.features).tolist() == ["x3", "score"]
+
+
+def test_jobs_of_one_read_count_a_text_column_once_and_each_keeps_its_own_bins(tmp_path: Path) -> None:
+    """Read once, score many: the jobs of a shared chunk take a text column's category
+    counts from one count of it, each into its own reference's bins; a job that dropped
+    rows (a NULL in its key) counts its own rows. Each profile is what the job alone gets."""
+    from batch_scorer.core.chunk import shared_chunk
+
+    model = train("binary")
+
+    def observer(seed: int, colors: list[str]) -> ProfileObserver:
+        reference = features_frame(1_000, seed=seed)
+        reference = reference[reference["color"].isin(colors)]
+        scored = reference[FEATURES].assign(**{SCORE: model.predict_proba(reference[FEATURES])[:, 1],
+                                               PREDICTION: model.predict(reference[FEATURES])})
+        return ProfileObserver(KINDS, bins_from_reference(scored, KINDS), score_name=SCORE,
+                               prediction_name=PREDICTION)
+
+    loaded = load_model("j", save_model(model, tmp_path / "m.joblib"))
+    works = [ChunkWork(job=f"j{i}", keys=keys, champion=loaded, main_columns=("entity_id",), observers=(obs,))
+             for i, (keys, obs) in enumerate([(("entity_id",), observer(1, ["red", "green"])),
+                                              (("entity_id",), observer(2, ["red", "green", "blue"])),
+                                              (("entity_id", "batch"), observer(3, ["blue", "red"]))])]
+    chunk = features_frame(3_000, seed=4)
+    chunk["color"] = chunk["color"].astype("str")  # a text column as the readers give it
+    chunk["batch"] = np.where(np.arange(len(chunk)) % 7 == 0, np.nan, 1.0)  # job j2 drops these rows
+    shared = shared_chunk(chunk, works)
+    for work in works:
+        together = process_chunk(work, shared).observed["profile"]
+        alone = process_chunk(work, chunk).observed["profile"]
+        for name in KINDS:
+            assert together.counts(name).tolist() == alone.counts(name).tolist(), (work.job, name)
+    assert set(shared._counts) == {"color"}  # counted once, for j0 and j1
+    kept = process_chunk(works[2], shared).observed["profile"]
+    assert kept.rows("color") == len(chunk) - len(chunk[::7])

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -149,8 +149,12 @@ def score_checked(
     want_score: bool = True,
     max_rejected_fraction: float = 0.01,
     scorer: ScoreFn = score_prepared,
+    text_ready: Collection[str] = (),
 ) -> Checked:
     """Score the rows that can be scored; reject the others with a reason (module doc).
+
+    ``text_ready``: columns of ``rows`` already converted to text for every model
+    (:func:`batch_scorer.models.features.text_once`).
 
     Raises :class:`ModelError` if the model is broken for every input (wrong output
     shape) and :class:`RunFailed` when a chunk has too many bad rows to isolate.
@@ -159,7 +163,7 @@ def score_checked(
     good, null_keys = split_null_keys(rows, keys)
     if len(null_keys):
         rejected += [(k, NULL_KEY) for k in key_texts(null_keys, keys)]
-    features, reasons = coerce_features(good.loc[:, list(model.features)], model.feature_kinds)
+    features, reasons = coerce_features(good.loc[:, list(model.features)], model.feature_kinds, text_ready)
     if reasons is not None:
         bad = np.fromiter((r is not None for r in reasons), dtype=bool, count=len(reasons))
         rejected += list(zip(key_texts(good.loc[bad], keys), reasons[bad].tolist(), strict=True))

@@ -9,7 +9,7 @@ what the model was fed through named points, not through edits to the loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,8 +29,9 @@ class ChunkObserver(Protocol):
 
     name: str
 
-    def observe(self, checked: Checked, features: pd.DataFrame) -> Any:
-        """A mergeable partial result for this chunk (e.g. bin counts)."""
+    def observe(self, checked: Checked, features: pd.DataFrame, shared: SharedChunk | None = None) -> Any:
+        """A mergeable partial result for this chunk (e.g. bin counts). ``shared``: the
+        chunk's counts made once for all its jobs, when ``checked.rows`` is the whole of it."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,40 @@ class ChunkWork:
     observers: tuple[ChunkObserver, ...] = ()
 
 
-def shared_chunk(chunk: pd.DataFrame, works: Sequence[ChunkWork]) -> pd.DataFrame:
-    """A chunk that several jobs process (read once, score many), with what every job's
-    feature conversion would redo made once (text columns: :func:`text_once`)."""
+@dataclass
+class SharedChunk:
+    """One chunk as every job of a group processes it, with what each job would redo
+    made once: its text columns converted (``text_ready``, :func:`text_once`) and, as
+    the first job asks for them, its text columns' category counts (ten models on one
+    source count a column once per chunk, not ten times). ``source``: the chunk as read."""
+
+    rows: pd.DataFrame
+    text_ready: frozenset[str] = frozenset()
+    source: pd.DataFrame | None = None
+    _counts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def text_column(self, name: str) -> pd.Series | None:
+        """Column ``name`` as read, if every job is fed it as these same texts (converted
+        once, or a pandas ``str`` column left as it is); else None."""
+        source = self.rows if self.source is None else self.source
+        if name not in source.columns or not isinstance(source[name].dtype, pd.StringDtype):
+            return None
+        return source[name] if name in self.text_ready or self.rows[name].dtype == source[name].dtype else None
+
+    def counted(self, name: str, count: Callable[[], Any]) -> Any:
+        """Column ``name``'s counts: ``count()`` the first time, the same result after."""
+        if name not in self._counts:
+            self._counts[name] = count()
+        return self._counts[name]
+
+
+def shared_chunk(chunk: pd.DataFrame, works: Sequence[ChunkWork]) -> SharedChunk:
+    """The chunk that ``works`` (the jobs of one read) process (:class:`SharedChunk`)."""
     if len(works) < 2:
-        return chunk
-    return text_once(chunk, [m.feature_kinds for w in works for m in (w.champion, *(c for _, c in w.challengers))])
+        return SharedChunk(chunk)
+    models = [m for w in works for m in (w.champion, *(c for _, c in w.challengers))]
+    rows, ready = text_once(chunk, [m.feature_kinds for m in models])
+    return SharedChunk(rows, ready, chunk)
 
 
 @dataclass
@@ -99,14 +128,17 @@ class ChunkResult:
         return len(self.main)
 
 
-def process_chunk(work: ChunkWork, chunk: pd.DataFrame, scorer: ScoreFn = score_prepared) -> ChunkResult:
+def process_chunk(
+    work: ChunkWork, chunk: pd.DataFrame | SharedChunk, scorer: ScoreFn = score_prepared
+) -> ChunkResult:
     """Check, score and observe one chunk of source rows (module doc)."""
+    shared = chunk if isinstance(chunk, SharedChunk) else SharedChunk(chunk)
     checked = score_checked(
-        work.champion, chunk, work.keys, job_name=work.job, want_score=work.want_score,
-        max_rejected_fraction=work.max_rejected_fraction, scorer=scorer,
+        work.champion, shared.rows, work.keys, job_name=work.job, want_score=work.want_score,
+        max_rejected_fraction=work.max_rejected_fraction, scorer=scorer, text_ready=shared.text_ready,
     )
     result = ChunkResult(
-        rows_read=len(chunk),
+        rows_read=len(shared.rows),
         main=output_frame(checked.rows, work.main_columns, checked.prediction, checked.score),
         rejected=checked.rejected,
     )
@@ -121,8 +153,10 @@ def process_chunk(work: ChunkWork, chunk: pd.DataFrame, scorer: ScoreFn = score_
         if frame is None:
             model = work.champion
             frame, _ = coerce_features(checked.rows.loc[:, list(model.features)], model.feature_kinds)
+        # Counts of the shared chunk hold for this job only if it kept every row.
+        whole = shared if checked.rows is shared.rows else None
         for observer in work.observers:
-            result.observed[observer.name] = observer.observe(checked, frame)
+            result.observed[observer.name] = observer.observe(checked, frame, whole)
     return result
 
 

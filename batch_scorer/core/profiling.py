@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from batch_scorer.core.checks import Checked
-from batch_scorer.monitoring.profile import CATEGORICAL, NUMERIC, FeatureBins, Profile, ReferenceSketch
+from batch_scorer.core.chunk import SharedChunk
+from batch_scorer.monitoring.profile import (
+    CATEGORICAL,
+    NUMERIC,
+    FeatureBins,
+    Profile,
+    ReferenceSketch,
+    category_counts,
+)
 
 Partial = Profile | ReferenceSketch
 
@@ -47,8 +55,11 @@ class ProfileObserver:
     prediction_name: str | None = None
     name: str = "profile"
 
-    def observe(self, checked: Checked, features: pd.DataFrame) -> Partial | None:
-        """This chunk's partial (a Profile or a ReferenceSketch); None when no row was scored."""
+    def observe(self, checked: Checked, features: pd.DataFrame, shared: SharedChunk | None = None) -> Partial | None:
+        """This chunk's partial (a Profile or a ReferenceSketch); None when no row was scored.
+
+        ``shared``: the chunk as all the jobs of its read see it (``checked.rows`` is all
+        of it): a text column's category counts are taken from it, made once."""
         if not len(checked.rows):
             return None
         if self.bins is None:
@@ -64,8 +75,19 @@ class ProfileObserver:
             counts.update(zip(names, FeatureBins.count_numeric([self.bins[n] for n in names], matrix), strict=True))
         for name, fbins in self.bins.items():
             if name not in counts:
-                counts[name] = fbins.count(self._column(name, checked, features))
+                counts[name] = self._count(name, fbins, checked, features, shared)
         return Profile.from_counts(self.bins, counts)
+
+    def _count(self, name: str, fbins: FeatureBins, checked: Checked, features: pd.DataFrame,
+               shared: SharedChunk | None) -> np.ndarray:
+        if shared is not None and fbins.kind == CATEGORICAL and self._is_feature(name, CATEGORICAL):
+            text = shared.text_column(name)  # what this job was fed: the same texts as every job
+            if text is not None:
+                return fbins.count_categories(shared.counted(name, lambda: category_counts(text)))
+        return fbins.count(self._column(name, checked, features))
+
+    def _is_feature(self, name: str, kind: str) -> bool:
+        return name not in (self.score_name, self.prediction_name) and self.kinds.get(name) == kind
 
     def _float_groups(self, features: pd.DataFrame) -> list[list[str]]:
         """The numeric features that are float64 columns of ``features``, by number of edges."""
@@ -88,15 +110,18 @@ class ProfileObserver:
         elif name == self.prediction_name:
             values = checked.prediction
         else:
-            raw = checked.rows[name] if name in checked.rows.columns else None
-            if raw is not None and isinstance(raw.dtype, pd.StringDtype) and self.kinds.get(name) == CATEGORICAL:
-                # A text column the coercion only copied into an object array (same
-                # values): its Arrow strings factorize 2-4x faster than the copy.
-                return raw
-            return features[name]
+            raw = self._raw_text(name, checked)
+            return raw if raw is not None else features[name]
         if values is None:  # no score this run (e.g. output.score: false): all NULL
             return pd.Series(np.full(len(checked.rows), np.nan))
         return pd.Series(values, copy=False)
+
+
+    def _raw_text(self, name: str, checked: Checked) -> pd.Series | None:
+        """A categorical source text column as read: the coercion only copied it into an
+        object array (same values), and its Arrow strings factorize 2-4x faster."""
+        raw = checked.rows[name] if self._is_feature(name, CATEGORICAL) and name in checked.rows.columns else None
+        return raw if raw is not None and isinstance(raw.dtype, pd.StringDtype) else None
 
 
 def _values(column: pd.Series) -> Any:

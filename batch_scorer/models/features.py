@@ -22,7 +22,7 @@ Pure functions; no logging of values (they may be personal data).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -125,13 +125,14 @@ def _walk_column_transformer(est: Any, cols: list[str], found: dict[str, str], d
 
 
 def coerce_features(
-    frame: pd.DataFrame, kinds: Mapping[str, str]
+    frame: pd.DataFrame, kinds: Mapping[str, str], text_ready: Collection[str] = ()
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Columns converted to their fitted kind, and per row a reason it cannot be scored.
 
     Returns ``(frame, reasons)``: ``reasons`` is None when every row is fine, else an
     object array with ``None`` for good rows and a reason naming the column (never
-    the value) for bad ones.
+    the value) for bad ones. ``text_ready``: columns :func:`text_once` already made
+    what a text kind converts them to (taken as they are).
     """
     converted: dict[str, Any] = {}
     reasons: np.ndarray | None = None
@@ -146,7 +147,7 @@ def coerce_features(
                 unset = np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
                 reasons[bad & unset] = f"column {name!r}: not a number"
         elif kind == TEXT:
-            new = _to_text(col)
+            new = col if name in text_ready else _to_text(col)
         else:
             new = _generic(col)
         if new is not col:
@@ -156,14 +157,21 @@ def coerce_features(
     return frame, reasons
 
 
-def text_once(frame: pd.DataFrame, kinds: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+def text_once(frame: pd.DataFrame, kinds: Sequence[Mapping[str, str]]) -> tuple[pd.DataFrame, frozenset[str]]:
     """A chunk several models score, its pandas ``str`` columns that some model was fitted
     on as text already the object arrays :func:`coerce_features` makes of them: converted
-    once for all the models (ten models on one source: once, not ten times per chunk)."""
+    once for all the models (ten models on one source: once, not ten times per chunk).
+
+    Also returns the names of the columns converted that a text kind would take as they
+    are (``coerce_features(text_ready=...)`` skips checking them again): all but the
+    columns with no value at all, which :func:`_to_text` converts once more (NaN to None).
+    """
     text = {name for k in kinds for name, kind in k.items() if kind == TEXT}
-    converted = {str(name): _to_text(frame[name]) for name in frame.columns
-                 if name in text and _is_nan_str(frame[name].dtype)}
-    return frame.assign(**converted) if converted else frame
+    names = [str(name) for name in frame.columns if name in text and _is_nan_str(frame[name].dtype)]
+    if not names:
+        return frame, frozenset()
+    ready = frozenset(name for name in names if frame[name].notna().any())
+    return frame.assign(**{name: _to_text(frame[name]) for name in names}), ready
 
 
 def _is_nan_str(dtype: Any) -> bool:

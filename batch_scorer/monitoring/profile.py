@@ -123,7 +123,12 @@ class FeatureBins:
             counts = np.diff(np.array([0, *at_most, x.size - nulls, 0], dtype="int64"))
             counts[-1] = nulls
             return counts
-        keys, per_key, nulls = category_counts(values)
+        return self.count_categories(category_counts(values))
+
+    def count_categories(self, counted: tuple[pd.Index, np.ndarray, int]) -> np.ndarray:
+        """:meth:`count` of a categorical feature from its :func:`category_counts` (which
+        several jobs reading the same chunk share)."""
+        keys, per_key, nulls = counted
         slot = pd.Index(self.categories, dtype=object).get_indexer(keys)
         slot[slot < 0] = len(self.categories)  # other
         counts = np.bincount(slot, weights=per_key, minlength=self.size).astype("int64")
