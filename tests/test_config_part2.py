@@ -194,7 +194,7 @@ def test_top_level_sections_have_safe_defaults() -> None:
     assert (r.predictions_keep_as_ofs, r.predictions_days, r.rejected_rows_days, r.ledger_days) == (
         None, None, 30, 400,
     )
-    assert (cfg.defaults.parallel_jobs, cfg.defaults.future_days) == (2, 1)
+    assert (cfg.defaults.parallel_jobs, cfg.defaults.future_days) == (10, 1)
     assert (cfg.runtime.model_threads, cfg.runtime.scoring_threads, cfg.runtime.progress_seconds) == (
         None, None, 10.0,
     )

@@ -28,7 +28,9 @@ from tests.helpers import (
 TEN = [f"model{i}" for i in range(10)]
 
 
-def _ten_jobs_on_one_source(tmp_path: Path, url: str, rows: int = 400) -> tuple[Path, object, dict]:
+def _ten_jobs_on_one_source(tmp_path: Path, url: str, rows: int = 400,
+                            parallel: int | None = None) -> tuple[Path, object, dict]:
+    """Ten jobs on one table; ``parallel`` None: the default ``defaults.parallel_jobs``."""
     frame = features_frame(rows, seed=2)
     load_table(url, frame)
     models = {}
@@ -39,7 +41,8 @@ def _ten_jobs_on_one_source(tmp_path: Path, url: str, rows: int = 400) -> tuple[
                    "source": {"table": "features", "key": ["entity_id"], "as_of_column": "snapshot_date"},
                    "output": {"table": f"out_{name}", "pass_through": ["region"]}, "chunk_size": 150}
             for name in TEN}
-    return write_config(tmp_path, url, jobs, defaults={"parallel_jobs": 10}), frame, models
+    defaults = {} if parallel is None else {"parallel_jobs": parallel}
+    return write_config(tmp_path, url, jobs, defaults=defaults), frame, models
 
 
 def _pg_scans(url: str, table: str) -> int:
@@ -62,13 +65,17 @@ def test_ten_jobs_on_one_source_read_it_once_on_postgres(tmp_path: Path, pg_url:
         np.testing.assert_array_equal(out["prediction"], model.predict(frame.sort_values("entity_id")[FEATURES]))
 
 
-def test_ten_jobs_on_one_source_read_it_once_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
-    cfg, frame, models = _ten_jobs_on_one_source(tmp_path, sqlite_url)
-    reads: list[str] = []
+@pytest.mark.parametrize(("parallel", "reads"), [(None, 1), (2, 5)])
+def test_ten_jobs_on_one_source_read_it_once_on_sqlite(tmp_path: Path, sqlite_url: str, parallel: int | None,
+                                                       reads: int) -> None:
+    """At the default ``parallel_jobs`` (10) the ten jobs share one read; with 2 at a
+    time, each read serves the two jobs running: five reads."""
+    cfg, frame, models = _ten_jobs_on_one_source(tmp_path, sqlite_url, parallel=parallel)
+    statements: list[str] = []
 
     def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if "FROM features" in statement:
-            reads.append(statement)
+            statements.append(statement)
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
     try:
@@ -76,9 +83,9 @@ def test_ten_jobs_on_one_source_read_it_once_on_sqlite(tmp_path: Path, sqlite_ur
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
     assert results.exit_code == 0, [r.error for r in results]
-    streams = [s for s in reads if "LIMIT" not in s]
-    assert len(streams) == 1, streams
-    assert len(reads) <= 2, reads  # and at most one probe row
+    streams = [s for s in statements if "LIMIT" not in s]
+    assert len(streams) == reads, streams
+    assert len(statements) - len(streams) <= 1, statements  # and at most one probe row
     for name, model in models.items():
         out = published(sqlite_url, f"out_{name}").sort_values("entity_id")
         np.testing.assert_array_equal(out["prediction"], model.predict(frame.sort_values("entity_id")[FEATURES]))

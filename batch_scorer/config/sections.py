@@ -124,9 +124,10 @@ class Defaults(Strict):
     A job's max_rejected_fraction wins."""
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     """Monitoring settings every job inherits; a job's ``monitor:`` overrides them key by key."""
-    parallel_jobs: int = Field(default=2, ge=1, le=64)
+    parallel_jobs: int = Field(default=10, ge=1, le=64)
     """How many jobs of one command (run several jobs, --all, a matrix) run at the same
-    time. Default 2; 1..64."""
+    time; jobs that read the same rows read them once only if they run at the same time,
+    so this is also the most jobs one read serves. Default 10; 1..64."""
     future_days: int = Field(default=1, ge=0, le=366)
     """An as_of later than today (in ``timezone``) plus this many days is refused unless
     the caller allows it explicitly. Default 1; 0..366."""
