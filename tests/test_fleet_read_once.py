@@ -107,3 +107,26 @@ def test_one_bad_model_among_ten_on_one_source_fails_only_its_own_job(tmp_path: 
         if rows is not None:
             assert rows == len(frame)
     assert query(db_url, "SELECT count(*) FROM out_model3") == [(0,)]
+
+
+def test_validate_and_backfill_ask_a_shared_source_once(tmp_path: Path, sqlite_url: str) -> None:
+    """Planning many jobs on one source (validate, a backfill's up-front check) probes it
+    once per as_of, not once per job: one first-row query for the ten jobs."""
+    cfg, _, _ = _ten_jobs_on_one_source(tmp_path, sqlite_url)
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM features" in statement:
+            statements.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+    try:
+        checks = api.validate(cfg)
+        assert all(c.ok for c in checks), [c.message for c in checks if not c.ok]
+        assert len(statements) == 1, statements
+        statements.clear()
+        results = api.backfill(cfg, "model0", start=AS_OF, end=AS_OF)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+    assert results.exit_code == 0
+    assert len([s for s in statements if "LIMIT" in s]) == 1, statements  # the up-front check's, reused

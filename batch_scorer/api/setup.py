@@ -14,7 +14,7 @@ from batch_scorer.api._common import Check, ConfigLike, as_config, open_engine, 
 from batch_scorer.errors import EXIT_OK, BatchScorerError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.jobs import job_as_of
-from batch_scorer.runtime.plan import ModelCache, build_plan
+from batch_scorer.runtime.plan import ModelCache, SourceProbes, build_plan
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.sinks.output import missing, prepare_output_table
 
@@ -47,10 +47,10 @@ def init_db(config: ConfigLike = None) -> InitReport:
     with open_engine(cfg) as engine:
         create_tool_tables(engine)
         lines.append("tool tables and views: ready")
-        models = ModelCache()
+        models, probes = ModelCache(), SourceProbes()  # jobs on one source ask it once
         for name in cfg.jobs:
             try:
-                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models)
+                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, probes=probes)
                 prepare_output_table(engine, plan.output, plan.prediction_kind, name, plan.classifier, create=True)
                 if plan.shadow is not None:  # challengers' rows: the scorer may not create it either
                     prepare_output_table(engine, plan.shadow, plan.prediction_kind, name, plan.classifier,
@@ -77,11 +77,12 @@ def validate(config: ConfigLike = None, jobs: Sequence[str] = ()) -> list[Check]
     names = select_jobs(cfg, jobs, all_jobs=not jobs) if cfg.jobs or jobs else []
     checks = []
     with open_engine(cfg, create=False) as engine:
-        models = ModelCache()
+        models, probes = ModelCache(), SourceProbes()  # jobs on one source ask it once
         creatable = _can_create(engine)
         for name in names:
             try:
-                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, always_probe=True)
+                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, probes=probes,
+                                  always_probe=True)
             except BatchScorerError as exc:
                 checks.append(_failed_check(name, exc))
                 continue

@@ -69,7 +69,7 @@ def backfill(
 ) -> BackfillResults:
     """Score ``names`` for each of ``days`` (module doc). Bad input (a job's model or source)
     raises before anything is written; failures of a date are results."""
-    plans = [build_plan(inv.cfg, inv.engine, n, days[0], inv.trigger, inv.models) for n in names]
+    plans = [build_plan(inv.cfg, inv.engine, n, days[0], inv.trigger, inv.models, inv.probes) for n in names]
     done = _done(inv, plans, rerun)
     if not rerun:
         inv.skip_if = _already(inv)
