@@ -63,11 +63,20 @@ class Bin:
     """One bin as a table row: ``role`` is ``range``, ``category``, ``other`` or ``null``."""
 
     index: int
-    label: str
     role: str
     lower: float | None = None
     upper: float | None = None
     category: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How a report names the bin: ``(lower, upper]``, the category, ``other`` or NULL
+        (made when asked: publishing a profile's rows never needs it)."""
+        if self.role == "range" and self.lower is not None and self.upper is not None:
+            return f"({_num(self.lower)}, {_num(self.upper)}]"
+        if self.role == "category":
+            return str(self.category)
+        return OTHER_LABEL if self.role == "other" else NULL_LABEL
 
 
 @dataclass(frozen=True)
@@ -102,13 +111,13 @@ class FeatureBins:
         if self.kind == NUMERIC:
             bounds = (-math.inf, *self.edges, math.inf)
             out = [
-                Bin(i, f"({_num(lo)}, {_num(hi)}]", "range", lower=lo, upper=hi)
+                Bin(i, "range", lower=lo, upper=hi)
                 for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False))
             ]
         else:
-            out = [Bin(i, c, "category", category=c) for i, c in enumerate(self.categories)]
-            out.append(Bin(len(out), OTHER_LABEL, "other"))
-        out.append(Bin(len(out), NULL_LABEL, "null"))
+            out = [Bin(i, "category", category=c) for i, c in enumerate(self.categories)]
+            out.append(Bin(len(out), "other"))
+        out.append(Bin(len(out), "null"))
         return tuple(out)
 
     def count(self, values: pd.Series) -> np.ndarray:
