@@ -3,6 +3,8 @@ once, and each still publishes its own output, all or nothing, on its own."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,22 @@ def _ten_jobs_on_one_source(tmp_path: Path, url: str, rows: int = 400,
     return write_config(tmp_path, url, jobs, defaults=defaults), frame, models
 
 
+@contextlib.contextmanager
+def _source_statements() -> Iterator[list[str]]:
+    """The SQL statements that name the source table, run by any engine inside the block."""
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM features" in statement:
+            statements.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+
+
 def _pg_scans(url: str, table: str) -> int:
     [(n,)] = query(url, "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
                         "WHERE relname = :t AND schemaname = current_schema()", t=table)
@@ -71,17 +89,8 @@ def test_ten_jobs_on_one_source_read_it_once_on_sqlite(tmp_path: Path, sqlite_ur
     """At the default ``parallel_jobs`` (10) the ten jobs share one read; with 2 at a
     time, each read serves the two jobs running: five reads."""
     cfg, frame, models = _ten_jobs_on_one_source(tmp_path, sqlite_url, parallel=parallel)
-    statements: list[str] = []
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "FROM features" in statement:
-            statements.append(statement)
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
-    try:
+    with _source_statements() as statements:
         results = api.run(cfg, all_jobs=True, as_of=AS_OF)
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
     assert results.exit_code == 0, [r.error for r in results]
     streams = [s for s in statements if "LIMIT" not in s]
     assert len(streams) == reads, streams
@@ -113,20 +122,11 @@ def test_validate_and_backfill_ask_a_shared_source_once(tmp_path: Path, sqlite_u
     """Planning many jobs on one source (validate, a backfill's up-front check) probes it
     once per as_of, not once per job: one first-row query for the ten jobs."""
     cfg, _, _ = _ten_jobs_on_one_source(tmp_path, sqlite_url)
-    statements: list[str] = []
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "FROM features" in statement:
-            statements.append(statement)
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
-    try:
+    with _source_statements() as statements:
         checks = api.validate(cfg)
-        assert all(c.ok for c in checks), [c.message for c in checks if not c.ok]
-        assert len(statements) == 1, statements
-        statements.clear()
+    assert all(c.ok for c in checks), [c.message for c in checks if not c.ok]
+    assert len(statements) == 1, statements
+    with _source_statements() as statements:
         results = api.backfill(cfg, "model0", start=AS_OF, end=AS_OF)
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
     assert results.exit_code == 0
     assert len([s for s in statements if "LIMIT" in s]) == 1, statements  # the up-front check's, reused

@@ -116,7 +116,6 @@ class ProfileObserver:
             return pd.Series(np.full(len(checked.rows), np.nan))
         return pd.Series(values, copy=False)
 
-
     def _raw_text(self, name: str, checked: Checked) -> pd.Series | None:
         """A categorical source text column as read: the coercion only copied it into an
         object array (same values), and its Arrow strings factorize 2-4x faster."""
