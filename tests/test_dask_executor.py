@@ -24,6 +24,7 @@ import joblib
 import pytest
 import sqlalchemy as sa
 
+from batch_scorer import api
 from batch_scorer.config import load_config
 from batch_scorer.core.checks import TooManyBadRows
 from batch_scorer.errors import RunFailed
@@ -31,7 +32,8 @@ from batch_scorer.executors.dask import WORKER_URL_ENV, Failure, partition_count
 from batch_scorer.runtime.jobs import Invocation, run_jobs
 from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage.db import create_engine
-from tests.faults_support import Run
+from tests.faults_support import Run, app_url, sessions, unique_name
+from tests.gaps_support import poll
 from tests.helpers import AS_OF, cli_run, features_frame, job, load_table, query, save_model, train, write_config
 from tests.test_speed_fast_path import PASS, _rows, _source_table
 
@@ -416,3 +418,54 @@ def test_partitions_are_about_250k_rows_and_at_least_two_per_worker_thread() -> 
     assert partition_count(10_000_000, worker_threads=2) == 40
     assert partition_count(10_000_000, worker_threads=64) == 128
     assert partition_count(10_000_000, worker_threads=2, configured=7) == 7
+
+
+# --- the connection budget ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_the_connection_budget_of_a_dask_run_is_what_scale_out_md_says(
+    cluster: Cluster, pg_url: str, tmp_path: Path, jobs: int
+) -> None:
+    """docs/scale-out.md ("The database's connection budget"), counted for real in
+    ``pg_stat_activity`` (the run's sessions carry this test's ``application_name``):
+
+    * the driver (this process): two per job (its lock session, its publication), one
+      SQLAlchemy connection and one ADBC connection per read group (it sizes the
+      partitions): 2 x jobs + 2, all closed when the run ends;
+    * each worker thread that read: two (SQLAlchemy to reflect, ADBC to COPY), kept
+      open for the worker's life: 2 workers x 1 thread = 4 still open after the run (2 if
+      one worker happened to read every partition)."""
+    cluster.ready()
+    app = unique_name("dask_conn")
+    load_table(pg_url, features_frame(4_000, seed=3))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    names = [f"j{i}" for i in range(jobs)]
+    cfg = write_config(tmp_path, app_url(pg_url, app), {n: job(output=f"out_{n}", chunk_size=500) for n in names},
+                       **_dask(cluster, partitions=4))
+    opened: set[int] = set()
+    live: set[int] = set()
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if dbapi_conn.info.parameter_status("application_name") == app:  # the run's, not this test's
+            opened.add(dbapi_conn.info.backend_pid)
+
+    def on_progress(*_: object) -> None:
+        live.update(int(s["pid"]) for s in sessions(pg_url, app))
+
+    sa.event.listen(sa.pool.Pool, "connect", on_connect)
+    try:
+        results = api.run(cfg, names, as_of=AS_OF, parallel=jobs, on_progress=on_progress)
+    finally:
+        sa.event.remove(sa.pool.Pool, "connect", on_connect)
+    assert [r.status for r in results] == ["succeeded"] * jobs
+    def only_workers_left() -> set[int]:
+        left = {int(s["pid"]) for s in sessions(pg_url, app)}
+        return left if left <= live and len(left) in (2, 4) else set()  # 2 per worker that read
+
+    workers = poll(only_workers_left, timeout=30,
+                   what=f"only the workers' sessions to stay open (seen {sorted(live)}, driver {sorted(opened)})")
+    assert not workers & opened  # the driver's SQLAlchemy connections are all closed
+    assert len(opened) == 2 * jobs + 1, opened  # lock + publication per job, the group's stream
+    driver = (opened | live) - workers
+    assert len(driver) == 2 * jobs + 2, (driver, opened, workers)  # + the ADBC connection that sized the partitions
