@@ -67,3 +67,29 @@ def test_a_fleet_plans_its_drift_lookups_in_a_few_queries_each_job_its_own(tmp_p
         assert rows == [(f"run:{first}", rerun)], (name, rows)
     assert query(db_url, "SELECT count(*) FROM drift WHERE job = :j", j=UNMONITORED) == [(0,)]
     assert query(db_url, "SELECT count(DISTINCT as_of) FROM fleet_out WHERE job = :j", j=UNMONITORED) == [(3,)]
+
+
+def test_driver_rows_are_sqlalchemys_rows_as_the_cursor_fetched_them(db_url: str) -> None:
+    """The profile read fetches from the cursor (no Row per row): the same values, NULLs,
+    floats (infinite bounds too), big integers and text, through an expanding IN list;
+    a column whose type converts its values (a Date on SQLite) takes SQLAlchemy's rows."""
+    from batch_scorer.storage.db import create_engine, driver_rows
+
+    md = sa.MetaData()
+    t = sa.Table("dr", md, sa.Column("k", sa.String(20)), sa.Column("i", sa.BigInteger),
+                 sa.Column("x", sa.Float(53)), sa.Column("c", sa.Text), sa.Column("d", sa.Date))
+    rows = [{"k": f"p{n % 3}", "i": 2**40 + n, "x": [float("-inf"), 0.25, None, float("inf")][n % 4],
+             "c": None if n % 2 else f"cat {n}'s", "d": AS_OF} for n in range(9)]
+    engine = create_engine(db_url)
+    try:
+        md.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(t.insert(), rows)
+        with engine.connect() as conn:
+            plain = sa.select(t.c.k, t.c.i, t.c.x, t.c.c).where(t.c.k.in_(["p0", "p2"])).order_by(t.c.i)
+            assert driver_rows(conn, plain) == [tuple(r) for r in conn.execute(plain)]
+            assert len(driver_rows(conn, plain)) == 6
+            dated = sa.select(t.c.k, t.c.d).order_by(t.c.i)
+            assert driver_rows(conn, dated) == [(r["k"], AS_OF) for r in rows]
+    finally:
+        engine.dispose()

@@ -231,3 +231,31 @@ def duplicate_keys(
             values = tuple(row)
             examples.append(({k.name: values[i] for i, k in enumerate(keys)}, int(values[-1])))
     return DuplicateKeys(int(count), int(rows or 0), examples)
+
+
+def driver_rows(conn: sa.Connection, stmt: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    """The rows of a SELECT as the driver's own tuples, for a large read of plain columns.
+
+    SQLAlchemy builds a ``Row`` per row; for the ~100,000 profile rows a fleet's planning
+    reads, that was half the read's time (PostgreSQL 0.3 of 0.7 s, SQLite 0.1 of 0.25 s).
+    The statement still runs through SQLAlchemy (its events, its errors); only the fetch
+    is the cursor's. For columns whose type converts nothing on the way out (no result
+    processor); otherwise SQLAlchemy's rows."""
+    result = conn.execute(stmt)
+    dialect = conn.dialect
+    cursor = getattr(result, "cursor", None)
+    plain = all(c.type.dialect_impl(dialect).result_processor(dialect, _coltype(dialect, c.type)) is None
+                for c in stmt.selected_columns)
+    if cursor is None or not plain or type(result) is not sa.CursorResult:
+        return [tuple(row) for row in result]
+    try:
+        return list(cursor.fetchall())
+    finally:
+        result.close()
+
+
+def _coltype(dialect: sa.Dialect, type_: sa.types.TypeEngine[Any]) -> int | None:
+    """The type code a driver reports for a column (PostgreSQL's float types ask for it)."""
+    if dialect.name == "postgresql" and isinstance(type_, sa.Float):
+        return 701  # float8: psycopg returns a Python float, nothing to convert
+    return None

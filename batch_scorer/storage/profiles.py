@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.names import split_table_name
 from batch_scorer.storage.catalog import catalog
-from batch_scorer.storage.db import begin_write
+from batch_scorer.storage.db import begin_write, driver_rows
 from batch_scorer.storage.schema import (
     RunStatus,
     drift,
@@ -95,7 +95,7 @@ def _profiles_where(conn: Connection, *where: sa.ColumnElement[bool]) -> dict[st
     stmt = (sa.select(t.profile_id, *(t[c] for c in PROFILE_COLUMNS)).where(*where)
             .order_by(t.profile_id, t.feature, t.bin))
     out: dict[str, list[dict[str, Any]]] = {}
-    for pid, *values in conn.execute(stmt):
+    for pid, *values in driver_rows(conn, stmt):  # a fleet's planning reads ~100,000 of them
         out.setdefault(pid, []).append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
     return out
 
