@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from datetime import date
+from typing import Any
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -55,9 +56,13 @@ class DatabaseError(BatchScorerError):
 
 
 class RunFailed(BatchScorerError):
-    """Raised by a run (runtime/run.py) when a run started but failed; its ledger row says why."""
+    """Raised by a run (runtime/run.py) when a run started but failed; its ledger row says why.
+
+    From ``api.run(..., check=True)`` / ``RunResults.raise_for_failures()``: ``results``
+    holds every job's result of the call, the ones that succeeded too."""
 
     exit_code = EXIT_RUN_FAILED
+    results: Any = None
 
 
 class LockHeld(BatchScorerError):

@@ -68,7 +68,8 @@ def test_a_failed_result_keeps_its_numbers_and_check_raises_with_the_exit_code(t
     with pytest.raises(RunFailed) as caught:
         api.run(cfg, ["j"], as_of=AS_OF, check=True)
     assert caught.value.exit_code == 1 and "max_rejected_fraction" in str(caught.value)
-    with pytest.raises(RunFailed):
+    assert [r.status for r in caught.value.results] == ["failed"]
+    with pytest.raises(api.RunFailed):  # importable where a notebook user looks for it
         api.run(cfg, ["j"], as_of=AS_OF).raise_for_failures()
 
 
@@ -171,3 +172,24 @@ def test_no_scoring_threads_stay_alive_after_a_run_in_a_notebook(tmp_path: Path,
     cfg = _project(tmp_path, sqlite_url, rows=9_000)
     api.run(cfg, ["j"], as_of=AS_OF, check=True)
     assert not [t for t in threading.enumerate() if t.name.startswith(("bs-score", "bs-job", "bs-reader"))]
+
+
+def test_check_true_raises_with_every_jobs_result_the_succeeded_ones_too(tmp_path: Path, sqlite_url: str) -> None:
+    """A notebook calling ``api.run(cfg, [a, b], check=True)`` where one job fails still learns
+    the other's run id and rows from the exception."""
+    load_table(sqlite_url, features_frame(100, seed=3))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    cfg = write_config(tmp_path, sqlite_url, {"strict": job(output="strict_out"),
+                                              "lenient": job(output="lenient_out", max_rejected_fraction=1)})
+    from batch_scorer.storage.db import create_engine
+
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE features SET x2 = 'oops' WHERE entity_id <= 10")
+    engine.dispose()
+    with pytest.raises(api.RunFailed) as caught:
+        api.run(cfg, ["strict", "lenient"], as_of=AS_OF, check=True)
+    by_job = {r.job: r for r in caught.value.results}
+    assert by_job["strict"].status == "failed" and caught.value.exit_code == 1
+    assert by_job["lenient"].status == "succeeded" and by_job["lenient"].rows_scored == 90
+    assert query(sqlite_url, "SELECT count(*) FROM lenient_out") == [(90,)]

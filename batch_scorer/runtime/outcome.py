@@ -82,13 +82,15 @@ class RunResults(list[RunResult]):
         return [r for r in self if not r.ok]
 
     def raise_for_failures(self) -> RunResults:
-        """Raise :class:`RunFailed` (with the exit code the CLI would use) if any run did not
-        succeed; return self otherwise. For notebooks and scripts: ``run(...).raise_for_failures()``."""
+        """Raise :class:`RunFailed` (with the exit code the CLI would use, and every result
+        as its ``results``) if any run did not succeed; return self otherwise. For notebooks
+        and scripts: ``run(...).raise_for_failures()``."""
         bad = self.failures()
         if bad:
             exc = RunFailed("; ".join(f"{r.job} (as_of {r.as_of}): {r.status}: {r.error}" for r in bad))
             exc.exit_code = self.exit_code
             exc.run_id = bad[0].run_id
+            exc.results = self  # the jobs that succeeded are not lost to the caller
             raise exc
         return self
 
