@@ -170,3 +170,61 @@ def test_a_bi_reader_role_can_make_the_report_and_read_the_monitoring_tables(
     for table in ("drift", "drift_latest", "feature_profiles", "model_metrics", "scoring_runs_bi"):
         assert query(bi, f"SELECT count(*) FROM {table}")[0][0] >= 0
     assert query(bi, "SELECT DISTINCT status FROM drift_latest") == [("ok",)]
+
+
+def test_the_header_score_chart_and_latest_runs_table_agree_after_an_older_day_is_re_scored(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Three days scored with model v1, then the first day re-scored with v2 (the newest run,
+    of an older as_of): the header shows the latest as_of's run and its version (v1), the
+    score chart is that run's, and the table of the latest runs lists the re-score first
+    and the run it replaced as replaced. A job whose last run failed on a drift alert
+    (``on_alert: fail``, nothing published) says so instead of "drift alerts: none"."""
+    days = [AS_OF - timedelta(days=2), AS_OF - timedelta(days=1), AS_OF]
+    frames = [features_frame(400, seed=10 + i, as_of=d) for i, d in enumerate(days)]
+    frames[-1]["x1"] = frames[-1]["x1"] + 3  # the last day drifts
+    load_table(db_url, pd.concat(frames, ignore_index=True))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    save_model(train("binary", features_frame(300, seed=99)), tmp_path / "models" / "m2.joblib")
+    v1 = {"model": {"path": "models/m.joblib", "version": "v1"}}
+    jobs = {"churn": {**job(), **v1}, "strict": {**job(output="strict_out"), **v1, "monitor": {"on_alert": "fail"}}}
+    cfg = write_config(tmp_path, db_url, jobs)
+    for day in days[:2]:
+        assert cli_run(cfg, "run", "--all", "--as-of", day.isoformat()).exit_code == 0
+    assert cli_run(cfg, "run", "churn", "--as-of", days[2].isoformat()).exit_code == 0
+    assert cli_run(cfg, "run", "strict", "--as-of", days[2].isoformat()).exit_code == 1  # the drift alert
+    jobs["churn"]["model"] = {"path": "models/m2.joblib", "version": "v2"}
+    cfg = write_config(tmp_path, db_url, jobs)
+    assert cli_run(cfg, "run", "churn", "--as-of", days[0].isoformat()).exit_code == 0  # newest run, oldest day
+    out = tmp_path / "report.html"
+    assert cli_run(cfg, "report", "--out", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+
+    churn = _section(page, "churn")
+    assert f"model version <b>v1</b> &middot; last run {days[2].isoformat()}" in churn
+    [(rerun, replaced)] = query(db_url, "SELECT max(run_id), min(run_id) FROM scoring_runs "
+                                        "WHERE job = 'churn' AND as_of = :d", d=days[0])
+    table = churn[churn.index('<table class="runs">'):]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td><td>([^<]*)</td><td>(.*?)</td>", table)
+    assert rows[0][:3] == (days[0].isoformat(), str(rerun), "v2")  # the newest run first
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=int, reverse=True)
+    assert f"replaced by run {rerun}" in dict((r[1], r[3]) for r in rows)[str(replaced)]
+    # The score chart is the latest as_of's published run against its reference.
+    from batch_scorer.monitoring.reporting import job_report
+    from batch_scorer.storage import profiles
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            shown = job_report(conn, "churn").score_distribution
+            [(latest,)] = query(db_url, "SELECT run_id FROM scoring_runs WHERE job = 'churn' AND as_of = :d",
+                                d=days[2])
+            current = Profile.from_rows(profiles.profile_rows(conn, profiles.run_profile_id(latest), SCORE))
+    finally:
+        engine.dispose()
+    counts = current.counts(SCORE)
+    assert np.allclose(shown["current_share"].to_numpy(dtype=float), counts / counts.sum())
+
+    strict = _section(page, "strict")
+    assert "failed</span> &middot; drift alerts: <b>the last run failed on a drift alert" in strict
+    assert "drift alerts: <b>none" not in strict

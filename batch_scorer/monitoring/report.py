@@ -34,6 +34,8 @@ from batch_scorer.monitoring.drift import ALERT, ALERT_PSI, WARN, WARN_PSI, Feat
 from batch_scorer.monitoring.profile import SCORE, Profile
 
 RUN_COLUMNS = ("as_of", "run_id", "status", "rows_read", "rows_scored", "rows_rejected", "seconds", "model_version")
+# Optional columns of ``runs``: the run that replaced this one, and the run's drift status.
+RUN_EXTRA_COLUMNS = ("replaced_by", "drift_status")
 SCORE_COLUMNS = ("bin", "reference_share", "current_share")
 PSI_COLUMNS = ("as_of", "feature", "psi")
 METRIC_COLUMNS = ("as_of", "model_version", "role", "metric", "value")
@@ -57,7 +59,10 @@ class JobReport:
 
     * ``runs``: one row per run, columns :data:`RUN_COLUMNS` (``as_of`` a date,
       ``status`` e.g. ``succeeded``/``failed``, row counts, ``seconds`` the run's
-      duration); drawn in ``as_of`` then ``run_id`` order, the last one is the "last run".
+      duration); drawn in ``as_of`` then ``run_id`` order, the last one is the "last run";
+      optional :data:`RUN_EXTRA_COLUMNS`: ``replaced_by`` (a replaced run is shown so in
+      the table of the latest runs, which lists the newest ``run_id`` first) and
+      ``drift_status`` (a last run that failed on a drift alert says so in the header).
     * ``score_distribution``: the latest run's score against the reference, one row
       per bin in bin order, columns :data:`SCORE_COLUMNS` (``bin`` a label, shares 0..1).
     * ``psi``: long form, one row per run date and feature, columns
@@ -65,7 +70,8 @@ class JobReport:
       ``as_of`` gives the header's alert features (a duplicate keeps its last row).
     * ``metrics``: realized performance, columns :data:`METRIC_COLUMNS`
       (``role`` ``champion`` or ``challenger``); one chart per metric.
-    * ``model_version``: shown in the header; default: the last run's.
+    * ``model_version``: shown in the header; default: the last run's (the one whose
+      as_of and status the header shows).
     """
 
     job: str
@@ -121,6 +127,7 @@ class _Job:
     version: str
     last_status: str
     last_as_of: str
+    last_drift_status: str | None
     drifts: list[FeatureDrift]  # the latest run date's, every feature
 
 
@@ -148,8 +155,23 @@ def _prepare(report: JobReport) -> _Job:
         version=report.model_version or (str(last["model_version"]) if last is not None else "-"),
         last_status=str(last["status"]) if last is not None else "no runs yet",
         last_as_of=days[-1] if days else "-",
+        last_drift_status=_text_or_none(last.get("drift_status")) if last is not None else None,
         drifts=_latest_drifts(report),
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _alert_text(view: _Job, alerts: list[FeatureDrift], limit: int | None = None) -> str:
+    """The alerting features, or that the last run failed on a drift alert (``on_alert: fail``
+    publishes nothing, so its PSI are in no published run's drift rows), or ''."""
+    if alerts:
+        return describe(alerts) if limit is None else describe(alerts, limit=limit)
+    if view.last_status == "failed" and view.last_drift_status == "alert":
+        return "the last run failed on a drift alert (monitor.on_alert: fail; its error names the features)"
+    return ""
 
 
 def _e(value: Any) -> str:
@@ -203,7 +225,7 @@ def _overview(views: Sequence[_Job]) -> str:
         rows.append(
             f'<tr><td><a href="#{_anchor(view.report.job)}">{_e(view.report.job)}</a></td><td>{_e(view.version)}</td>'
             f"<td>{_e(view.last_as_of)}</td><td>{_status_badge(view.last_status)}</td>"
-            f"<td>{_e(describe(alerts, limit=3)) if alerts else ''}</td></tr>"
+            f"<td>{_e(_alert_text(view, alerts, limit=3))}</td></tr>"
         )
     if not rows:
         return '<p class="empty">no jobs</p>'
@@ -228,12 +250,13 @@ def _job_section(view: _Job, canvas: _Canvas) -> str:
     warned = [d for d in view.drifts if d.status == WARN]
     facts = (
         f"model version <b>{_e(view.version)}</b> &middot; last run {_e(view.last_as_of)} "
-        f"{_status_badge(view.last_status)} &middot; drift alerts: <b>{_e(describe(alerts)) if alerts else 'none'}</b>"
+        f"{_status_badge(view.last_status)} &middot; drift alerts: <b>{_e(_alert_text(view, alerts) or 'none')}</b>"
         + (f" &middot; warnings: {_e(describe(warned))}" if warned else "")
     )
     charts = [
         _figure("Rows per run", _runs_plot(canvas, view)),
-        _figure("Score distribution: reference vs latest run", _score_plot(canvas, report.score_distribution)),
+        _figure("Score distribution: reference vs the latest as_of's published run",
+                _score_plot(canvas, report.score_distribution)),
         _figure("PSI per feature over the last runs", _psi_plot(canvas, report)),
     ]
     charts += _metric_figures(canvas, report.metrics)
@@ -244,16 +267,20 @@ def _job_section(view: _Job, canvas: _Canvas) -> str:
 
 
 def _runs_table(view: _Job) -> str:
-    runs = view.runs
+    """The newest :data:`LAST_RUNS_TABLE` runs, newest ``run_id`` first (a re-score of an older
+    day included); a replaced run says which run replaced it."""
+    runs = view.runs.assign(_day=view.run_days)
     if runs.empty:
         return ""
     cells = []
-    last = runs.iloc[::-1].head(LAST_RUNS_TABLE)
-    for day, (_, run) in zip(view.run_days[::-1], last.iterrows(), strict=False):
-        text = "".join(f"<td>{_e(v)}</td>" for v in (day, run["run_id"], run["model_version"]))
+    last = runs.sort_values("run_id", ascending=False, kind="stable").head(LAST_RUNS_TABLE)
+    for _, run in last.iterrows():
+        text = "".join(f"<td>{_e(v)}</td>" for v in (run["_day"], run["run_id"], run["model_version"]))
         counts = "".join(f'<td class="n">{_count(run[c])}</td>' for c in ("rows_read", "rows_scored", "rows_rejected"))
         seconds = "-" if pd.isna(run["seconds"]) else f"{float(run['seconds']):.1f}"
-        cells.append(f'<tr>{text}<td>{_status_badge(str(run["status"]))}</td>{counts}<td class="n">{seconds}</td></tr>')
+        replaced = run.get("replaced_by")  # a float column once a NULL is in it
+        badge = _status_badge(f"replaced by run {int(replaced)}" if pd.notna(replaced) else str(run["status"]))
+        cells.append(f'<tr>{text}<td>{badge}</td>{counts}<td class="n">{seconds}</td></tr>')
     return (
         '<table class="runs"><thead><tr><th>as of</th><th>run</th><th>model version</th><th>status</th>'
         "<th>read</th><th>scored</th><th>rejected</th><th>seconds</th></tr></thead>"

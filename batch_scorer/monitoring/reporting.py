@@ -5,8 +5,8 @@ Per job: its last :data:`~batch_scorer.monitoring.report.MAX_RUNS` runs from the
 ``scoring_runs_bi`` view (every status: a failed run is a red bar; the view, so a
 role that may read only what BI reads can make the report), the PSI of each profiled column
 against the reference over its last published runs (one per as_of: a replaced
-run's drift is not shown), the latest published run's score distribution against
-its reference, and every ``model_metrics`` figure (champion and challengers, by
+run's drift is not shown), the score distribution of the published run of the latest
+as_of against its reference, and every ``model_metrics`` figure (champion and challengers, by
 model version). A few small queries per job, whatever the number of rows scored.
 """
 
@@ -19,14 +19,23 @@ from sqlalchemy.engine import Connection
 
 from batch_scorer.monitoring.drift import ALERT_PSI, WARN_PSI
 from batch_scorer.monitoring.profile import SCORE, Profile
-from batch_scorer.monitoring.report import MAX_RUNS, METRIC_COLUMNS, PSI_COLUMNS, RUN_COLUMNS, JobReport, share_table
+from batch_scorer.monitoring.report import (
+    MAX_RUNS,
+    METRIC_COLUMNS,
+    PSI_COLUMNS,
+    RUN_COLUMNS,
+    RUN_EXTRA_COLUMNS,
+    JobReport,
+    share_table,
+)
 from batch_scorer.storage import ledger, profiles
 
 
 def job_report(conn: Connection, job: str, warn_psi: float = WARN_PSI, alert_psi: float = ALERT_PSI) -> JobReport:
     """What the report shows of one job (module doc); empty frames where there is no data yet."""
     runs = ledger.recent_runs_bi(conn, job, MAX_RUNS)
-    run_frame = pd.DataFrame([[r[c] for c in RUN_COLUMNS] for r in runs], columns=list(RUN_COLUMNS))
+    columns = [*RUN_COLUMNS, *RUN_EXTRA_COLUMNS]
+    run_frame = pd.DataFrame([[r[c] for c in columns] for r in runs], columns=columns)
     published = ledger.published_run_ids_bi(conn, job, MAX_RUNS)
     drifts = profiles.drift_rows(conn, published)
     psi = pd.DataFrame([(d["as_of"], d["feature"], d["psi_reference"]) for d in drifts], columns=list(PSI_COLUMNS))
@@ -34,9 +43,8 @@ def job_report(conn: Connection, job: str, warn_psi: float = WARN_PSI, alert_psi
     metrics = metrics.loc[:, list(METRIC_COLUMNS)] if len(metrics) else pd.DataFrame(columns=list(METRIC_COLUMNS))
     return JobReport(
         job=job,
-        model_version=runs[0]["model_version"] if runs else None,
-        runs=run_frame,
-        score_distribution=_score_distribution(conn, drifts),
+        runs=run_frame,  # the header's model version: the last run's (latest as_of), as its status
+        score_distribution=_score_distribution(conn, drifts, published),
         psi=psi,
         metrics=metrics,
         warn_psi=warn_psi,
@@ -44,9 +52,12 @@ def job_report(conn: Connection, job: str, warn_psi: float = WARN_PSI, alert_psi
     )
 
 
-def _score_distribution(conn: Connection, drifts: list[dict[str, Any]]) -> pd.DataFrame:
-    """The latest published run's score bins against its reference's (empty: no score profiled)."""
-    latest = max((d["run_id"] for d in drifts), default=None)
+def _score_distribution(conn: Connection, drifts: list[dict[str, Any]], published: list[int]) -> pd.DataFrame:
+    """The latest published run's score bins against its reference's (empty: no score profiled).
+
+    The latest by as_of (``published`` is newest as_of first), as ``drift_latest`` and the
+    header: a later re-score or backfill of an older day does not take its place."""
+    latest = published[0] if published else None
     scored = [d for d in drifts if d["run_id"] == latest and _is_score(d["feature"])]
     if not scored:
         return pd.DataFrame(columns=["bin", "reference_share", "current_share"])

@@ -258,7 +258,8 @@ def _bi_view() -> Any:
     return sa.table(
         SCORING_RUNS_BI, sa.column("run_id"), sa.column("job"), sa.column("as_of", sa.Date()),
         sa.column("status"), sa.column("rows_read"), sa.column("rows_scored"), sa.column("rows_rejected"),
-        sa.column("model_version"), sa.column("replaced_by"), sa.column("started_at", UTCDateTime()),
+        sa.column("model_version"), sa.column("replaced_by"), sa.column("drift_status"),
+        sa.column("started_at", UTCDateTime()),
         sa.column("finished_at", UTCDateTime()),
     ).c
 
@@ -266,10 +267,11 @@ def _bi_view() -> Any:
 def recent_runs_bi(conn: Connection, job: str, limit: int) -> list[dict[str, Any]]:
     """The job's last ``limit`` runs, newest first, from the ``scoring_runs_bi`` view (no host,
     pid or error): what a role that may only read the views (BI's) can read. Each a dict of
-    ``run_id, as_of, status, rows_read, rows_scored, rows_rejected, model_version, seconds``."""
+    ``run_id, as_of, status, rows_read, rows_scored, rows_rejected, model_version, seconds,
+    replaced_by, drift_status``."""
     v = _bi_view()
     stmt = (sa.select(v.run_id, v.as_of, v.status, v.rows_read, v.rows_scored, v.rows_rejected, v.model_version,
-                      v.started_at, v.finished_at)
+                      v.replaced_by, v.drift_status, v.started_at, v.finished_at)
             .where(v.job == job).order_by(v.run_id.desc()).limit(limit))
     out = []
     for row in conn.execute(stmt):

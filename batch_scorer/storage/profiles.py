@@ -326,8 +326,8 @@ def read_predictions(conn: Connection, table: sa.Table, job: str, as_of: date, k
 
 
 def challenger_versions(conn: Connection, run_ids: Sequence[int]) -> dict[tuple[int, str], str]:
-    """``{(run_id, challenger label): model version}`` from ``shadow_comparisons``: a shadow row's
-    own ``model_version`` is its run's (the champion's)."""
+    """``{(run_id, challenger label): model version}`` from ``shadow_comparisons`` (the same
+    version as the challenger's shadow rows carry in their ``model_version``)."""
     if not run_ids:
         return {}
     c = shadow_comparisons.c
