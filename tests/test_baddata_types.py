@@ -120,8 +120,10 @@ def test_text_categories_from_numeric_or_date_columns_become_their_text_form() -
     frame = pd.DataFrame({"code": [7, None, 12], "day": [AS_OF, AS_OF, None]}, dtype=object)
     out, reasons = coerce_features(frame, {"code": TEXT, "day": TEXT})
     assert reasons is None
-    assert list(out["code"]) == ["7", None, "12"]
-    assert list(out["day"]) == ["2026-03-31", "2026-03-31", None]
+    # A NULL is NaN, as in every text feature (what read_sql gives a text column with a NULL).
+    assert [v if isinstance(v, str) else "<NaN>" if isinstance(v, float) and np.isnan(v) else v
+            for v in out["code"]] == ["7", "<NaN>", "12"]
+    assert list(out["day"])[:2] == ["2026-03-31", "2026-03-31"] and np.isnan(out["day"].iloc[2])
 
 
 def test_text_in_a_numeric_column_marks_only_that_row_and_never_echoes_the_value() -> None:
@@ -145,7 +147,7 @@ def test_text_converted_once_for_many_models_is_what_each_model_would_convert() 
                           "amount": [1.0, 2.0, np.nan, 4.0]})
     kinds = [{"plan": TEXT, "code": TEXT, "blank": TEXT, "amount": NUMERIC}, {"plan": TEXT, "code": NUMERIC}, {}]
     shared, ready = text_once(frame, kinds)
-    assert ready == {"plan", "code"}  # "blank" is converted again by each model (NaN to None)
+    assert ready == {"plan", "code"}  # "blank" is converted again by each model
     assert shared["plan"].dtype == object and shared["amount"].dtype == np.float64
 
     def exact(values: pd.Series) -> list[object]:  # None and NaN told apart: the models tell them apart
@@ -160,3 +162,36 @@ def test_text_converted_once_for_many_models_is_what_each_model_would_convert() 
         assert (why_alone is None) == (why_once is None)
         if why_alone is not None:
             assert list(why_alone) == list(why_once)
+
+
+def test_a_null_text_feature_scores_the_same_whatever_rows_share_its_chunk(tmp_path: Path, db_url: str) -> None:
+    """A NULL in a text feature reaches the model as NaN (what read_sql gives a text column),
+    also in a chunk where that column has no value at all (SQLite hands those back as
+    ``None``, which an imputer does not take as missing and an encoder sees as unknown): a
+    row's score does not depend on its neighbours or the chunk size."""
+    from sklearn.linear_model import Ridge
+
+    colors = [None, None, "red", None, "blue", None]
+    frame = pd.DataFrame({"entity_id": range(1, 7), "snapshot_date": AS_OF, "x1": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+                          "color": colors})
+    load_table(db_url, frame)
+    train_frame = pd.DataFrame({"x1": np.linspace(0, 3, 40),
+                                "color": pd.array(["red", "blue", None, "green"] * 10, dtype="str")})
+    y = train_frame["x1"] * 2 + (train_frame["color"].isna()).to_numpy() * 5.0
+    model = Pipeline([
+        ("prep", ColumnTransformer([
+            ("num", "passthrough", ["x1"]),
+            ("cat", Pipeline([("imp", SimpleImputer(strategy="constant", fill_value="none")),
+                              ("oh", OneHotEncoder(handle_unknown="ignore"))]), ["color"]),
+        ])),
+        ("m", Ridge(alpha=0.01)),
+    ]).fit(train_frame, y)
+    save_model(model, tmp_path / "models" / "m.joblib")
+    expected = model.predict(pd.DataFrame({"x1": frame["x1"], "color": pd.array(colors, dtype="str")}))
+    assert expected[0] > 5.5 > 3.5 > expected[2]  # NULL imputed to 'none' (+5), not ignored as unknown
+    for size in (2, 6):
+        out = f"out_{size}"
+        cfg = write_config(tmp_path, db_url, {"j": job(output=out, chunk_size=size)})
+        assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
+        got = published(db_url, out).sort_values("entity_id")
+        assert np.allclose(got["prediction"].astype(float).to_numpy(), expected), size

@@ -11,7 +11,8 @@ estimator), and :func:`coerce_features` converts each column to that kind:
   (NULL -> NaN); numbers stored as text are parsed. A value that is not a number
   marks its row as bad (the row is rejected; the value is never echoed).
 * ``text``: categories stay strings; numbers and dates from the source become
-  their text form (``7``, ``2026-03-31``) to match string categories.
+  their text form (``7``, ``2026-03-31``) to match string categories; a NULL is
+  always NaN (as pandas' ``str`` columns give it), never ``None``.
 * unknown (e.g. a ``FunctionTransformer``): ``Decimal`` -> ``float64``, nullable
   numbers -> ``float64``, dates -> ``datetime64`` (what ``pd.to_datetime`` and
   ``read_sql(parse_dates=...)`` give), anything else unchanged.
@@ -164,7 +165,8 @@ def text_once(frame: pd.DataFrame, kinds: Sequence[Mapping[str, str]]) -> tuple[
 
     Also returns the names of the columns converted that a text kind would take as they
     are (``coerce_features(text_ready=...)`` skips checking them again): all but the
-    columns with no value at all, which :func:`_to_text` converts once more (NaN to None).
+    columns with no value at all, which each model's :func:`_to_text` converts once more (an
+    all-NULL column may come as ``None`` objects, as a SQLite chunk's does: made NaN).
     """
     text = {name for k in kinds for name, kind in k.items() if kind == TEXT}
     names = [str(name) for name in frame.columns if name in text and _is_nan_str(frame[name].dtype)]
@@ -201,16 +203,31 @@ def _to_numeric(col: pd.Series) -> tuple[pd.Series, np.ndarray | None]:
 
 
 def _to_text(col: pd.Series) -> pd.Series:
+    """Text as object arrays of ``str``, a NULL always NaN: what pandas' ``str`` columns give
+    (read_sql of a text column, a PostgreSQL read), and what scikit-learn's imputers take as
+    missing by default (``None`` is not, and an encoder sees it as a category). A chunk whose
+    column is all NULL arrives as ``None`` objects (SQLite): NaN too, so a row scores the
+    same whatever the rows read with it."""
     if _is_nan_str(col.dtype):
         # pandas' "str" columns as the object arrays scikit-learn's encoders and
         # imputers convert them to anyway: once per chunk, not once per step.
         return col.astype(object)
+    missing = col.isna()
     if pd.api.types.is_string_dtype(col.dtype) and pd.api.types.infer_dtype(col, skipna=True) in (
         "string",
         "empty",
     ):
-        return col
-    return col.map(_text, na_action="ignore").astype(object).where(col.notna(), None)
+        if col.dtype == object and not _has_none(col, missing):
+            return col
+        return col.astype(object).where(~missing, np.nan)
+    return col.map(_text, na_action="ignore").astype(object).where(~missing, np.nan)
+
+
+def _has_none(col: pd.Series, missing: pd.Series) -> bool:
+    """Whether a NULL of an object column is ``None`` (or another missing marker than NaN)."""
+    if not missing.any():
+        return False
+    return any(not (isinstance(v, float) and v != v) for v in col[missing])
 
 
 def _text(value: Any) -> Any:
