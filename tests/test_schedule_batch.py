@@ -59,3 +59,28 @@ def test_schedule_and_next_take_a_matrix_name_as_run_does(tmp_path: Path) -> Non
     assert named == {f"m.{c}" for c in COUNTRIES}, result.output
     unknown = cli_run(cfg, "schedule", "--next", "1", "mm")
     assert unknown.exit_code == 2 and "mm" in unknown.output
+
+
+def test_a_fire_of_more_jobs_than_the_old_pool_held_runs_them_all_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    """Twelve jobs due in the same second on PostgreSQL at the default parallel_jobs (10):
+    the daemon's engine is sized for that many jobs at once (it had a fixed pool of 6 + 6,
+    and most of a fire's jobs failed with "QueuePool limit ... reached" after 30 s, some
+    with no ledger row). Every fire of every job succeeds, each recorded once."""
+    load_table(pg_url, country_frame(40))
+    per_country_models(tmp_path)
+    every_5s = "*/5 * * * * *"
+    source = {"table": "features", "key": ["entity_id"], "where": {"country": "{country}"}}
+    jobs = {name: {**matrix_job(), "schedule": every_5s, "source": source,
+                   "output": {"table": f"{name}_out", "pass_through": ["country"]}}
+            for name in ("a", "b", "c", "d")}  # 4 x 3 countries = 12 jobs, 3 read groups
+    cfg = write_config(tmp_path, pg_url, jobs, scheduler={"catch_up_hours": 0})
+    run = daemon(cfg)
+    try:
+        wait_count(run, ": succeeded, run", 24, timeout=90)
+    finally:
+        assert stop(run) == 0, run.stderr
+    assert "QueuePool" not in run.stderr
+    statuses = query(pg_url, "SELECT status, count(*) FROM scoring_runs GROUP BY status")
+    assert {s for s, _ in statuses} == {"succeeded"}, statuses
+    fires = query(pg_url, "SELECT job, as_of, count(*) FROM scoring_runs GROUP BY job, as_of")
+    assert {job for job, _, _ in fires} == {f"{n}.{c}" for n in "abcd" for c in COUNTRIES}

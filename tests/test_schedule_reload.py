@@ -100,3 +100,18 @@ def test_sighup_with_a_config_object_has_nothing_to_reload(
     finally:
         engine.dispose()
     assert "nothing to reload" in caplog.text
+
+
+def test_a_reload_may_lower_parallel_jobs_but_raising_it_needs_a_restart(tmp_path: Path) -> None:
+    """The daemon's connection pool is sized for defaults.parallel_jobs at start: a reload
+    that raises it keeps the old value (and says so); one that lowers it applies."""
+    from batch_scorer.scheduling.reload import config_changes, keep_restart_settings
+
+    base = {"database": {"url": f"sqlite:///{tmp_path / 'x.db'}"}, "timezone": "UTC",
+            "jobs": {"a": {**job(), "schedule": "0 2 * * *"}}}
+    at = {n: config_from_dict({**base, "defaults": {"parallel_jobs": n}}) for n in (4, 2, 8)}
+    raised = config_changes(at[4], at[8], ["a"], ["a"])
+    assert "defaults.parallel_jobs (raised) changed: that needs a restart" in raised.summary()
+    assert keep_restart_settings(at[4], at[8]).defaults.parallel_jobs == 4
+    assert keep_restart_settings(at[4], at[2]).defaults.parallel_jobs == 2
+    assert "restart" not in config_changes(at[4], at[2], ["a"], ["a"]).summary()

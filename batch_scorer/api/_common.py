@@ -55,6 +55,13 @@ def parallel_jobs(cfg: Config, parallel: int | None) -> int:
     return value
 
 
+def pool_size_for(jobs_at_once: int) -> int:
+    """The connection pool an invocation running up to ``jobs_at_once`` jobs needs: a job's
+    lock session and publication, its read group's stream and a spare for ledger updates
+    (4 each), and 2 for the invocation's own queries (planning, the daemon's checks)."""
+    return 4 * jobs_at_once + 2
+
+
 @contextlib.contextmanager
 def open_engine(cfg: Config, *, create: bool = True, pool_size: int | None = None) -> Iterator[Engine]:
     with engine_for(cfg.database.require_url(), cfg.database.busy_timeout_seconds, pool_size=pool_size,

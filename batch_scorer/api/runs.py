@@ -17,6 +17,7 @@ from batch_scorer.api._common import (
     as_of_date,
     open_engine,
     parallel_jobs,
+    pool_size_for,
     select_jobs,
     threads,
     trigger_name,
@@ -62,7 +63,7 @@ def run(
     names = select_jobs(cfg, jobs, all_jobs)
     day = as_of_date(cfg, as_of, allow_future)
     workers = parallel_jobs(cfg, parallel)
-    with open_engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, threads(cfg):
+    with open_engine(cfg, pool_size=pool_size_for(min(workers, len(names)))) as engine, threads(cfg):
         inv = Invocation(cfg, engine, trigger_name(trigger), workers, on_progress=on_progress)
         results = run_jobs(inv, names, day)
     return results.raise_for_failures() if check else results
@@ -147,7 +148,7 @@ def backfill(
     days = backfilling.date_range(to_date(start, cfg.timezone, "start"), to_date(end, cfg.timezone, "end"))
     check_not_future(days[-1], cfg.timezone, cfg.defaults.future_days, allow_future)
     workers = parallel_jobs(cfg, parallel)
-    with open_engine(cfg, pool_size=4 * min(workers, len(names)) + 2) as engine, threads(cfg):
+    with open_engine(cfg, pool_size=pool_size_for(min(workers, len(names)))) as engine, threads(cfg):
         inv = Invocation(cfg, engine, Trigger.BACKFILL.value, workers, on_progress=on_progress,
                          models=ModelCache(version=version))
         return backfilling.backfill(inv, names, days, rerun=rerun, fail_fast=fail_fast, on_date=on_date)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from batch_scorer.api._common import ConfigLike, as_config, open_engine, threads
+from batch_scorer.api._common import ConfigLike, as_config, open_engine, parallel_jobs, pool_size_for, threads
 from batch_scorer.config import Config, load_config
 from batch_scorer.errors import UsageError
 from batch_scorer.scheduling import daemon as scheduler
@@ -36,7 +36,8 @@ def schedule(config: ConfigLike = None, jobs: Sequence[str] = ()) -> int:
     cfg = as_config(config)
     source = cfg.source_file
     reload = None if isinstance(config, Config) or source is None else (lambda: load_config(source))
-    with open_engine(cfg, pool_size=6) as engine, threads(cfg):
+    # Sized for defaults.parallel_jobs jobs at once (a reload may lower it, not raise it).
+    with open_engine(cfg, pool_size=pool_size_for(parallel_jobs(cfg, None))) as engine, threads(cfg):
         return scheduler.Daemon(cfg, engine, jobs, reload=reload).serve()
 
 

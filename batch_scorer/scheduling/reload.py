@@ -3,7 +3,9 @@
 The daemon re-reads and validates its config file; on success it swaps in the
 new jobs and schedules (a run in progress finishes with the old
 configuration). Database settings the open engine was built with
-(:data:`RESTART_KEYS`) need a restart: they are logged and the old values kept.
+(:data:`RESTART_KEYS`) need a restart: they are logged and the old values kept. So
+does a ``defaults.parallel_jobs`` above the one the daemon started with: its engine's
+connection pool is sized for that many jobs at once (a lower value applies at once).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class ConfigChanges:
     removed: tuple[str, ...] = ()
     rescheduled: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
-    restart: tuple[str, ...] = ()  # database.<key> changed: ignored until a restart
+    restart: tuple[str, ...] = ()  # e.g. database.url changed: ignored until a restart
     other: tuple[str, ...] = ()  # other top-level sections that changed (scheduler, defaults, ...)
 
     def summary(self) -> str:
@@ -36,7 +38,7 @@ class ConfigChanges:
             ("sections changed", self.other),
         ) if names]
         if self.restart:
-            keys = ", ".join(f"database.{k}" for k in self.restart)
+            keys = ", ".join(self.restart)
             parts.append(f"{keys} changed: that needs a restart of the daemon; still using the old value")
         return "; ".join(parts) or "no changes"
 
@@ -50,7 +52,9 @@ def config_changes(old: Config, new: Config, old_jobs: Iterable[str], new_jobs: 
         if old.jobs[n].schedule != new.jobs[n].schedule or old.timezone != new.timezone
     )
     changed = tuple(n for n in both if n not in rescheduled and old.jobs[n] != new.jobs[n])
-    restart = tuple(k for k in RESTART_KEYS if getattr(old.database, k) != getattr(new.database, k))
+    restart = tuple(f"database.{k}" for k in RESTART_KEYS if getattr(old.database, k) != getattr(new.database, k))
+    if new.defaults.parallel_jobs > old.defaults.parallel_jobs:
+        restart += ("defaults.parallel_jobs (raised)",)
     other = tuple(
         key for key in ("timezone", "scheduler", "defaults")
         if getattr(old, key) != getattr(new, key)
@@ -62,6 +66,9 @@ def config_changes(old: Config, new: Config, old_jobs: Iterable[str], new_jobs: 
 
 
 def keep_restart_settings(old: Config, new: Config) -> Config:
-    """``new`` with the database settings that need a restart taken from ``old``."""
+    """``new`` with the settings that need a restart taken from ``old`` (module doc)."""
     kept = {k: getattr(old.database, k) for k in RESTART_KEYS}
-    return new.model_copy(update={"database": new.database.model_copy(update=kept)})
+    update: dict[str, object] = {"database": new.database.model_copy(update=kept)}
+    if new.defaults.parallel_jobs > old.defaults.parallel_jobs:
+        update["defaults"] = new.defaults.model_copy(update={"parallel_jobs": old.defaults.parallel_jobs})
+    return new.model_copy(update=update)
