@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,17 @@ from batch_scorer.errors import SourceError
 from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.sources.spec import SourceSpec
 from batch_scorer.storage.sources.sql import check_columns, probe_columns, read_chunks, select_rows
-from tests.helpers import AS_OF, OTHER_AS_OF, features_frame, load_table
+from tests.helpers import (
+    AS_OF,
+    OTHER_AS_OF,
+    cli_run,
+    features_frame,
+    job,
+    load_table,
+    save_model,
+    train,
+    write_config,
+)
 
 HOSTILE = ["x' OR '1'='1", "); DROP TABLE features; --", "\\'; DROP TABLE features; -- ü ✓ 😀"]
 
@@ -85,3 +96,25 @@ def test_a_missing_where_column_is_named_before_reading(engine: sa.Engine) -> No
     with pytest.raises(SourceError, match=r"where column\(s\) \['country'\]") as err:
         check_columns(spec, ["x1"], columns)
     assert "'region'" not in str(err.value).split("It has")[0]
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_where_column_the_source_lacks_is_exit_2_naming_the_job_and_column(
+    tmp_path: Path, db_url: str, command: str
+) -> None:
+    """End to end (a new user's typo ``regio``): the first-row probe does not trip over the
+    missing column; the columns check names it, exit 2, nothing published."""
+    load_table(db_url, features_frame(30, seed=2))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    spec = job()
+    spec["source"]["where"] = {"regio": "north"}
+    cfg = write_config(tmp_path, db_url, {"j": spec})
+    result = cli_run(cfg, command, "j", *(["--as-of", AS_OF.isoformat()] if command == "run" else []))
+    assert result.exit_code == 2, result.output
+    assert "job 'j'" in result.output and "where column(s) ['regio']" in result.output, result.output
+    assert "KeyError" not in result.output
+    check = create_engine(db_url)
+    try:
+        assert not sa.inspect(check).has_table("predictions")
+    finally:
+        check.dispose()

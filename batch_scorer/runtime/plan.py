@@ -165,7 +165,11 @@ class SourceProbes:
             columns = probe_columns(conn, spec, as_of)
             # Every column, converted as a model feature would be (the row only feeds the probe).
             bare = dataclasses.replace(spec, pass_through=())
-            first = _first_row(conn, bare, as_of, tuple(columns.names), tuple(columns.names))
+            names = tuple(columns.names)
+            filters = [c for c, _ in spec.where] + ([spec.as_of_column] if spec.as_of_column else [])
+            # A filter column the source lacks: no row to read; check_columns names it (exit 2).
+            first = (_first_row(conn, bare, as_of, names, names) if all(c in names for c in filters)
+                     else pd.DataFrame(columns=list(names)))
         with self._lock:
             self._seen[key] = (columns, first)
         return columns, first
