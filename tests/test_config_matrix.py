@@ -201,7 +201,7 @@ def test_names_with_all_or_neither_are_usage_errors() -> None:
     cfg = _composite()
     with pytest.raises(UsageError, match="not both"):
         cfg.select(["churn"], all_jobs=True)
-    with pytest.raises(UsageError, match=r"name at least one job, or pass all_jobs=True"):
+    with pytest.raises(UsageError, match=r"name at least one job, or pass --all \(all_jobs=True from Python\)"):
         cfg.select([])
 
 

@@ -65,11 +65,11 @@ def select(
         )
     names = list(names)
     if all_jobs and names:
-        raise UsageError(f"give job names or all_jobs=True, not both (names given: {names})")
+        raise UsageError(f"give job names or --all (all_jobs=True from Python), not both (names given: {names})")
     if all_jobs:
         return list(jobs)
     if not names:
-        raise UsageError("name at least one job, or pass all_jobs=True")
+        raise UsageError("name at least one job, or pass --all (all_jobs=True from Python) for every job")
     out: list[str] = []
     for name in names:
         if not isinstance(name, str):
