@@ -124,3 +124,30 @@ def test_a_backfill_range_longer_than_7320_days_is_refused_and_nothing_is_writte
     assert f"the range 2000-01-01..{end} has 7321 days; split it (at most 7320)" in result.output
     assert "Traceback" not in result.output
     assert not has_table(db_url, "scoring_runs") and not has_table(db_url, "predictions")
+
+
+def test_validate_on_a_fresh_database_passes_a_job_reading_its_upstream_jobs_output(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A downstream job whose query reads what its ``after:`` job publishes cannot be
+    checked before that table exists: validate says so and passes (``run --all`` plans it
+    after its upstream), where it failed with "no such table" (exit 2). Once the upstream
+    ran, the same validate checks the downstream source for real."""
+    load_table(db_url, country_frame(30))
+    per_country_models(tmp_path)
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "down.sql").write_text(
+        "SELECT p.entity_id, f.x1, f.x2, f.x3, f.color FROM up_out p JOIN features f "
+        "ON f.entity_id = p.entity_id WHERE p.as_of = :as_of")
+    jobs = {"up": {**job(model="models/m_AT.joblib", output="up_out")},
+            "down": {**job(model="models/m_AT.joblib", table=None, query="sql/down.sql", as_of_column=None,
+                           output="down_out"), "after": ["up"]}}
+    cfg = write_config(tmp_path, db_url, jobs)
+    fresh = cli_run(cfg, "validate")
+    assert fresh.exit_code == 0, fresh.output
+    assert re.search(r"down.*source not checked yet: it runs after up, whose output table\(s\) up_out do not "
+                     r"exist yet", " ".join(fresh.output.split())), fresh.output
+    assert not has_table(db_url, "up_out")  # validate wrote nothing
+    assert cli_run(cfg, "run", "--all", "--as-of", "2026-03-31").exit_code == 0
+    after = cli_run(cfg, "validate")
+    assert after.exit_code == 0 and "source columns present" in after.output.split("down", 1)[1], after.output

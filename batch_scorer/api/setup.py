@@ -11,8 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from batch_scorer.api._common import Check, ConfigLike, as_config, open_engine, select_jobs
-from batch_scorer.errors import EXIT_OK, BatchScorerError
+from batch_scorer.config import Config
+from batch_scorer.errors import EXIT_OK, BatchScorerError, SourceError
 from batch_scorer.masking import first_line, mask_text
+from batch_scorer.names import split_table_name
 from batch_scorer.runtime.jobs import job_as_of
 from batch_scorer.runtime.plan import ModelCache, SourceProbes, build_plan
 from batch_scorer.storage.ddl import create_tool_tables
@@ -84,7 +86,8 @@ def validate(config: ConfigLike = None, jobs: Sequence[str] = ()) -> list[Check]
                 plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, probes=probes,
                                   always_probe=True)
             except BatchScorerError as exc:
-                checks.append(_failed_check(name, exc))
+                waiting = _upstream_tables_missing(cfg, engine, name) if isinstance(exc, SourceError) else []
+                checks.append(_waiting_check(name, waiting) if waiting else _failed_check(name, exc))
                 continue
             m = plan.champion.model
             absent = missing(engine, plan.output, plan.classifier)
@@ -97,6 +100,28 @@ def validate(config: ConfigLike = None, jobs: Sequence[str] = ()) -> list[Check]
             checks.append(Check(name, True, f"model {m.version} ({len(m.features)} features, "
                                             f"{_kind(m)}), source columns present, {output}"))
     return checks
+
+
+def _upstream_tables_missing(cfg: Config, engine: Engine, name: str) -> list[tuple[str, str]]:
+    """``(upstream job, its output table)`` for the ``after:`` jobs of ``name`` whose output
+    table does not exist yet: a source that reads them cannot be checked before they run."""
+    out = []
+    for upstream in cfg.job(name).depends_on:
+        table = cfg.job(upstream).output.table
+        schema, bare = split_table_name(table)
+        if not sa.inspect(engine).has_table(bare, schema=schema):
+            out.append((upstream, table))
+    return out
+
+
+def _waiting_check(name: str, waiting: list[tuple[str, str]]) -> Check:
+    """A job whose source reads what its upstream jobs have not published yet: not an error
+    (``run --all`` plans it after them), but its source columns are unchecked."""
+    tables = ", ".join(sorted({t for _, t in waiting}))
+    jobs = ", ".join(sorted({j for j, _ in waiting}))
+    return Check(name, True, (
+        f"source not checked yet: it runs after {jobs}, whose output table(s) {tables} do not exist "
+        "yet (their first run creates them; so does `batch-scorer init-db`); model and config checked"))
 
 
 def _kind(model: Any) -> str:
