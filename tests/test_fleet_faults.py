@@ -166,3 +166,25 @@ def test_a_dependency_cycle_is_a_configuration_error(tmp_path: Path, sqlite_url:
     result = cli_run(cfg, "run", "--all", *as_of_arg())
     assert result.exit_code == 2, result.output
     assert "cycle" in result.output and "a -> b" in result.output.replace(".AT", "").replace(".BE", "")
+
+
+def test_a_sigtermed_fleet_run_prints_what_it_published_before_the_signal(tmp_path: Path, sqlite_url: str) -> None:
+    """SIGTERM part-way through ``run m`` (20 jobs): exit 143, the runs in progress rolled
+    back, and stdout still has the summary table of the jobs that ended before the signal
+    (a cron log shows what was published), each as the ledger has it."""
+    cfg = _twenty(tmp_path, sqlite_url, 1_500, chunk_size=100)
+    run = Run(cfg, "run", "m", *as_of_arg(), "--parallel", "2")
+    deadline = time.monotonic() + 90
+    while not (_has_ledger(sqlite_url) and query(sqlite_url, "SELECT 1 FROM scoring_runs WHERE status = 'succeeded'")):
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr
+        time.sleep(0.05)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(timeout=60) == 128 + signal.SIGTERM, run.stderr
+    assert run.proc.stdout is not None
+    out = run.proc.stdout.read()
+    published = query(sqlite_url, "SELECT job, run_id FROM scoring_runs WHERE status = 'succeeded'")
+    assert 0 < len(published) < 20, published
+    for job, run_id in published:
+        assert any(line.split()[:1] == [job] and "succeeded" in line and str(run_id) in line.split()
+                   for line in out.splitlines()), (job, out)
+    assert "Interrupted by SIGTERM" in run.stderr

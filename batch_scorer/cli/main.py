@@ -18,7 +18,7 @@ import click
 import sqlalchemy as sa
 
 from batch_scorer.cli import fleet, maintenance, models, monitoring, runs, schedule, setup  # noqa: F401 - they register their commands
-from batch_scorer.cli.app import cli
+from batch_scorer.cli.app import cli, print_results
 from batch_scorer.errors import EXIT_RUN_FAILED, BatchScorerError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.outcome import error_text
@@ -112,6 +112,9 @@ def _database_error_text(exc: sa.exc.SQLAlchemyError) -> str:
 def _interrupted(exc: KeyboardInterrupt) -> int:
     """Exit 128 + the signal number, as a shell reports a process ended by it."""
     signame = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+    finished = getattr(exc, "results", None)
+    if finished:  # the jobs of the invocation that ended before the signal, as a run prints them
+        print_results(finished)
     click.echo(f"Interrupted by {signame}; a run in progress was rolled back.", err=True)
     return exc.exit_code if isinstance(exc, Interrupted) else 130
 

@@ -77,6 +77,18 @@ def run_batch(
     waiting = {j.name: j for j in jobs}
     planned: dict[str, RunPlan] = {}
     done: dict[str, RunResult] = {}
+    try:
+        _run_all(ctx, jobs, plan_for, options, cancel, deps, waiting, planned, done)
+    except KeyboardInterrupt as exc:
+        # What finished before the signal: the CLI prints it (a cron log shows what was published).
+        exc.results = [done[j.name] for j in jobs if j.name in done]  # type: ignore[attr-defined]
+        raise
+    return [done[j.name] for j in jobs]
+
+
+def _run_all(ctx: GroupContext, jobs: Sequence[BatchJob], plan_for: PlanFn, options: BatchOptions, cancel: Cancel,
+             deps: dict[str, list[str]], waiting: dict[str, BatchJob], planned: dict[str, RunPlan],
+             done: dict[str, RunResult]) -> None:
     with cf.ThreadPoolExecutor(max_workers=max(1, options.parallel), thread_name_prefix="bs-job") as pool:
         running: dict[cf.Future[list[RunResult]], list[RunPlan]] = {}
         while waiting or planned or running:
@@ -92,7 +104,6 @@ def run_batch(
                     running[pool.submit(_with_retries, ctx, group, options)] = group
             if running:
                 _collect(running, done, cancel)
-    return [done[j.name] for j in jobs]
 
 
 def _plan_ready(ctx: GroupContext, waiting: dict[str, BatchJob], deps: dict[str, list[str]],
@@ -119,6 +130,9 @@ def _collect(running: dict[cf.Future[list[RunResult]], list[RunPlan]], done: dic
         # them to roll back and record themselves, then stop.
         cancel.set(getattr(exc, "signum", 2))
         cf.wait(list(running))
+        for future, group in running.items():
+            if future.exception() is None:  # finished (or rolled back and recorded) without the signal
+                _store(done, group, future.result())
         raise
     for future in finished:
         _store(done, running.pop(future), future.result())
