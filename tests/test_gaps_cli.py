@@ -55,9 +55,10 @@ def _mermaid(text: str) -> tuple[set[tuple[str, str, str]], dict[str, str]]:
     """The graph's edges as (from label, to label, edge text) and each node's shape, by label."""
     labels: dict[str, str] = {}
     shapes: dict[str, str] = {}
-    for node, table, job_label in re.findall(r'^\s+(\w+)(?:\[\("([^"]*)"\)\]|\["([^"]*)"\])$', text, re.M):
-        labels[node] = table or job_label
-        shapes[labels[node]] = "table" if table else "job"
+    pattern = r'^\s+(\w+)(?:\[\("([^"]*)"\)\]|\[/"([^"]*)"/\]|\["([^"]*)"\])$'
+    for node, table, query, job_label in re.findall(pattern, text, re.M):
+        labels[node] = table or query or job_label
+        shapes[labels[node]] = "table" if table else "query" if query else "job"
     edges = set()
     for a, arrow, b in re.findall(r"^\s+(\w+) (-->(?:\|[^|]*\|)?|-\. after \.->) (\w+)$", text, re.M):
         edges.add((labels[a], labels[b], arrow))
@@ -151,3 +152,24 @@ def test_validate_on_a_fresh_database_passes_a_job_reading_its_upstream_jobs_out
     assert cli_run(cfg, "run", "--all", "--as-of", "2026-03-31").exit_code == 0
     after = cli_run(cfg, "validate")
     assert after.exit_code == 0 and "source columns present" in after.output.split("down", 1)[1], after.output
+
+
+def test_jobs_graph_draws_a_query_source_with_the_fleet_tables_its_sql_names(tmp_path: Path) -> None:
+    """A query source is its own node, fed by each table of the fleet its SQL names (here
+    the upstream job's output and the feature table), not a table node of its file name."""
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "down.sql").write_text(
+        "SELECT p.entity_id, f.x1 FROM up_out p JOIN features f ON f.entity_id = p.entity_id\n"
+        "WHERE p.as_of = :as_of  -- not predictions_old, nor other.up_out")
+    jobs = {"up": job(output="up_out"),
+            "down": {**job(table=None, query="sql/down.sql", as_of_column=None, output="down_out"), "after": ["up"]}}
+    result = cli_run(write_config(tmp_path, f"sqlite:///{tmp_path / 'never.db'}", jobs), "jobs", "--graph")
+    assert result.exit_code == 0, result.output
+    edges, shapes = _mermaid(result.output)
+    assert shapes == {"up": "job", "down": "job", "features": "table", "up_out": "table",
+                      "sql/down.sql": "query", "down_out": "table"}
+    assert edges == {
+        ("features", "up", "-->"), ("up", "up_out", "-->"),
+        ("up_out", "sql/down.sql", "-->"), ("features", "sql/down.sql", "-->"),
+        ("sql/down.sql", "down", "-->"), ("down", "down_out", "-->"), ("up", "down", "-. after .->"),
+    }

@@ -58,8 +58,13 @@ def jobs(config: ConfigLike = None, names: Sequence[str] = ()) -> list[JobInfo]:
 
 
 def graph(config: ConfigLike = None, names: Sequence[str] = ()) -> str:
-    """A Mermaid flowchart: each job, the tables it reads and writes, and its ``after:`` edges."""
-    infos = jobs(config, names)
+    """A Mermaid flowchart: each job, the tables it reads and writes, and its ``after:`` edges.
+
+    A query source is a node of its own (its file, drawn as a parallelogram) with an edge
+    from each table the fleet knows (a job's output or its ``_latest``/``_daily`` view, a
+    table source) that the query's text names: which job's output feeds which job."""
+    cfg = as_config(config)
+    infos = jobs(cfg, names)
     lines = ["flowchart LR"]
     tables: dict[str, str] = {}
 
@@ -68,19 +73,48 @@ def graph(config: ConfigLike = None, names: Sequence[str] = ()) -> str:
         if key not in tables:
             tables[key] = f"{kind[0]}{len(tables)}"
             label = name.replace('"', "'")
-            lines.append(f'  {tables[key]}[("{label}")]' if kind == "table" else f'  {tables[key]}["{label}"]')
+            shape = {"table": '[("{}")]', "query": '[/"{}"/]'}.get(kind, '["{}"]')
+            lines.append(f"  {tables[key]}{shape.format(label)}")
         return tables[key]
 
+    known = _known_tables(cfg)
     for info in infos:
         job = node(info.job, "job")
-        src = node(info.source, "table")
-        out = node(info.output, "table")
+        query = cfg.job(info.job).source.query
+        src = node(info.source, "table" if query is None else "query")
+        if query is not None:
+            text = _query_text(query)
+            for table in sorted(t for t in known if re.search(rf"(?<![\w.]){re.escape(t)}(?![\w])", text, re.I)):
+                edge = f"  {node(table, 'table')} --> {src}"
+                if edge not in lines:
+                    lines.append(edge)
         label = f"|{_escape(info.where)}|" if info.where else ""
         lines.append(f"  {src} -->{label} {job}")
-        lines.append(f"  {job} --> {out}")
+        lines.append(f"  {job} --> {node(info.output, 'table')}")
         for upstream in info.after:
             lines.append(f"  {node(upstream, 'job')} -. after .-> {job}")
     return "\n".join(lines) + "\n"
+
+
+def _known_tables(cfg: Config) -> set[str]:
+    """Every table the fleet writes (outputs and their views) or reads by name."""
+    out: set[str] = set()
+    for name in cfg.jobs:
+        job = cfg.job(name)
+        table = job.output.table
+        out |= {table, f"{table}_latest", f"{table}_daily"}
+        if job.source.table is not None:
+            out.add(job.source.table)
+    return out
+
+
+def _query_text(query: object) -> str:
+    """A query source's SQL: its file's text (the SQL itself when it is not a file)."""
+    path = Path(str(query))
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else str(query)
+    except OSError:
+        return ""
 
 
 def _escape(text: str) -> str:
