@@ -77,3 +77,28 @@ def test_retract_removes_the_runs_shadow_rows_and_keeps_every_other_runs(tmp_pat
     assert rows_of_query(db_url, "SELECT * FROM predictions_shadow ORDER BY entity_id") == kept  # untouched
     assert rows_of_query(db_url, "SELECT run_id, status, error FROM scoring_runs ORDER BY run_id") == [
         (1, "succeeded", None), (2, "retracted", "retracted: wrong features")]
+
+
+def test_retract_forgets_the_metrics_of_the_predictions_it_takes_back(tmp_path: Path, db_url: str) -> None:
+    """``model_metrics`` of the retracted run's as_of go in the same transaction (they measured
+    predictions no longer published); the other as_of's stay."""
+    import sqlalchemy as sa
+
+    frames = [features_frame(80, seed=3, as_of=OTHER_AS_OF), features_frame(80, seed=4)]
+    load_table(db_url, pd.concat(frames))
+    labels = pd.concat([pd.DataFrame({"entity_id": f["entity_id"], "outcome_date": f["snapshot_date"],
+                                      "churned": (f["x2"] > 0).astype(int)}) for f in frames])
+    load_table(db_url, labels, table="outcomes", outcome_date=sa.Date())
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    spec = job(labels={"table": "outcomes", "as_of_column": "outcome_date", "label_column": "churned"})
+    cfg = write_config(tmp_path, db_url, {"churn": spec})
+    for day in (OTHER_AS_OF, AS_OF):
+        assert cli_run(cfg, "run", "churn", "--as-of", day.isoformat()).exit_code == 0
+    assert cli_run(cfg, "evaluate", "churn").exit_code == 0
+    days = "SELECT DISTINCT as_of FROM model_metrics ORDER BY as_of"
+    assert len(rows_of_query(db_url, days)) == 2
+    [(run_id,)] = rows_of_query(db_url, "SELECT run_id FROM scoring_runs WHERE as_of = :d", d=AS_OF)
+    done = cli_run(cfg, "retract", str(run_id))
+    assert done.exit_code == 0 and "model_metrics rows of that as_of" in done.output, done.output
+    kept = [str(d)[:10] for (d,) in rows_of_query(db_url, days)]
+    assert kept == [OTHER_AS_OF.isoformat()]

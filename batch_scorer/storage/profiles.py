@@ -296,6 +296,15 @@ def replace_metrics(engine: Engine, job: str, as_ofs: Sequence[date], rows: Sequ
             conn.execute(model_metrics.insert(), [{**row, "job": job} for row in rows])
 
 
+def delete_metrics(conn: Connection, job: str, as_of: date) -> int:
+    """Forget a job's figures of one as_of (its published predictions were taken back);
+    returns the rows deleted (0 when there is no ``model_metrics`` table yet)."""
+    if not sa.inspect(conn).has_table(model_metrics.name):
+        return 0
+    m = model_metrics.c
+    return int(conn.execute(sa.delete(model_metrics).where(m.job == job, m.as_of == as_of)).rowcount or 0)
+
+
 def output_tables(conn: Connection, name: str, shadow_name: str) -> tuple[sa.Table | None, sa.Table | None]:
     """An output table and its ``_shadow`` twin as they exist in the database (None: missing)."""
     return _reflect(conn, name), _reflect(conn, shadow_name)

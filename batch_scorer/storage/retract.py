@@ -1,7 +1,9 @@
 """``batch-scorer retract RUN_ID``: take a published run back.
 
 In one transaction (``BEGIN IMMEDIATE`` on SQLite): the run's rows leave its
-output table and its ``_shadow`` twin, and its ledger row becomes
+output table and its ``_shadow`` twin, the job's ``model_metrics`` of that as_of
+go (they measured predictions no longer published; ``evaluate`` computes them
+again for a run that publishes that day anew), and its ledger row becomes
 ``retracted``. The ``_latest`` views then show what was there before (the
 entity's previous as_of). A run whose rows are not visible (failed, replaced by
 a later run, already retracted) cannot be retracted: nothing would change.
@@ -17,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.errors import UsageError
 from batch_scorer.names import split_table_name
-from batch_scorer.storage import ledger
+from batch_scorer.storage import ledger, profiles
 from batch_scorer.storage.db import begin_write
 from batch_scorer.storage.schema import RunStatus
 from batch_scorer.storage.views import shadow_table_name
@@ -35,6 +37,7 @@ class Retracted:
     output_table: str
     rows: int
     shadow_rows: int
+    metric_rows: int = 0
 
 
 def retract(engine: Engine, run_id: int, note: str | None = None) -> Retracted:
@@ -52,10 +55,11 @@ def retract(engine: Engine, run_id: int, note: str | None = None) -> Retracted:
             )
         rows = _delete(conn, run.output_table, run_id)
         shadow = _delete(conn, shadow_table_name(run.output_table), run_id)
+        metrics = profiles.delete_metrics(conn, run.job, run.as_of)
         ledger.mark_retracted(conn, run_id, f"retracted: {note}" if note else "retracted by an operator")
     log.info("job %s: retracted run %d (as_of %s): %d rows removed from %s", run.job, run_id, run.as_of,
              rows, run.output_table)
-    return Retracted(run_id, run.job, run.as_of, run.output_table, rows, shadow)
+    return Retracted(run_id, run.job, run.as_of, run.output_table, rows, shadow, metrics)
 
 
 def _instead(conn: Connection, run: ledger.RunRecord) -> str:
