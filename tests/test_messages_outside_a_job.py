@@ -68,3 +68,19 @@ def test_a_missing_labels_table_points_at_labels_table(tmp_path: Path, sqlite_ur
     assert result.exit_code == 2, result.output
     assert "labels table 'outcomez' does not exist" in text and "fix labels.table in the config" in text
     assert "source.table" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("make", ["missing", "directory"])
+def test_registering_a_path_that_is_no_model_file_names_the_command_not_a_job(
+    tmp_path: Path, sqlite_url: str, make: str
+) -> None:
+    cfg = _cfg(tmp_path, sqlite_url)
+    path = tmp_path / "nowhere.joblib"
+    if make == "directory":
+        path.mkdir()
+    with pytest.raises(ModelError) as caught:
+        api.register_model(str(cfg), "churn", str(path))
+    text = str(caught.value)
+    assert text.startswith("models register:") and str(path) in text, text
+    assert "job '" not in text and "model.path" not in text, text
+    assert _versions(sqlite_url) == 0

@@ -179,7 +179,7 @@ def _artifact(value: Any) -> tuple[bytes, str, str]:
     """Bytes, format and a description of what is being registered."""
     if isinstance(value, str | os.PathLike):
         path = Path(value)
-        return read_model_file("models register", path), format_for(path), f"file {path}"
+        return read_model_file("", path, command="models register"), format_for(path), f"file {path}"
     if isinstance(value, bytes):
         raise UsageError("register_model takes a fitted estimator or the path of a model file, not bytes")
     buffer = io.BytesIO()

@@ -140,18 +140,22 @@ def read_model(job: str, path: Path, fmt: str | None = None) -> tuple[bytes, str
     return data, fmt
 
 
-def read_model_file(job: str, path: Path) -> bytes:
+def read_model_file(job: str, path: Path, command: str | None = None) -> bytes:
     """The bytes of a model file, read once; a clear :class:`ModelError` for a
-    missing path, a directory, an unreadable or an empty file."""
+    missing path, a directory, an unreadable or an empty file. ``command``: the file was
+    named on a command (``models register``), not by a job's ``model.path``."""
+    who = f"job {job!r}: model.path" if command is None else f"{command}:"
     if path.is_dir():
         raise ModelError(
-            f"job {job!r}: model.path {path} is a directory, not a model file. Point model.path "
-            "at the file the model was saved to (e.g. models/churn.joblib)."
+            f"{who} {path} is a directory, not a model file. Point "
+            f"{'model.path' if command is None else 'it'} at the file the model was saved to "
+            "(e.g. models/churn.joblib)."
         )
     if not path.exists():
+        fix = "fix model.path in the config" if command is None else "check the path given"
         raise ModelError(
-            f"job {job!r}: model file {path} not found. Train and save the model there "
-            "(joblib.dump(model, path)), or fix model.path in the config."
+            f"{'job ' + repr(job) + ':' if command is None else who} model file {path} not found. Train and save "
+            f"the model there (joblib.dump(model, path)), or {fix}."
         )
     try:
         data = path.read_bytes()
