@@ -182,9 +182,12 @@ def test_a_sigtermed_fleet_run_prints_what_it_published_before_the_signal(tmp_pa
     assert run.finish(timeout=60) == 128 + signal.SIGTERM, run.stderr
     assert run.proc.stdout is not None
     out = run.proc.stdout.read()
-    published = query(sqlite_url, "SELECT job, run_id FROM scoring_runs WHERE status = 'succeeded'")
+    published = set(query(sqlite_url, "SELECT job, run_id FROM scoring_runs WHERE status = 'succeeded'"))
     assert 0 < len(published) < 20, published
-    for job, run_id in published:
-        assert any(line.split()[:1] == [job] and "succeeded" in line and str(run_id) in line.split()
-                   for line in out.splitlines()), (job, out)
+    shown = {(line.split()[0], int(line.split()[-2])) for line in out.splitlines()
+             if " succeeded " in line and line.split()[-2].isdigit()}
+    assert shown <= published, (shown, published)  # never a job said published that is not
+    # Each published job is in the summary, but for those (at most one per running job,
+    # --parallel 2) whose commit landed as the signal arrived: the ledger has those.
+    assert len(published - shown) <= 2, (published - shown, out)
     assert "Interrupted by SIGTERM" in run.stderr

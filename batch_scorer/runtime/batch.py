@@ -81,6 +81,7 @@ def run_batch(
         _run_all(ctx, jobs, plan_for, options, cancel, deps, waiting, planned, done)
     except KeyboardInterrupt as exc:
         # What finished before the signal: the CLI prints it (a cron log shows what was published).
+        _store_partial(done, exc)
         exc.results = [done[j.name] for j in jobs if j.name in done]  # type: ignore[attr-defined]
         raise
     return [done[j.name] for j in jobs]
@@ -131,8 +132,11 @@ def _collect(running: dict[cf.Future[list[RunResult]], list[RunPlan]], done: dic
         cancel.set(getattr(exc, "signum", 2))
         cf.wait(list(running))
         for future, group in running.items():
-            if future.exception() is None:  # finished (or rolled back and recorded) without the signal
+            error = future.exception()
+            if error is None:  # finished (or rolled back and recorded) without the signal
                 _store(done, group, future.result())
+            else:
+                _store_partial(done, error)
         raise
     for future in finished:
         _store(done, running.pop(future), future.result())
@@ -141,6 +145,12 @@ def _collect(running: dict[cf.Future[list[RunResult]], list[RunPlan]], done: dic
 def _store(done: dict[str, RunResult], group: list[RunPlan], results: list[RunResult]) -> None:
     for plan, result in zip(group, results, strict=True):
         done[plan.job] = result
+
+
+def _store_partial(done: dict[str, RunResult], interrupt: BaseException) -> None:
+    """The attempts a group made before an interrupt left it (see :func:`run_group`)."""
+    for attempt in getattr(interrupt, "attempts", ()):
+        done.setdefault(attempt.plan.job, attempt.result)
 
 
 def _groups(planned: dict[str, RunPlan], free: int) -> list[list[RunPlan]]:

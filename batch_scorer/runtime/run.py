@@ -323,8 +323,21 @@ def stream_spec(plans: Sequence[RunPlan]) -> StreamSpec:
 
 
 def run_group(ctx: GroupContext, plans: Sequence[RunPlan]) -> list[Attempt]:
-    """Run plans that read the same source rows with one read (module doc)."""
+    """Run plans that read the same source rows with one read (module doc).
+
+    An interrupt (a signal) leaves with the attempts made so far as its ``attempts``:
+    the jobs of the group that published before it are still reported."""
     attempts: list[Attempt] = []
+    try:
+        _run_group(ctx, plans, attempts)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            exc.attempts = list(attempts)  # type: ignore[attr-defined]
+        raise
+    return attempts
+
+
+def _run_group(ctx: GroupContext, plans: Sequence[RunPlan], attempts: list[Attempt]) -> None:
     with contextlib.ExitStack() as held:
         runs: list[JobRun] = []
         for plan in plans:
@@ -351,7 +364,6 @@ def run_group(ctx: GroupContext, plans: Sequence[RunPlan]) -> list[Attempt]:
                     attempts.append(Attempt(run.plan, run.publish(), run.error))
                 else:
                     attempts.append(Attempt(run.plan, run.record_failure(run.error), run.error))  # type: ignore[arg-type]
-    return attempts
 
 
 def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempts: list[Attempt]) -> JobRun | None:
