@@ -137,9 +137,11 @@ def coerce_features(
     """
     converted: dict[str, Any] = {}
     reasons: np.ndarray | None = None
-    for name in frame.columns:
-        col = frame[name]
+    for name, dtype in frame.dtypes.items():
         kind = kinds.get(str(name))
+        if kind == NUMERIC and isinstance(dtype, np.dtype) and dtype.kind in "fiub":
+            continue  # already what the model saw (as _to_numeric keeps it), without making the Series
+        col = frame[name]
         if kind == NUMERIC:
             new, bad = _to_numeric(col)
             if bad is not None and bad.any():
