@@ -114,6 +114,20 @@ def test_header_names_the_last_run_status_and_the_latest_alert_features() -> Non
     assert "warnings: feature_5 PSI 0.12" in facts and "feature_9" not in facts
 
 
+def test_alerts_of_an_older_as_of_than_the_last_run_say_which_as_of_they_are() -> None:
+    """The last run (latest as_of) was retracted or failed, so the latest PSI are an earlier
+    as_of's (the latest published): the header names that as_of with them."""
+    report = synthetic_job(2)
+    last_day = report.runs["as_of"].max()
+    report.runs.loc[report.runs["as_of"] == last_day, "status"] = "retracted"
+    report.psi = report.psi[report.psi["as_of"] != last_day].copy()
+    older = report.psi["as_of"].max()
+    report.psi.loc[report.psi["as_of"] == older, "psi"] = 0.01
+    report.psi.loc[(report.psi["as_of"] == older) & (report.psi["feature"] == "feature_3"), "psi"] = 0.5
+    section = _section(render_report([report]), "job_002")
+    assert f"drift alerts: <b>feature_3 PSI 0.50 (as_of {older.isoformat()}, the latest published)</b>" in section
+
+
 def test_a_job_without_any_data_says_no_data_yet() -> None:
     section = _section(render_report([JobReport("new_job")]), "new_job")
     assert section.count("no data yet") == 4  # runs, score, PSI, metrics

@@ -99,7 +99,8 @@ def retract(ctx: click.Context, run_id: int, note: str | None) -> None:
     done = api.retract(config_of(ctx), run_id, note)
     click.echo(f"run {done.run_id} (job {done.job}, as_of {done.as_of}): retracted, {done.rows:,} rows removed "
                f"from {done.output_table}" + (f", {done.shadow_rows:,} shadow rows" if done.shadow_rows else "")
-               + (f", {done.metric_rows:,} model_metrics rows of that as_of" if done.metric_rows else ""))
+               + (f" and its {done.metric_rows:,} model_metrics rows of that as_of deleted" if done.metric_rows
+                  else ""))
 
 
 @cli.command()

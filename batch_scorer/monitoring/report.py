@@ -129,6 +129,7 @@ class _Job:
     last_as_of: str
     last_drift_status: str | None
     drifts: list[FeatureDrift]  # the latest run date's, every feature
+    drifts_as_of: str  # that date, as the runs' dates are written ("-": no PSI)
 
 
 def _prepare(report: JobReport) -> _Job:
@@ -157,6 +158,7 @@ def _prepare(report: JobReport) -> _Job:
         last_as_of=days[-1] if days else "-",
         last_drift_status=_text_or_none(last.get("drift_status")) if last is not None else None,
         drifts=_latest_drifts(report),
+        drifts_as_of=_latest_psi_day(report),
     )
 
 
@@ -168,7 +170,10 @@ def _alert_text(view: _Job, alerts: list[FeatureDrift], limit: int | None = None
     """The alerting features, or that the last run failed on a drift alert (``on_alert: fail``
     publishes nothing, so its PSI are in no published run's drift rows), or ''."""
     if alerts:
-        return describe(alerts) if limit is None else describe(alerts, limit=limit)
+        text = describe(alerts) if limit is None else describe(alerts, limit=limit)
+        if view.drifts_as_of != view.last_as_of:  # e.g. the last run failed, or was retracted
+            text += f" (as_of {view.drifts_as_of}, the latest published)"
+        return text
     if view.last_status == "failed" and view.last_drift_status == "alert":
         return "the last run failed on a drift alert (monitor.on_alert: fail; its error names the features)"
     return ""
@@ -201,6 +206,14 @@ def _day_texts(uniques: Any) -> tuple[list[str], np.ndarray]:
         texts.append(stamp.strftime("%Y-%m-%d" if whole_day else "%Y-%m-%d %H:%M"))
         keys.append(stamp.timestamp())
     return texts, np.argsort(np.asarray(keys, dtype=float), kind="stable")
+
+
+def _latest_psi_day(report: JobReport) -> str:
+    """The run date the header's drift is of (the latest in ``psi``), written as the runs' are."""
+    if report.psi.empty:
+        return "-"
+    stamps = pd.to_datetime(report.psi["as_of"], errors="coerce")
+    return _days(report.psi["as_of"][stamps == stamps.max()].head(1))[0]
 
 
 def _latest_drifts(report: JobReport) -> list[FeatureDrift]:

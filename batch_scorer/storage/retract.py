@@ -57,8 +57,8 @@ def retract(engine: Engine, run_id: int, note: str | None = None) -> Retracted:
         shadow = _delete(conn, shadow_table_name(run.output_table), run_id)
         metrics = profiles.delete_metrics(conn, run.job, run.as_of)
         ledger.mark_retracted(conn, run_id, f"retracted: {note}" if note else "retracted by an operator")
-    log.info("job %s: retracted run %d (as_of %s): %d rows removed from %s", run.job, run_id, run.as_of,
-             rows, run.output_table)
+    log.info("job %s: retracted run %d (as_of %s): %d rows removed from %s, %d model_metrics rows of that as_of",
+             run.job, run_id, run.as_of, rows, run.output_table, metrics)
     return Retracted(run_id, run.job, run.as_of, run.output_table, rows, shadow, metrics)
 
 
