@@ -369,24 +369,22 @@ class Profile:
         """The numpy arrays the profile holds (its whole state)."""
         return list(self._counts.values())
 
-    def to_rows(self) -> Iterator[dict[str, Any]]:
-        """Plain dicts ``feature, bin, lower, upper, category, rows``, one per bin.
+    def to_rows(self, extra: Mapping[str, Any] | None = None, with_kind: bool = False) -> Iterator[dict[str, Any]]:
+        """Plain dicts ``feature, bin, lower, upper, category, rows``, one per bin (then the
+        ``extra`` items, and ``kind`` if ``with_kind``: a stored row in one dict, not two).
 
         Numeric intervals carry ``lower``/``upper`` (``-inf``/``inf`` at the ends, which
         PostgreSQL and SQLite both store); the NULL and ``other`` bins carry neither,
         and are told apart by position (NULL is last).
         """
+        more = dict(extra or {})
         for feature, fbins in self.bins.items():
-            counts = self._counts[feature]
+            counts = self._counts[feature].tolist()  # Python ints, converted at once
+            if with_kind:
+                more["kind"] = fbins.kind
             for b in fbins.bins:
-                yield {
-                    "feature": feature,
-                    "bin": b.index,
-                    "lower": b.lower,
-                    "upper": b.upper,
-                    "category": b.category,
-                    "rows": int(counts[b.index]),
-                }
+                yield {"feature": feature, "bin": b.index, "lower": b.lower, "upper": b.upper,
+                       "category": b.category, "rows": counts[b.index], **more}
 
     @classmethod
     def from_counts(cls, bins: Mapping[str, FeatureBins], counts: Mapping[str, Sequence[int]]) -> Profile:

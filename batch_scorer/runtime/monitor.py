@@ -269,11 +269,9 @@ class RunMonitor:
 def _profile_rows(profile: Profile, run_id: int | None, job: str | None, stamp: ModelStamp,
                   profile_id: str | None = None) -> list[dict[str, Any]]:
     pid = profile_id or profiles.run_profile_id(run_id or 0)
-    return [
-        {**row, "profile_id": pid, "run_id": run_id, "job": job, "model_name": stamp.name,
-         "model_version": stamp.version or "", "kind": profile.bins[row["feature"]].kind}
-        for row in profile.to_rows()
-    ]
+    owner = {"profile_id": pid, "run_id": run_id, "job": job, "model_name": stamp.name,
+             "model_version": stamp.version or ""}
+    return list(profile.to_rows(owner, with_kind=True))
 
 
 def _drift_rows(
@@ -349,7 +347,7 @@ def reference_rows(profile: Profile) -> list[dict[str, Any]]:
     """A reference profile's ``feature_profiles`` rows without their owner columns
     (``feature, kind, bin, lower, upper, category, rows``): add ``profile_id``,
     ``model_name`` and ``model_version`` to store them."""
-    return [{**row, "kind": profile.bins[row["feature"]].kind} for row in profile.to_rows()]
+    return list(profile.to_rows(with_kind=True))
 
 
 def _reference_observer(model: LoadedModel, checked: Checked, features: pd.DataFrame,
