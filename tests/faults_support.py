@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -126,3 +127,29 @@ def ok(cfg: Path, *args: str) -> str:
     result = cli_run(cfg, *args)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def run_counting_sessions(cfg: Path, base_url: str, app: str, names: list[str]) -> tuple[list[Any], set[int], set[int]]:
+    """``api.run`` of ``names`` (all at once), counting the run's PostgreSQL sessions (those with
+    ``application_name`` ``app``): the results, the backend pids of every connection
+    SQLAlchemy's pools opened for it, and every session seen while jobs reported progress
+    (SQLAlchemy's and the others, e.g. ADBC readers)."""
+    from batch_scorer import api
+    from tests.helpers import AS_OF
+
+    opened: set[int] = set()
+    live: set[int] = set()
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if dbapi_conn.info.parameter_status("application_name") == app:  # the run's, not the test's
+            opened.add(dbapi_conn.info.backend_pid)
+
+    def on_progress(*_: object) -> None:
+        live.update(int(s["pid"]) for s in sessions(base_url, app))
+
+    sa.event.listen(sa.pool.Pool, "connect", on_connect)
+    try:
+        results = api.run(cfg, names, as_of=AS_OF, parallel=len(names), on_progress=on_progress)
+    finally:
+        sa.event.remove(sa.pool.Pool, "connect", on_connect)
+    return list(results), opened, live

@@ -24,7 +24,6 @@ import joblib
 import pytest
 import sqlalchemy as sa
 
-from batch_scorer import api
 from batch_scorer.config import load_config
 from batch_scorer.core.checks import TooManyBadRows
 from batch_scorer.errors import RunFailed
@@ -32,7 +31,7 @@ from batch_scorer.executors.dask import WORKER_URL_ENV, Failure, partition_count
 from batch_scorer.runtime.jobs import Invocation, run_jobs
 from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage.db import create_engine
-from tests.faults_support import Run, app_url, sessions, unique_name
+from tests.faults_support import Run, app_url, run_counting_sessions, sessions, unique_name
 from tests.gaps_support import poll
 from tests.helpers import AS_OF, cli_run, features_frame, job, load_table, query, save_model, train, write_config
 from tests.test_speed_fast_path import PASS, _rows, _source_table
@@ -443,22 +442,9 @@ def test_the_connection_budget_of_a_dask_run_is_what_scale_out_md_says(
     names = [f"j{i}" for i in range(jobs)]
     cfg = write_config(tmp_path, app_url(pg_url, app), {n: job(output=f"out_{n}", chunk_size=500) for n in names},
                        **_dask(cluster, partitions=4))
-    opened: set[int] = set()
-    live: set[int] = set()
-
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        if dbapi_conn.info.parameter_status("application_name") == app:  # the run's, not this test's
-            opened.add(dbapi_conn.info.backend_pid)
-
-    def on_progress(*_: object) -> None:
-        live.update(int(s["pid"]) for s in sessions(pg_url, app))
-
-    sa.event.listen(sa.pool.Pool, "connect", on_connect)
-    try:
-        results = api.run(cfg, names, as_of=AS_OF, parallel=jobs, on_progress=on_progress)
-    finally:
-        sa.event.remove(sa.pool.Pool, "connect", on_connect)
+    results, opened, live = run_counting_sessions(cfg, pg_url, app, names)
     assert [r.status for r in results] == ["succeeded"] * jobs
+
     def only_workers_left() -> set[int]:
         left = {int(s["pid"]) for s in sessions(pg_url, app)}
         return left if left <= live and len(left) in (2, 4) else set()  # 2 per worker that read

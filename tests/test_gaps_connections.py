@@ -20,15 +20,12 @@ none. One job: 4 (the documented 3 + 1); three jobs on one source: 8, not 10.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from batch_scorer import api
-from tests.faults_support import app_url, sessions, unique_name
+from tests.faults_support import app_url, run_counting_sessions, sessions, unique_name
 from tests.gaps_support import poll
-from tests.helpers import AS_OF, features_frame, job, load_table, save_model, train, write_config
+from tests.helpers import features_frame, job, load_table, save_model, train, write_config
 
 
 @pytest.mark.parametrize("jobs", [1, 3])
@@ -40,22 +37,7 @@ def test_a_run_opens_two_connections_per_job_and_two_for_its_groups_read_on_post
     save_model(train("binary"), tmp_path / "models" / "m.joblib")
     names = [f"j{i}" for i in range(jobs)]
     cfg = write_config(tmp_path, app_url(pg_url, app), {n: job(output=f"out_{n}", chunk_size=500) for n in names})
-    opened: set[int] = set()
-    live: set[int] = set()
-
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        if dbapi_conn.info.parameter_status("application_name") == app:  # the run's, not this test's
-            opened.add(dbapi_conn.info.backend_pid)
-
-    def on_progress(*_: object) -> None:
-        live.update(int(s["pid"]) for s in sessions(pg_url, app))
-
-    sa.event.listen(sa.pool.Pool, "connect", on_connect)
-    try:
-        results = api.run(cfg, names, as_of=AS_OF, parallel=jobs, on_progress=on_progress)
-    finally:
-        sa.event.remove(sa.pool.Pool, "connect", on_connect)
-
+    results, opened, live = run_counting_sessions(cfg, pg_url, app, names)
     assert [r.status for r in results] == ["succeeded"] * jobs
     assert len(opened) == 2 * jobs + 1, opened  # lock + publication per job, the stream's connection
     assert len(live - opened) == 1, live - opened  # one ADBC connection reads for the group
