@@ -17,6 +17,7 @@ from batch_scorer.masking import first_line, mask_text
 from batch_scorer.names import split_table_name
 from batch_scorer.runtime.jobs import job_as_of
 from batch_scorer.runtime.plan import ModelCache, SourceProbes, build_plan
+from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.sinks.output import missing, prepare_output_table
 
@@ -109,7 +110,7 @@ def _upstream_tables_missing(cfg: Config, engine: Engine, name: str) -> list[tup
     for upstream in cfg.job(name).depends_on:
         table = cfg.job(upstream).output.table
         schema, bare = split_table_name(table)
-        if not sa.inspect(engine).has_table(bare, schema=schema):
+        if not catalog(engine).has_table(bare, schema):  # one listing per schema for every job
             out.append((upstream, table))
     return out
 

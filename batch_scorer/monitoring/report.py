@@ -149,6 +149,7 @@ def _prepare(report: JobReport) -> _Job:
         runs = runs.assign(_order=order).sort_values(["_order", "run_id"], kind="stable").drop(columns="_order")
     days = _days(runs["as_of"]) if len(runs) else []
     last = runs.iloc[-1] if len(runs) else None
+    drifts, drifts_as_of = _latest_drifts(report)
     return _Job(
         report=report,
         runs=runs,
@@ -157,8 +158,8 @@ def _prepare(report: JobReport) -> _Job:
         last_status=str(last["status"]) if last is not None else "no runs yet",
         last_as_of=days[-1] if days else "-",
         last_drift_status=_text_or_none(last.get("drift_status")) if last is not None else None,
-        drifts=_latest_drifts(report),
-        drifts_as_of=_latest_psi_day(report),
+        drifts=drifts,
+        drifts_as_of=drifts_as_of,
     )
 
 
@@ -208,26 +209,20 @@ def _day_texts(uniques: Any) -> tuple[list[str], np.ndarray]:
     return texts, np.argsort(np.asarray(keys, dtype=float), kind="stable")
 
 
-def _latest_psi_day(report: JobReport) -> str:
-    """The run date the header's drift is of (the latest in ``psi``), written as the runs' are."""
-    if report.psi.empty:
-        return "-"
-    stamps = pd.to_datetime(report.psi["as_of"], errors="coerce")
-    return _days(report.psi["as_of"][stamps == stamps.max()].head(1))[0]
-
-
-def _latest_drifts(report: JobReport) -> list[FeatureDrift]:
-    """The latest run date's PSI per feature, with its status by the job's thresholds."""
+def _latest_drifts(report: JobReport) -> tuple[list[FeatureDrift], str]:
+    """The latest run date's PSI per feature, with its status by the job's thresholds, and
+    that date written as the runs' dates are ("-": no PSI)."""
     frame = report.psi
     if frame.empty:
-        return []
+        return [], "-"
     stamps = pd.to_datetime(frame["as_of"], errors="coerce")
     latest = frame[stamps == stamps.max()].drop_duplicates("feature", keep="last")
-    return [
+    drifts = [
         FeatureDrift(str(f), float(p), None, status(float(p), report.warn_psi, report.alert_psi))
         for f, p in zip(latest["feature"], latest["psi"], strict=True)
         if pd.notna(p)
     ]
+    return drifts, _days(latest["as_of"].head(1))[0] if len(latest) else "-"
 
 
 def _overview(views: Sequence[_Job]) -> str:
