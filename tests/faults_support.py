@@ -3,6 +3,7 @@ PostgreSQL sessions they open (found by ``application_name``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +95,13 @@ def unique_name(prefix: str) -> str:
 
 
 def sessions(base_url: str, app: str) -> list[dict[str, object]]:
-    """The PostgreSQL sessions of one application: pid, state, has_xid, query, running_s."""
+    """The PostgreSQL sessions of one application: pid, state, has_xid, query, client_port, running_s."""
     engine = create_engine(base_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
                 sa.text(
-                    "SELECT pid, state, backend_xid IS NOT NULL AS has_xid, query, "
+                    "SELECT pid, state, backend_xid IS NOT NULL AS has_xid, query, client_port, "
                     "extract(epoch FROM clock_timestamp() - query_start) AS running_s "
                     "FROM pg_stat_activity WHERE application_name = :app"
                 ),
@@ -129,27 +131,60 @@ def ok(cfg: Path, *args: str) -> str:
     return result.output
 
 
-def run_counting_sessions(cfg: Path, base_url: str, app: str, names: list[str]) -> tuple[list[Any], set[int], set[int]]:
+def own_tcp_ports() -> set[int]:
+    """The local ports of this process's TCP sockets (Linux /proc): a session whose
+    ``client_port`` is one of them is this process's, whichever library opened it."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@dataclass
+class CountedSessions:
+    """What :func:`run_counting_sessions` saw: every connection SQLAlchemy's pools opened for
+    the run (backend pids), every session of the run seen while jobs reported progress, and
+    those of them that were this process's (by client port: SQLAlchemy's and e.g. ADBC's)."""
+
+    results: list[Any]
+    opened: set[int]
+    live: set[int]
+    ours: set[int]
+
+
+def run_counting_sessions(cfg: Path, base_url: str, app: str, names: list[str]) -> CountedSessions:
     """``api.run`` of ``names`` (all at once), counting the run's PostgreSQL sessions (those with
-    ``application_name`` ``app``): the results, the backend pids of every connection
-    SQLAlchemy's pools opened for it, and every session seen while jobs reported progress
-    (SQLAlchemy's and the others, e.g. ADBC readers)."""
+    ``application_name`` ``app``): see :class:`CountedSessions`."""
     from batch_scorer import api
     from tests.helpers import AS_OF
 
-    opened: set[int] = set()
-    live: set[int] = set()
+    seen = CountedSessions([], set(), set(), set())
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         if dbapi_conn.info.parameter_status("application_name") == app:  # the run's, not the test's
-            opened.add(dbapi_conn.info.backend_pid)
+            seen.opened.add(dbapi_conn.info.backend_pid)
 
     def on_progress(*_: object) -> None:
-        live.update(int(s["pid"]) for s in sessions(base_url, app))
+        now = sessions(base_url, app)
+        mine = own_tcp_ports()
+        seen.live.update(int(s["pid"]) for s in now)
+        seen.ours.update(int(s["pid"]) for s in now if s["client_port"] in mine)
 
     sa.event.listen(sa.pool.Pool, "connect", on_connect)
     try:
-        results = api.run(cfg, names, as_of=AS_OF, parallel=len(names), on_progress=on_progress)
+        seen.results = list(api.run(cfg, names, as_of=AS_OF, parallel=len(names), on_progress=on_progress))
     finally:
         sa.event.remove(sa.pool.Pool, "connect", on_connect)
-    return list(results), opened, live
+    return seen

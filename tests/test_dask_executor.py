@@ -442,16 +442,16 @@ def test_the_connection_budget_of_a_dask_run_is_what_scale_out_md_says(
     names = [f"j{i}" for i in range(jobs)]
     cfg = write_config(tmp_path, app_url(pg_url, app), {n: job(output=f"out_{n}", chunk_size=500) for n in names},
                        **_dask(cluster, partitions=4))
-    results, opened, live = run_counting_sessions(cfg, pg_url, app, names)
-    assert [r.status for r in results] == ["succeeded"] * jobs
+    seen = run_counting_sessions(cfg, pg_url, app, names)
+    assert [r.status for r in seen.results] == ["succeeded"] * jobs
+    driver = seen.opened | seen.ours  # this process's sessions (by client port), whoever opened them
+    workers = seen.live - driver
 
     def only_workers_left() -> set[int]:
         left = {int(s["pid"]) for s in sessions(pg_url, app)}
-        return left if left <= live and len(left) in (2, 4) else set()  # 2 per worker that read
+        return left if left <= workers and len(left) in (2, 4) else set()  # 2 per worker that read
 
-    workers = poll(only_workers_left, timeout=30,
-                   what=f"only the workers' sessions to stay open (seen {sorted(live)}, driver {sorted(opened)})")
-    assert not workers & opened  # the driver's SQLAlchemy connections are all closed
-    assert len(opened) == 2 * jobs + 1, opened  # lock + publication per job, the group's stream
-    driver = (opened | live) - workers
-    assert len(driver) == 2 * jobs + 2, (driver, opened, workers)  # + the ADBC connection that sized the partitions
+    poll(only_workers_left, timeout=30, what=f"only the workers' sessions to stay open (workers {sorted(workers)}, "
+                                              f"driver {sorted(driver)})")
+    assert len(seen.opened) == 2 * jobs + 1, seen.opened  # lock + publication per job, the group's stream
+    assert len(driver) == 2 * jobs + 2, (driver, seen.opened)  # + the ADBC connection that sized the partitions

@@ -37,7 +37,8 @@ def test_a_run_opens_two_connections_per_job_and_two_for_its_groups_read_on_post
     save_model(train("binary"), tmp_path / "models" / "m.joblib")
     names = [f"j{i}" for i in range(jobs)]
     cfg = write_config(tmp_path, app_url(pg_url, app), {n: job(output=f"out_{n}", chunk_size=500) for n in names})
-    results, opened, live = run_counting_sessions(cfg, pg_url, app, names)
+    seen = run_counting_sessions(cfg, pg_url, app, names)
+    results, opened, live = seen.results, seen.opened, seen.live
     assert [r.status for r in results] == ["succeeded"] * jobs
     assert len(opened) == 2 * jobs + 1, opened  # lock + publication per job, the stream's connection
     assert len(live - opened) == 1, live - opened  # one ADBC connection reads for the group
