@@ -14,6 +14,10 @@ Four measurements, each alternating the approaches in one invocation:
   separate ``batch-scorer run`` invocations (one per model).
 * ``parallel``: the 200-job fleet with --parallel 1, 2, 4, 10 (how the default
   of ``defaults.parallel_jobs`` was chosen).
+* ``floor``: ``fleet_floor.py`` (importing, the 200 models' ``predict_proba`` and
+  writing the 2,000,000 output rows into a table indexed like a job's output,
+  nothing else) against the naive loop: how close to 10x any single process
+  can come on this machine.
 
 Examples::
 
@@ -27,6 +31,7 @@ file in ``--workdir``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -201,6 +206,29 @@ def bench_ten(args: argparse.Namespace, url: str, engine: sa.Engine, label: str)
     print(f"one invocation / ten invocations: {a / b:.2f}x the wall time")
 
 
+def bench_floor(args: argparse.Namespace, url: str, engine: sa.Engine, label: str) -> None:
+    """The fleet's floor (fleet_floor.py: import, predict, write, nothing else) against the naive loop."""
+    table = ensure_table(engine, f"fleet_features_{args.fleet_rows}", args.fleet_rows)
+    train_fleet(engine, table, args.workdir)
+    print(f"\n== {label}, floor of the fleet of 200 jobs ({args.fleet_rows:,} rows) ==")
+    for _ in range(args.reps):
+        clear(engine, "naive_fleet")
+        settle(engine)
+        naive = measure(naive_cmd(url, args.workdir, table, "naive_fleet"))
+        settle(engine)
+        out = subprocess.run([sys.executable, str(HERE / "fleet_floor.py"), url, str(args.workdir / "fleet_models"),
+                              table], check=True, capture_output=True, text=True).stdout
+        floor = json.loads(out.strip().splitlines()[-1])
+        client = floor["import"] + floor["predict"]
+        # SQLite writes in the scoring process; PostgreSQL's server works beside it.
+        total = client + floor["write"] if label == "SQLite" else max(client, floor["write"])
+        how = "import + predict + write" if label == "SQLite" else "the larger of import + predict and write"
+        print(f"naive loop {naive.seconds:.2f} s: 10x needs at most {naive.seconds / 10:.2f} s")
+        print(f"import {floor['import']:.2f} s, predict {floor['predict']:.2f} s, write {floor['write']:.2f} s "
+              f"({floor['rows']:,} rows)")
+        print(f"floor ({how}): {total:.2f} s; the loop / the floor: {naive.seconds / total:.1f}x at most")
+
+
 def bench_parallel(args: argparse.Namespace, url: str, engine: sa.Engine, label: str) -> None:
     table = ensure_table(engine, f"fleet_features_{args.fleet_rows}", args.fleet_rows)
     train_fleet(engine, table, args.workdir)
@@ -241,7 +269,7 @@ def main() -> None:
             url, label = f"sqlite:///{args.workdir / 'fleet.db'}", "SQLite"
         engine = create_engine(url)
         for name, fn in (("fleet", bench_fleet), ("fixed", bench_fixed), ("ten", bench_ten),
-                         ("parallel", bench_parallel)):
+                         ("parallel", bench_parallel), ("floor", bench_floor)):
             if name in only and not (name == "ten" and db == "sqlite" and args.ten_rows > 200_000):
                 fn(args, url, engine, label)
         engine.dispose()
