@@ -14,11 +14,11 @@ One Python process, one model thread, nothing checked, no lock, ledger or drift:
   ``executemany`` of Python tuples; PostgreSQL ``COPY`` of CSV bytes encoded
   beforehand (only the transfer and the server's work are timed).
 
-Prints one line of seconds as JSON. SQLite writes in this process and one
-writer at a time: ``write`` alone bounds the fleet's wall time from below,
-and import + predict + write bounds a single process. PostgreSQL's server
-works beside the client, so there the bound is the larger of import +
-predict and write.
+Prints one line of seconds as JSON. SQLite has one writer at a time:
+``write`` alone bounds the fleet's wall time from below whatever overlaps
+it, and import + predict + write is what one process takes doing them one
+after the other. PostgreSQL's server works beside the client: there the
+bound is the larger of import + predict and write.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def predict(engine: sa.Engine, folder: str, table: str) -> tuple[float, list[tup
         scored.append((f"{m}.{c}", rows["entity_id"].to_numpy(), c, proba))
     seconds = time.perf_counter() - start
     as_of, now = date(2026, 3, 31), datetime.now(UTC)
+    if engine.dialect.name == "sqlite":  # the text SQLAlchemy's SQLite dialect sends for them
+        as_of, now = as_of.isoformat(), now.isoformat(sep=" ")  # type: ignore[assignment]
     tuples = [(job, int(key), as_of, "floor", 1, now, int(p.argmax()), float(p[1]), country)
               for job, keys, country, proba in scored for key, p in zip(keys, proba, strict=True)]
     return seconds, tuples
