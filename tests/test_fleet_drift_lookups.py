@@ -1,6 +1,7 @@
 """A fleet's drift lookups are batched: planning many jobs reads their references and
-previous profiles in a few queries (not four per job), and each job still compares with
-its own reference (its first profiled run of its model) and its own previous run."""
+previous profiles, and their last published runs (the model-change line), in a few
+queries (not five per job), and each job still compares with its own reference (its
+first profiled run of its model) and its own previous run."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from tests.helpers import AS_OF, features_frame, load_table, query, save_model, 
 JOBS = [f"m{i}" for i in range(6)]
 UNMONITORED = "plain"  # a job of the same batch with monitoring off: planned alongside, looked up for nothing
 DAYS = [AS_OF - timedelta(days=2), AS_OF - timedelta(days=1), AS_OF]
-# One marker per lookup query (storage/profiles.py): first runs, previous runs, profile rows.
-MARKERS = ("min(r.run_id)", "order by r.as_of desc, r.run_id desc", "feature_profiles.profile_id in")
+# One marker per lookup query: first runs, previous runs, profile rows (storage/profiles.py),
+# last published runs (storage/ledger.py).
+MARKERS = ("min(r.run_id)", "order by r.as_of desc, r.run_id desc", "feature_profiles.profile_id in",
+           "max(scoring_runs.run_id)")
 
 
 def _fleet(tmp_path: Path, url: str) -> Path:
@@ -91,5 +94,29 @@ def test_driver_rows_are_sqlalchemys_rows_as_the_cursor_fetched_them(db_url: str
             assert len(driver_rows(conn, plain)) == 6
             dated = sa.select(t.c.k, t.c.d).order_by(t.c.i)
             assert driver_rows(conn, dated) == [(r["k"], AS_OF) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_last_published_many_is_each_jobs_own_last_succeeded_run(tmp_path: Path, db_url: str) -> None:
+    """The batched lookup gives what one query per job gives: the newest succeeded run
+    (not a newer failed one, not another job's), and nothing for a job never published."""
+    from batch_scorer.storage import ledger
+    from batch_scorer.storage.db import create_engine
+
+    cfg = _fleet(tmp_path, db_url)
+    for day in DAYS[:2]:
+        assert api.run(cfg, ["m0", "m1", "m2"], as_of=day).exit_code == 0
+    (tmp_path / "models" / "m1.joblib").write_bytes(b"not a model")
+    assert api.run(cfg, ["m1"], as_of=DAYS[2]).exit_code != 0  # m1's newest row: not succeeded
+    engine = create_engine(db_url)
+    try:
+        names = ["m0", "m1", "m2", "m5", "never"]
+        many = ledger.last_published_many(engine, names)
+        assert set(many) == {"m0", "m1", "m2"}
+        for name in names:
+            assert ledger.last_published(engine, name) == many.get(name)
+        newest = query(db_url, "SELECT max(run_id) FROM scoring_runs WHERE job = 'm1' AND status = 'succeeded'")
+        assert many["m1"].run_id == newest[0][0] and many["m1"].as_of == DAYS[1]
     finally:
         engine.dispose()

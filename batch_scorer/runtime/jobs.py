@@ -102,11 +102,15 @@ def _run_jobs(inv: Invocation, executor: Executor, names: Sequence[str], as_of: 
         return RunResults(p if isinstance(p := early.get(j.name), RunResult) else from_exception(j.name, j.as_of, exc)
                           for j in jobs)
 
+    last = _last_published(inv.engine, [p.job for p in early.values() if isinstance(p, RunPlan)])
+
     def plan_for(job: BatchJob) -> RunPlan | RunResult:
         outcome = early.pop(job.name) if job.name in early else _plan(inv, job)
         if isinstance(outcome, RunResult):
             return _recorded(inv, outcome)
-        _log_model_change(inv.engine, outcome)
+        # Planned late (after its upstream jobs): its own lookup.
+        previous = last.pop(job.name) if job.name in last else _last_published(inv.engine, [job.name]).get(job.name)
+        _log_model_change(outcome, previous)
         return outcome
 
     ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
@@ -132,14 +136,20 @@ def _plan(inv: Invocation, job: BatchJob, monitoring: bool = True) -> RunPlan | 
         return from_exception(job.name, job.as_of, exc)
 
 
-def _log_model_change(engine: Engine, plan: RunPlan) -> None:
-    """One line when a job is about to score with another model than its last published run:
-    a model file replaced in place is otherwise picked up without a word."""
+def _last_published(engine: Engine, jobs: Sequence[str]) -> dict[str, ledger.RunRecord | None]:
+    """Each job's last published run (None: none yet); empty when the ledger cannot be read
+    (the model-change line is only a courtesy)."""
     try:
-        last = ledger.last_published(engine, plan.job)
+        found = ledger.last_published_many(engine, jobs)
     except sa.exc.SQLAlchemyError as exc:
-        log.debug("job %s: could not read its last published run: %s", plan.job, mask_text(first_line(exc)))
-        return
+        log.debug("could not read the jobs' last published runs: %s", mask_text(first_line(exc)))
+        return {}
+    return {job: found.get(job) for job in jobs}
+
+
+def _log_model_change(plan: RunPlan, last: ledger.RunRecord | None) -> None:
+    """One line when a job is about to score with another model than its last published run
+    (``last``): a model file replaced in place is otherwise picked up without a word."""
     stamp = plan.champion.stamp
     if last is None:
         return

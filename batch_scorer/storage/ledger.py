@@ -312,10 +312,26 @@ def scored_since(engine: Engine, job: str, as_of: date, since: datetime) -> int 
 
 def last_published(engine: Engine, job: str) -> RunRecord | None:
     """The job's latest succeeded run (its model version tells whether the model changed)."""
-    stmt = _record_select().where(scoring_runs.c.job == job, scoring_runs.c.status == S.SUCCEEDED)
+    return last_published_many(engine, [job]).get(job)
+
+
+# Jobs per query of last_published_many (bind parameters stay well under SQLite's limit).
+JOBS_PER_QUERY = 500
+
+
+def last_published_many(engine: Engine, jobs: Sequence[str]) -> dict[str, RunRecord]:
+    """Each job's latest succeeded run, for many jobs in a few queries (a fleet's planning);
+    a job with none is absent."""
+    out: dict[str, RunRecord] = {}
     with engine.connect() as conn:
-        row = conn.execute(stmt.order_by(scoring_runs.c.run_id.desc()).limit(1)).first()
-    return RunRecord(**row._mapping) if row is not None else None
+        for start in range(0, len(jobs), JOBS_PER_QUERY):
+            latest = (sa.select(sa.func.max(scoring_runs.c.run_id))
+                      .where(scoring_runs.c.job.in_(list(jobs[start:start + JOBS_PER_QUERY])),
+                             scoring_runs.c.status == S.SUCCEEDED)
+                      .group_by(scoring_runs.c.job))
+            for row in conn.execute(_record_select().where(scoring_runs.c.run_id.in_(latest))):
+                out[row.job] = RunRecord(**row._mapping)
+    return out
 
 
 @dataclass(frozen=True)
