@@ -16,7 +16,8 @@ from batch_scorer.errors import EXIT_OK, BatchScorerError, SourceError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.names import split_table_name
 from batch_scorer.runtime.jobs import job_as_of
-from batch_scorer.runtime.plan import ModelCache, SourceProbes, build_plan
+from batch_scorer.runtime.plan import ModelCache, SourceProbes, build_plan, with_shared_outputs
+from batch_scorer.runtime.spec import RunPlan
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.sinks.output import missing, prepare_output_table
@@ -50,10 +51,12 @@ def init_db(config: ConfigLike = None) -> InitReport:
     with open_engine(cfg) as engine:
         create_tool_tables(engine)
         lines.append("tool tables and views: ready")
-        models, probes = ModelCache(), SourceProbes()  # jobs on one source ask it once
+        plans = _init_plans(cfg, engine)
         for name in cfg.jobs:
             try:
-                plan = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, probes=probes)
+                plan = plans[name]
+                if isinstance(plan, BaseException):
+                    raise plan
                 prepare_output_table(engine, plan.output, plan.prediction_kind, name, plan.classifier, create=True)
                 if plan.shadow is not None:  # challengers' rows: the scorer may not create it either
                     prepare_output_table(engine, plan.shadow, plan.prediction_kind, name, plan.classifier,
@@ -65,6 +68,20 @@ def init_db(config: ConfigLike = None) -> InitReport:
             checks.append(Check(name, True, f"output table {plan.output_name} and its views: ready"))
             lines.append(f"job {name}: {checks[-1].message}")
     return InitReport(lines, checks)
+
+
+def _init_plans(cfg: Config, engine: Engine) -> dict[str, RunPlan | BaseException]:
+    """Every job's plan (or why it has none), those sharing an output table defining it alike
+    (:func:`batch_scorer.runtime.plan.with_shared_outputs`), as a run of them all would."""
+    models, probes = ModelCache(), SourceProbes()  # jobs on one source ask it once
+    out: dict[str, RunPlan | BaseException] = {}
+    for name in cfg.jobs:
+        try:
+            out[name] = build_plan(cfg, engine, name, job_as_of(cfg, name), "manual", models, probes=probes)
+        except (BatchScorerError, sa.exc.SQLAlchemyError) as exc:
+            out[name] = exc
+    valid = with_shared_outputs(engine, [p for p in out.values() if isinstance(p, RunPlan)])
+    return {**out, **{p.job: p for p in valid}}
 
 
 def _failed_check(name: str, exc: BaseException) -> Check:

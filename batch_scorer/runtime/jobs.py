@@ -28,7 +28,14 @@ from batch_scorer.executors.threads import ThreadSettings
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.batch import BatchJob, BatchOptions, run_batch
 from batch_scorer.runtime.outcome import RunResult, RunResults, from_exception
-from batch_scorer.runtime.plan import ModelCache, RunPlan, SourceProbes, build_plan, with_monitoring
+from batch_scorer.runtime.plan import (
+    ModelCache,
+    RunPlan,
+    SourceProbes,
+    build_plan,
+    with_monitoring,
+    with_shared_outputs,
+)
 from batch_scorer.runtime.run import GroupContext, ProgressFn, SkipCheck
 from batch_scorer.storage import ledger
 from batch_scorer.storage.catalog import catalog
@@ -123,7 +130,7 @@ def _run_jobs(inv: Invocation, executor: Executor, names: Sequence[str], as_of: 
 def _plans(inv: Invocation, jobs: Sequence[BatchJob]) -> dict[str, RunPlan | RunResult]:
     """The plans of jobs planned together, their drift lookups done in one go for all."""
     planned = {j.name: _plan(inv, j, monitoring=False) for j in jobs}
-    valid = [p for p in planned.values() if isinstance(p, RunPlan)]
+    valid = with_shared_outputs(inv.engine, [p for p in planned.values() if isinstance(p, RunPlan)])
     return {**planned, **{p.job: p for p in with_monitoring(inv.cfg, inv.engine, valid)}}
 
 

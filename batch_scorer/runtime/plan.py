@@ -38,7 +38,7 @@ from batch_scorer.runtime.monitor import MonitorRequest, MonitorSettings, monito
 from batch_scorer.runtime.spec import FailedChallenger, RunPlan, Scorer, Settings, shadow_definition
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ledger import ModelStamp
-from batch_scorer.storage.sinks.output import define_output, prepare_output_table
+from batch_scorer.storage.sinks.output import define_output, holds, prepare_output_table, widest_kind
 from batch_scorer.storage.sources.spec import SourceSpec
 from batch_scorer.storage.sources.sql import (
     SourceColumns,
@@ -352,13 +352,38 @@ def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame,
     except BatchScorerError as exc:
         return FailedChallenger(c.label, c.stamp.version, mask_text(str(exc)))
     # What a prediction column of the champion's kind holds (as output tables do).
-    if theirs != kind and kind != "text" and not (kind == "float" and theirs in ("integer", "boolean")):
+    if not holds(kind, theirs):
         return FailedChallenger(
             c.label, c.stamp.version,
             f"model {c.model.source} predicts {theirs} values, but the champion's (and so the shadow "
             f"table's) predictions are {kind}",
         )
     return c
+
+
+def with_shared_outputs(engine: Engine, plans: Sequence[RunPlan]) -> list[RunPlan]:
+    """``plans``, those that share an output table not created yet defining it with one
+    prediction column for all of them: of the kind that holds every one's predictions
+    (text holds any; float holds integers and booleans). Else the type would be that of
+    whichever job of the batch happened to create the table first, and the others would
+    fail on it then and on every later run."""
+    by_table: dict[str, list[RunPlan]] = {}
+    for plan in plans:
+        by_table.setdefault(plan.output_name, []).append(plan)
+    wider: dict[str, RunPlan] = {}
+    for name, group in by_table.items():
+        kind = widest_kind(p.prediction_kind for p in group)
+        if len(group) < 2 or all(p.prediction_kind == kind for p in group):
+            continue
+        schema, table = split_table_name(name)
+        if catalog(engine).has_table(table, schema):
+            continue  # it exists: each job is checked against its column
+        for plan in group:
+            types = plan.columns.types
+            output = define_output(name, [(k, types[k]) for k in plan.source.key],
+                                   [(c, types[c]) for c in plan.source.pass_through], kind)
+            wider[plan.job] = dataclasses.replace(plan, output=output)
+    return [wider.get(p.job, p) for p in plans]
 
 
 def _shadow_table(engine: Engine, plan: RunPlan) -> sa.Table | None:

@@ -10,7 +10,7 @@ frame.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,15 +145,28 @@ def _check_fits(actual: sa.Table, wanted: sa.Table, prediction_kind: str, job: s
             "output.table."
         )
     have = _family(actual.c.prediction.type)
-    fits = have in (prediction_kind, "text", "other") or (
-        have == "float" and prediction_kind in ("integer", "boolean")
-    )
-    if not fits:
+    if not holds(have, prediction_kind):
         raise SourceError(
             f"job {job!r}: output table {name!r} has {'an' if have[0] in 'aeiou' else 'a'} {have} "
             "prediction column, but this "
             f"model predicts {prediction_kind} values. Give the job its own output.table."
         )
+
+
+def holds(column_kind: str, value_kind: str) -> bool:
+    """Whether a prediction column of ``column_kind`` holds predictions of ``value_kind``:
+    its own kind; any kind in a text column (or one of a type we do not know); integers
+    and booleans in a float column."""
+    return column_kind in (value_kind, "text", "other") or (
+        column_kind == "float" and value_kind in ("integer", "boolean"))
+
+
+def widest_kind(kinds: Iterable[str]) -> str:
+    """The prediction column kind that holds every kind of ``kinds`` (see :func:`holds`)."""
+    found = set(kinds)
+    if len(found) == 1:
+        return found.pop()
+    return "float" if found <= {"float", "integer", "boolean"} else "text"
 
 
 def _has_unique_key_index(actual: sa.Table, wanted: sa.Table) -> bool:
