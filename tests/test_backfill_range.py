@@ -86,7 +86,7 @@ def test_backfill_reports_a_failed_date_and_continues_unless_fail_fast(tmp_path:
     assert {day: int(cols[-1]) for day, cols in table.items()} == {str(d): r for d, r in ledger_ids.items()}
     stopped = cli_run(cfg, "backfill", "j", "--start", "2026-01-04", "--end", "2026-01-05", "--fail-fast")
     assert stopped.exit_code == 1
-    assert "1 date(s): 0 succeeded" in stopped.output
+    assert "2 date(s): 0 succeeded" in stopped.output and "1 not attempted" in stopped.output
 
 
 def test_backfill_killed_midway_then_resumed_finishes_without_duplicates(tmp_path: Path, db_url: str) -> None:

@@ -15,7 +15,17 @@ from sklearn.pipeline import Pipeline
 
 from tests.faults_support import Run
 from tests.fleet_support import as_of_arg, country_frame, matrix_job, per_country_models
-from tests.helpers import FEATURES, cli_run, features_frame, load_table, preprocessor, query, save_model, write_config
+from tests.helpers import (
+    AS_OF,
+    FEATURES,
+    cli_run,
+    features_frame,
+    load_table,
+    preprocessor,
+    query,
+    save_model,
+    write_config,
+)
 
 TWENTY = [f"C{i:02d}" for i in range(20)]
 
@@ -155,6 +165,33 @@ def test_a_job_whose_upstream_failed_is_skipped_and_the_run_exits_1(tmp_path: Pa
     assert rows["m.AT"] == rows["m.CH"] == "succeeded"
     [(error,)] = query(sqlite_url, "SELECT error FROM scoring_runs WHERE job = 'down'")
     assert "upstream job 'm.BE'" in error
+
+
+def test_an_upstream_job_held_by_another_run_skips_its_downstream_as_a_lock_exit_3(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A cron overlap: another run holds an upstream job's lock. Its downstream job is not
+    run here either (the holder's command runs it), as a lock skip: exit 3, not 1."""
+    from tests.schedule_support import hold_job_lock
+
+    load_table(sqlite_url, country_frame(30))
+    per_country_models(tmp_path)
+    jobs = {"m": matrix_job(),
+            "down": {"model": {"path": "models/m_AT.joblib"}, "after": ["m.BE"],
+                     "source": {"table": "features", "key": ["entity_id"], "as_of_column": "snapshot_date"},
+                     "output": {"table": "downstream"}},
+            "last": {"model": {"path": "models/m_AT.joblib"}, "after": ["down"],
+                     "source": {"table": "features", "key": ["entity_id"], "as_of_column": "snapshot_date"},
+                     "output": {"table": "downstream2"}}}
+    cfg = write_config(tmp_path, sqlite_url, jobs)
+    hold_job_lock(sqlite_url, "m.BE", AS_OF)
+    result = cli_run(cfg, "run", "--all", *as_of_arg())
+    assert result.exit_code == 3, result.output
+    rows = dict(query(sqlite_url, "SELECT job, status FROM scoring_runs WHERE job <> 'm.BE' OR status <> 'running'"))
+    assert rows["m.AT"] == rows["m.CH"] == "succeeded"
+    assert rows["down"] == rows["last"] == "skipped"
+    [(error,)] = query(sqlite_url, "SELECT error FROM scoring_runs WHERE job = 'down'")
+    assert "another run held its upstream job 'm.BE'" in error
 
 
 def test_a_dependency_cycle_is_a_configuration_error(tmp_path: Path, sqlite_url: str) -> None:

@@ -121,10 +121,11 @@ def retract(config: ConfigLike, run_id: int, note: str | None = None) -> retract
 
 def backfill(
     config: ConfigLike,
-    job: str,
+    job: str | Sequence[str],
     start: date | datetime | str,
     end: date | datetime | str,
     *,
+    all_jobs: bool = False,
     rerun: bool = False,
     fail_fast: bool = False,
     allow_future: bool = False,
@@ -133,8 +134,10 @@ def backfill(
     on_progress: ProgressFn | None = None,
     version: int | None = None,
 ) -> backfilling.BackfillResults:
-    """Score ``job`` (and its matrix expansions) for each as_of from ``start`` to ``end``
-    (inclusive), each date committed on its own. Dates whose published set was made by
+    """Score ``job`` (and its matrix expansions; or several jobs, a list; or every job,
+    ``job=()`` with ``all_jobs=True``) for each as_of from ``start`` to ``end``
+    (inclusive), each date committed on its own; on each date, jobs run after the jobs
+    of the backfill they depend on (``after:``). Dates whose published set was made by
     the same model version are skipped (``already_done``) unless ``rerun``; the rest go on
     after a failed date unless ``fail_fast``. A registry model's alias is resolved once for
     the whole range; ``version`` pins a registry version instead (every job must then use
@@ -144,7 +147,7 @@ def backfill(
                                 or version < 1):
         raise UsageError(f"version must be a registry version number >= 1, not {version!r}")
     version = int(version) if version is not None else None  # a numpy integer from a DataFrame too
-    names = select_jobs(cfg, [job], False)
+    names = select_jobs(cfg, [job] if isinstance(job, str) else job, all_jobs)
     days = backfilling.date_range(to_date(start, cfg.timezone, "start"), to_date(end, cfg.timezone, "end"))
     check_not_future(days[-1], cfg.timezone, cfg.defaults.future_days, allow_future)
     workers = parallel_jobs(cfg, parallel)

@@ -116,6 +116,17 @@ def config_of(ctx: click.Context) -> str:
     return str(ctx.obj["config"])
 
 
+# ``--all`` on commands that act on every job when none is named (validate, jobs, schedule).
+every_job = click.option("--all", "all_jobs", is_flag=True, help="Every job in the config (as naming none).")
+
+
+def named_or_all(names: tuple[str, ...], all_jobs: bool) -> tuple[str, ...]:
+    """The job names of a command with :data:`every_job` (empty: every job)."""
+    if names and all_jobs:
+        raise click.UsageError(f"give job names or --all, not both (names given: {', '.join(names)})")
+    return names
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())

@@ -5,14 +5,15 @@ from __future__ import annotations
 import click
 
 from batch_scorer import api
-from batch_scorer.cli.app import cli, config_of, table
+from batch_scorer.cli.app import cli, config_of, every_job, named_or_all, table
 
 
 @cli.command()
 @click.argument("names", nargs=-1)
+@every_job
 @click.option("--graph", is_flag=True, help="Print which job reads and writes which table (Mermaid text).")
 @click.pass_context
-def jobs(ctx: click.Context, names: tuple[str, ...], graph: bool) -> None:
+def jobs(ctx: click.Context, names: tuple[str, ...], all_jobs: bool, graph: bool) -> None:
     """List the expanded jobs (model, source, output, schedule, after); no database needed.
 
     \b
@@ -20,6 +21,7 @@ def jobs(ctx: click.Context, names: tuple[str, ...], graph: bool) -> None:
         batch-scorer jobs churn          # every expansion of the churn matrix
         batch-scorer jobs --graph > fleet.mmd
     """
+    names = named_or_all(names, all_jobs)
     if graph:
         click.echo(api.graph(config_of(ctx), names), nl=False)
         return

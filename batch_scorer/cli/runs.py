@@ -104,7 +104,8 @@ def retract(ctx: click.Context, run_id: int, note: str | None) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@click.argument("jobs", nargs=-1)
+@click.option("--all", "all_jobs", is_flag=True, help="Backfill every job in the config.")
 @click.option("--start", required=True, help="First as_of (YYYY-MM-DD), inclusive.")
 @click.option("--end", required=True, help="Last as_of (YYYY-MM-DD), inclusive.")
 @click.option("--rerun", is_flag=True, help="Score dates already published by this model again.")
@@ -114,10 +115,11 @@ def retract(ctx: click.Context, run_id: int, note: str | None) -> None:
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="Score with this registry version (default: the job's alias, resolved once at the start).")
 @click.pass_context
-def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fail_fast: bool,
-             allow_future: bool, parallel: int | None, version: int | None) -> None:
-    """Score JOB (a matrix job: every expansion) for every as_of from --start to --end,
-    each date committed on its own.
+def backfill(ctx: click.Context, jobs: tuple[str, ...], all_jobs: bool, start: str, end: str, rerun: bool,
+             fail_fast: bool, allow_future: bool, parallel: int | None, version: int | None) -> None:
+    """Score JOBS (a matrix job: every expansion; or --all) for every as_of from --start
+    to --end, each date committed on its own; on each date a job runs after the jobs
+    of the backfill it depends on (after:).
 
     Dates whose published predictions were made by the same model version are
     skipped unless --rerun. Stopped at any point, the same command finishes what
@@ -131,6 +133,7 @@ def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fa
     Example:
         batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31
         batch-scorer backfill churn --start 2026-01-01 --end 2026-01-31 --version 3
+        batch-scorer backfill segments churn --start 2026-01-01 --end 2026-01-31
     """
     from batch_scorer.dates import to_date
     from batch_scorer.runtime.backfill import date_range
@@ -139,10 +142,10 @@ def backfill(ctx: click.Context, job: str, start: str, end: str, rerun: bool, fa
     tz = api.as_config(config_of(ctx)).timezone
     days = date_range(to_date(start, tz, "--start"), to_date(end, tz, "--end"), ("--start", "--end"))
     with interruptible(), date_progress(len(days), progress_seconds(ctx)) as (on_date, on_rows):
-        results = api.backfill(config_of(ctx), job, start, end, rerun=rerun, fail_fast=fail_fast,
-                               allow_future=allow_future, parallel=parallel, on_date=on_date, on_progress=on_rows,
-                               version=version)
-    _print_backfill(job, results)
+        results = api.backfill(config_of(ctx), jobs, start, end, all_jobs=all_jobs, rerun=rerun,
+                               fail_fast=fail_fast, allow_future=allow_future, parallel=parallel, on_date=on_date,
+                               on_progress=on_rows, version=version)
+    _print_backfill(", ".join(jobs) or "--all", results)
     ctx.exit(results.exit_code)
 
 
@@ -159,7 +162,7 @@ def _print_backfill(job: str, results: Any) -> None:
     c = results.counts()
     what = "job-date(s)" if several else "date(s)"
     click.echo(
-        f"backfill {job}: {len(results)} {what}: {c['succeeded']} succeeded, "
+        f"backfill {job}: {len(results) + c['not_attempted']} {what}: {c['succeeded']} succeeded, "
         f"{c['already_done']} skipped (already succeeded), {c['failed']} failed, "
         f"{c['locked']} skipped (another run held the lock), {c['not_attempted']} not attempted"
     )

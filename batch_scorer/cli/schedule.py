@@ -7,7 +7,7 @@ from datetime import datetime
 import click
 
 from batch_scorer import api
-from batch_scorer.cli.app import cli, config_of
+from batch_scorer.cli.app import cli, config_of, every_job, named_or_all
 
 
 def _parse_datetime(_ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -23,12 +23,14 @@ def _parse_datetime(_ctx: click.Context, param: click.Parameter, value: str | No
 
 @cli.command()
 @click.argument("jobs", nargs=-1)
+@every_job
 @click.option("--next", "count", type=click.IntRange(1, 1000), default=None,
               help="Print each job's next N fire times and as_of values; run nothing.")
 @click.option("--after", callback=_parse_datetime,
               help="With --next: list fires after this time (default now; naive = in `timezone`).")
 @click.pass_context
-def schedule(ctx: click.Context, jobs: tuple[str, ...], count: int | None, after: datetime | None) -> None:
+def schedule(ctx: click.Context, jobs: tuple[str, ...], all_jobs: bool, count: int | None,
+             after: datetime | None) -> None:
     """Run the scheduler daemon: every job with a schedule: (or JOBS) on its cron.
 
     Runs until SIGTERM or Ctrl-C (then exits 0 after the current run finishes
@@ -41,6 +43,7 @@ def schedule(ctx: click.Context, jobs: tuple[str, ...], count: int | None, after
         batch-scorer schedule --next 5    # show what would run when
         batch-scorer schedule             # the daemon (systemd: docs/operations.md)
     """
+    jobs = named_or_all(jobs, all_jobs)
     if after is not None and count is None:
         raise click.UsageError("--after only applies with --next N")
     if count is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from batch_scorer import api
-from batch_scorer.cli.app import cli, config_of, print_results
+from batch_scorer.cli.app import cli, config_of, every_job, named_or_all, print_results
 from batch_scorer.runtime.outcome import exit_code
 
 
@@ -23,10 +23,12 @@ def init_db(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("jobs", nargs=-1)
+@every_job
 @click.pass_context
-def validate(ctx: click.Context, jobs: tuple[str, ...]) -> None:
-    """Check config, database, models, sources and output tables; write nothing."""
-    checks = api.validate(config_of(ctx), jobs)
+def validate(ctx: click.Context, jobs: tuple[str, ...], all_jobs: bool) -> None:
+    """Check config, database, models, sources and output tables of JOBS (default, or
+    --all: every job); write nothing."""
+    checks = api.validate(config_of(ctx), named_or_all(jobs, all_jobs))
     for check in checks:
         if check.ok:
             click.echo(f"{check.job}: ok - {check.message}")

@@ -151,7 +151,7 @@ def _value_text(name: str, key: str, value: Any) -> str:
         )
     raise ConfigError(
         f"job {name!r}: matrix value {value!r} of key {key!r} is not a plain name "
-        f"(letters, digits, '_' and '-', at most 100; a whole number is fine).{hint}"
+        f"(letters, digits, '_' and '-', at most 100; a whole number is fine, quoted if it has a leading zero).{hint}"
     )
 
 

@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import sqlalchemy as sa
 
+from batch_scorer.core.checks import check_score_contract
 from batch_scorer.errors import EXIT_LOCKED, DatabaseError, UsageError
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.jobs import Invocation, run_jobs
 from batch_scorer.runtime.outcome import RunResult, RunResults, Status
-from batch_scorer.runtime.plan import RunPlan, build_plan
+from batch_scorer.runtime.plan import RunPlan, build_plan, resolve_models
 from batch_scorer.runtime.progress import DateFn
 from batch_scorer.runtime.run import SkipCheck
 from batch_scorer.storage import ledger
@@ -69,14 +71,14 @@ def backfill(
 ) -> BackfillResults:
     """Score ``names`` for each of ``days`` (module doc). Bad input (a job's model or source)
     raises before anything is written; failures of a date are results."""
-    plans = [build_plan(inv.cfg, inv.engine, n, days[0], inv.trigger, inv.models, inv.probes) for n in names]
+    plans = _resolve(inv, names, days[0])
     done = _done(inv, plans, rerun)
     if not rerun:
         inv.skip_if = _already(inv)
     log.info("backfill %s %s..%s: %d date(s) x %d job(s), %d already succeeded with model %s%s",
              ", ".join(names), days[0], days[-1], len(days), len(names),
              sum(len(d & set(days)) for d in done.values()),
-             ", ".join(sorted({str(p.champion.stamp.version) for p in plans})), " (ignored: rerun)" if rerun else "")
+             ", ".join(sorted({p.version for p in plans})), " (ignored: rerun)" if rerun else "")
     out = BackfillResults()
     for i, as_of in enumerate(days):
         if on_date is not None:
@@ -92,18 +94,46 @@ def backfill(
             _log_date(r)
         if fail_fast and any(not r.ok for r in day):
             out.not_attempted = [(n, d) for d in days[i + 1:] for n in names]
-            log.error("backfill: stopping at the first failure (--fail-fast); %d date(s) not attempted",
-                      len(days) - i - 1)
+            log.error("backfill: stopping at the first failure (--fail-fast); %d date(s) not attempted "
+                      "(%d job-date(s))", len(days) - i - 1, len(out.not_attempted))
             break
     return out
 
 
-def _done(inv: Invocation, plans: Sequence[RunPlan], rerun: bool) -> dict[str, set[date]]:
+@dataclass(frozen=True)
+class _Job:
+    """What the whole range needs of a job, resolved once: its model version and output table."""
+
+    job: str
+    version: str
+    output_name: str
+
+
+def _resolve(inv: Invocation, names: Sequence[str], first: date) -> list[_Job]:
+    """Each job's model (and, for a job with no upstream job in the backfill, its whole plan:
+    source and output checked) before anything is written; bad input raises. A job after
+    others of the backfill may read what they publish: its source is checked on each date,
+    once they have run (as ``run`` does)."""
+    in_batch = set(names)
+    out = []
+    for name in names:
+        job = inv.cfg.job(name)
+        if any(d in in_batch for d in job.depends_on):
+            champion, _ = resolve_models(inv.engine, job, inv.models)
+            check_score_contract(name, job.output.score, champion.model)
+            out.append(_Job(name, str(champion.stamp.version), job.output.table))
+        else:
+            plan = build_plan(inv.cfg, inv.engine, name, first, inv.trigger, inv.models, inv.probes)
+            out.append(_Job(name, str(plan.champion.stamp.version), plan.output_name))
+    return out
+
+
+def _done(inv: Invocation, plans: Sequence[_Job], rerun: bool) -> dict[str, set[date]]:
     try:
         create_tool_tables(inv.engine)
         if rerun:
             return {p.job: set() for p in plans}
-        return {p.job: ledger.published_as_ofs(inv.engine, p.job, str(p.champion.stamp.version)) for p in plans}
+        return {p.job: ledger.published_as_ofs(inv.engine, p.job, p.version) for p in plans}
     except sa.exc.SQLAlchemyError as exc:
         raise DatabaseError(f"backfill: cannot read the ledger: {mask_text(first_line(exc))}") from exc
 
@@ -119,11 +149,10 @@ def _already(inv: Invocation) -> SkipCheck:
     return already
 
 
-def _already_done(name: str, as_of: date, plans: Sequence[RunPlan]) -> RunResult:
+def _already_done(name: str, as_of: date, plans: Sequence[_Job]) -> RunResult:
     plan = next(p for p in plans if p.job == name)
-    version = plan.champion.stamp.version
-    return RunResult(name, Status.ALREADY_DONE, as_of, model_version=version, output_table=plan.output_name,
-                     error=f"already published by model {version}")
+    return RunResult(name, Status.ALREADY_DONE, as_of, model_version=plan.version, output_table=plan.output_name,
+                     error=f"already published by model {plan.version}")
 
 
 def _log_date(result: RunResult) -> None:

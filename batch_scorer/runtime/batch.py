@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
+from batch_scorer.errors import EXIT_LOCKED, EXIT_RUN_FAILED
 from batch_scorer.executors.base import Cancel
 from batch_scorer.masking import first_line, mask_text
 from batch_scorer.runtime.outcome import RunResult, Status
@@ -169,15 +170,14 @@ def _groups(planned: dict[str, RunPlan], free: int) -> list[list[RunPlan]]:
 
 def _skip_orphans(ctx: GroupContext, waiting: dict[str, BatchJob], deps: dict[str, list[str]],
                   done: dict[str, RunResult]) -> None:
-    """Jobs whose upstream job finished without succeeding are skipped (exit 1), recorded."""
+    """Jobs whose upstream job finished without succeeding are skipped (exit 1; exit 3 when
+    another run held the upstream jobs' locks), recorded."""
     for name in list(waiting):
         failed = [d for d in deps[name] if d in done and done[d].status != Status.SUCCEEDED]
         if not failed:
             continue
         job = waiting.pop(name)
-        upstream = failed[0]
-        why = (f"job {name!r}: not run because its upstream job {upstream!r} "
-               f"{done[upstream].status} (run {done[upstream].run_id}) for as_of {job.as_of}")
+        why, code = _skip_reason(job, failed, done)
         log.warning("%s", why)
         run_id = None
         try:
@@ -185,9 +185,22 @@ def _skip_orphans(ctx: GroupContext, waiting: dict[str, BatchJob], deps: dict[st
                                            status=RunStatus.SKIPPED, error=why)
         except Exception:  # noqa: BLE001 - the result still says why
             log.debug("job %s: could not record the skipped attempt", name)
-        done[name] = RunResult(name, Status.SKIPPED, job.as_of, run_id=run_id, error=why, exit_code=1)
+        done[name] = RunResult(name, Status.SKIPPED, job.as_of, run_id=run_id, error=why, exit_code=code)
         _skip_orphans(ctx, waiting, deps, done)  # its own downstream jobs too
         return
+
+
+def _skip_reason(job: BatchJob, failed: list[str], done: dict[str, RunResult]) -> tuple[str, int]:
+    """Why ``job`` is not run, and its exit code. An upstream job skipped because another run
+    held its lock (a cron overlap: that run goes on) makes this a lock skip too, exit 3."""
+    held = [d for d in failed if done[d].exit_code == EXIT_LOCKED]
+    if len(held) == len(failed):
+        return (f"job {job.name!r}: not run because another run held its upstream job {held[0]!r}'s lock for "
+                f"as_of {job.as_of}; the command holding it runs this job after it if it includes it, else run "
+                "it again once that run has finished", EXIT_LOCKED)
+    upstream = next(d for d in failed if d not in held)
+    return (f"job {job.name!r}: not run because its upstream job {upstream!r} "
+            f"{done[upstream].status} (run {done[upstream].run_id}) for as_of {job.as_of}", EXIT_RUN_FAILED)
 
 
 def _with_retries(ctx: GroupContext, group: list[RunPlan], options: BatchOptions) -> list[RunResult]:
