@@ -173,3 +173,30 @@ def test_jobs_graph_draws_a_query_source_with_the_fleet_tables_its_sql_names(tmp
         ("up_out", "sql/down.sql", "-->"), ("features", "sql/down.sql", "-->"),
         ("sql/down.sql", "down", "-->"), ("down", "down_out", "-->"), ("up", "down", "-. after .->"),
     }
+
+
+def test_the_api_takes_parallel_from_1_to_64_as_the_command_line_does(tmp_path: Path, sqlite_url: str) -> None:
+    from batch_scorer import api
+
+    load_table(sqlite_url, country_frame(10))
+    per_country_models(tmp_path)
+    cfg = write_config(tmp_path, sqlite_url, {"m": matrix_job()})
+    for bad in (0, 65, 100):
+        with pytest.raises(UsageError, match="from 1 to 64"):
+            api.run(cfg, all_jobs=True, parallel=bad)
+    assert not has_table(sqlite_url, "predictions")
+
+
+def test_the_summary_shows_no_published_rows_for_a_job_that_failed_after_scoring(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    frame = country_frame(40)
+    frame["entity_id"] = frame["entity_id"].astype("Int64")
+    frame.loc[frame.index[frame["country"] == "BE"][:2], "entity_id"] = None  # NULL keys: rejected
+    load_table(sqlite_url, frame)
+    per_country_models(tmp_path)
+    cfg = write_config(tmp_path, sqlite_url, {"m": matrix_job(max_rejected_fraction=0)})
+    result = cli_run(cfg, "run", "m", *as_of_arg())
+    assert result.exit_code == 1, result.output
+    lines = {ln.split()[0]: ln.split() for ln in result.output.splitlines() if ln.startswith("m.")}
+    assert lines["m.BE"][2:4] == ["failed", "0"] and lines["m.AT"][2:4] == ["succeeded", "40"], lines

@@ -48,10 +48,14 @@ def trigger_name(value: str) -> str:
         raise UsageError(f"trigger {value!r} is not one of {', '.join(t.value for t in Trigger)}") from None
 
 
+MAX_PARALLEL = 64  # as defaults.parallel_jobs and --parallel allow
+
+
 def parallel_jobs(cfg: Config, parallel: int | None) -> int:
     value = parallel if parallel is not None else cfg.defaults.parallel_jobs
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"parallel must be a whole number of at least 1, not {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PARALLEL:
+        raise UsageError(f"parallel must be a whole number from 1 to {MAX_PARALLEL} (as --parallel and "
+                         f"defaults.parallel_jobs), not {value!r}")
     return value
 
 

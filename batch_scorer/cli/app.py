@@ -156,8 +156,10 @@ def print_results(results: Sequence[RunResult]) -> None:
 
 
 def _summary(results: Sequence[RunResult]) -> None:
+    # rows: what the run published; a run that did not succeed published none, whatever it
+    # had scored before it stopped (the ledger keeps that count: `batch-scorer runs`).
     rows = [(r.job, str(r.as_of or ""), r.status.value if hasattr(r.status, "value") else str(r.status),
-             f"{r.rows_scored:,}", f"{r.rows_rejected:,}", f"{r.seconds:.1f}", str(r.run_id or ""),
+             f"{r.rows_published:,}", f"{r.rows_rejected:,}", f"{r.seconds:.1f}", str(r.run_id or ""),
              r.output_table or "") for r in results]
     table(("job", "as_of", "status", "rows", "rejected", "seconds", "run_id", "output"), rows)
 

@@ -128,7 +128,10 @@ class SourceConfig(Strict):
     """A table or view, ``table`` or ``schema.table``. Exactly one of table/query."""
     query: Path | None = None
     """A .sql file (relative to the config file's folder) whose SELECT gives the rows; it
-    may use the bind parameter ``:as_of`` and, in a matrix job, one per matrix key."""
+    may use the bind parameter ``:as_of`` (a DATE: compare a timestamp column's day in
+    ``timezone`` yourself, e.g. ``(ts AT TIME ZONE 'Pacific/Auckland')::date = :as_of`` on
+    PostgreSQL, where ``ts::date`` takes the session's zone) and, in a matrix job, one per
+    matrix key."""
     key: list[str] = Field(min_length=1)
     """The column(s) identifying a row; required, at least one, no repeats."""
     as_of_column: str | None = None
