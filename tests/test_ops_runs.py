@@ -83,7 +83,7 @@ def test_backfill_fail_fast_reports_the_dates_it_never_attempted(tmp_path: Path,
     cfg = dated_job(tmp_path, sqlite_url, days=3)  # rows for 2026-01-01..03 only
     result = cli_run(cfg, "backfill", "j", "--start", "2026-01-01", "--end", "2026-01-14", "--fail-fast")
     assert result.exit_code == 1, result.output
-    assert ("backfill j: 4 date(s): 3 succeeded, 0 skipped (already succeeded), 1 failed, "
+    assert ("backfill j: 14 date(s): 3 succeeded, 0 skipped (already succeeded), 1 failed, "
             "0 skipped (another run held the lock), 10 not attempted") in result.output
     # The failure is printed once, naming its date.
     assert result.output.count("the source returned no rows for as_of 2026-01-04") == 1
