@@ -12,13 +12,26 @@ import sqlalchemy as sa
 
 from batch_scorer import api
 from batch_scorer.storage.db import create_engine
-from tests.helpers import AS_OF, features_frame, job, load_table, published, save_model, train, write_config
+from tests.helpers import (
+    AS_OF,
+    features_frame,
+    job,
+    load_table,
+    published,
+    query,
+    save_model,
+    train,
+    write_config,
+)
 
-# Config order puts the integer-predicting job first: at --parallel 1 it creates the table.
+# Config order puts another kind first: at --parallel 1 that job creates the table.
 CASES = {
     "text": (["binary", "multiclass", "multiclass"], "text"),
+    "text, a regressor first": (["regressor", "binary", "multiclass"], "text"),
     "float": (["binary", "regressor"], "float"),
 }
+# The _daily view's form: counts per prediction, or a regressor's numbers.
+VIEW_COLUMN = {"text": "share", "float": "mean_prediction"}
 
 
 def _config(tmp_path: Path, url: str, kinds: list[str]) -> Path:
@@ -39,14 +52,25 @@ def _prediction_type(url: str) -> str:
     return str(column["type"]).lower()
 
 
+def _columns(url: str, name: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        return [c["name"] for c in sa.inspect(engine).get_columns(name)]
+    finally:
+        engine.dispose()
+
+
 def _family(type_name: str) -> str:
     return "text" if "text" in type_name or "char" in type_name else (
         "float" if "float" in type_name or "double" in type_name or "real" in type_name else type_name)
 
 
-def _as(column_kind: str, values: object) -> list[object]:
-    """Predictions as a column of that kind holds them."""
-    return [str(v) if column_kind == "text" else round(float(v), 9) for v in pd.Series(values).tolist()]
+def _as(column_kind: str, model_kind: str, values: object) -> list[object]:
+    """Predictions as a column of that kind holds them: numbers exactly (a regressor's in a
+    text column too: its exact text, not 15 digits)."""
+    if column_kind == "text" and model_kind != "regressor":
+        return [str(v) for v in pd.Series(values).tolist()]
+    return [float(v) for v in pd.Series(values).tolist()]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -63,13 +87,19 @@ def test_a_shared_output_table_holds_every_jobs_predictions_whichever_job_create
     for i, kind in enumerate(kinds):
         mine = out[out["job"] == f"j{i}"].sort_values("entity_id")
         expected = train(kind, features_frame(300, seed=20 + i)).predict(frame.sort_values("entity_id"))
-        assert _as(wanted, mine["prediction"]) == _as(wanted, expected), f"j{i}"
+        assert _as(wanted, kind, mine["prediction"]) == _as(wanted, kind, expected), f"j{i}"
+    daily = query(db_url, "SELECT * FROM shared_out_daily")
+    assert daily and VIEW_COLUMN[wanted] in _columns(db_url, "shared_out_daily")
     # The next day's run of the same jobs fits the table it made.
     assert api.run(cfg, all_jobs=True, as_of=AS_OF).exit_code == 0
 
 
-def test_init_db_defines_a_shared_output_table_as_a_run_of_its_jobs_would(tmp_path: Path, db_url: str) -> None:
-    kinds, wanted = CASES["text"]
+@pytest.mark.parametrize("case", ["text, a regressor first", "float"])
+def test_init_db_defines_a_shared_output_table_as_a_run_of_its_jobs_would(
+    tmp_path: Path, db_url: str, case: str
+) -> None:
+    kinds, wanted = CASES[case]
     report = api.init_db(_config(tmp_path, db_url, kinds))
     assert report.ok, report.lines
     assert _family(_prediction_type(db_url)) == wanted
+    assert VIEW_COLUMN[wanted] in _columns(db_url, "shared_out_daily")

@@ -57,7 +57,7 @@ def init_db(config: ConfigLike = None) -> InitReport:
                 plan = plans[name]
                 if isinstance(plan, BaseException):
                     raise plan
-                prepare_output_table(engine, plan.output, plan.prediction_kind, name, plan.classifier, create=True)
+                prepare_output_table(engine, plan.output, plan.prediction_kind, name, plan.counts_view, create=True)
                 if plan.shadow is not None:  # challengers' rows: the scorer may not create it either
                     prepare_output_table(engine, plan.shadow, plan.prediction_kind, name, plan.classifier,
                                          create=True, shadow=True)

@@ -364,9 +364,9 @@ def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame,
 def with_shared_outputs(engine: Engine, plans: Sequence[RunPlan]) -> list[RunPlan]:
     """``plans``, those that share an output table not created yet defining it with one
     prediction column for all of them: of the kind that holds every one's predictions
-    (text holds any; float holds integers and booleans). Else the type would be that of
-    whichever job of the batch happened to create the table first, and the others would
-    fail on it then and on every later run."""
+    (text holds any; float holds integers and booleans), and one form of its ``_daily``
+    view. Else both would be those of whichever job of the batch happened to create the
+    table first, and the others would fail on it then and on every later run."""
     by_table: dict[str, list[RunPlan]] = {}
     for plan in plans:
         by_table.setdefault(plan.output_name, []).append(plan)
@@ -378,11 +378,13 @@ def with_shared_outputs(engine: Engine, plans: Sequence[RunPlan]) -> list[RunPla
         schema, table = split_table_name(name)
         if catalog(engine).has_table(table, schema):
             continue  # it exists: each job is checked against its column
+        # Its _daily view alike too: counts per prediction unless numbers that regressors made.
+        counts = kind != "float" or all(p.classifier for p in group)
         for plan in group:
             types = plan.columns.types
             output = define_output(name, [(k, types[k]) for k in plan.source.key],
                                    [(c, types[c]) for c in plan.source.pass_through], kind)
-            wider[plan.job] = dataclasses.replace(plan, output=output)
+            wider[plan.job] = dataclasses.replace(plan, output=output, shared_counts_view=counts)
     return [wider.get(p.job, p) for p in plans]
 
 

@@ -102,7 +102,7 @@ class JobRun:
     def _stages(self) -> tuple[OutputSpec, dict[str, OutputSpec]]:
         plan = self.plan
         prepared = prepare_output_table(self.engine, plan.output, plan.prediction_kind, plan.job,
-                                        plan.classifier, create=True)
+                                        plan.counts_view, create=True)
         constants = {"job": plan.job, "as_of": plan.as_of, "model_version": plan.champion.stamp.version,
                      "run_id": self.run_id, "scored_at": utcnow()}
         main = _spec(prepared, constants, plan)

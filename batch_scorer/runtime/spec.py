@@ -104,11 +104,20 @@ class RunPlan:
     depends_on: tuple[str, ...] = ()
     failed_challengers: tuple[FailedChallenger, ...] = ()
     monitor: MonitorPlan | None = None  # None: drift monitoring is off for the job
+    # The form of the output's _daily view when jobs of one command share the table
+    # (True: counts per prediction; None: this job's own, by ``classifier``).
+    shared_counts_view: bool | None = None
 
     @property
     def scorers(self) -> tuple[Scorer, ...]:
         """The champion, then the challengers."""
         return (self.champion, *self.challengers)
+
+    @property
+    def counts_view(self) -> bool:
+        """Whether the output's ``_daily`` view counts rows per prediction (classifiers) or
+        summarises them as numbers (regressors)."""
+        return self.classifier if self.shared_counts_view is None else self.shared_counts_view
 
     @property
     def output_name(self) -> str:

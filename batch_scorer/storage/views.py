@@ -65,7 +65,9 @@ def daily_view_select(table: sa.Table, classifier: bool) -> sa.Select[Any]:
     """Per job, as_of and model version: rows and what they predict (module doc)."""
     t = table.c
     day = [t.job, t.as_of, t.model_version]
-    if not classifier:
+    # Means need numbers: a text (or boolean) prediction column is counted per value.
+    numeric = isinstance(t.prediction.type, sa.Integer | sa.Float | sa.Numeric)
+    if not classifier and numeric:
         return sa.select(
             *day,
             sa.func.count().label("rows"),

@@ -102,7 +102,8 @@ def prepare_output_table(
     create: bool, shadow: bool = False,
 ) -> PreparedTable:
     """Create the output table (and its views; a shadow table has none) if missing and
-    ``create``; check that it fits the job.
+    ``create``; check that it fits the job. ``classifier``: the form of a ``_daily`` view
+    it creates (counts per prediction, or a regressor's numbers).
 
     With ``create=False`` nothing is written: a missing table is fine (the run
     will create it) and an existing one is checked.

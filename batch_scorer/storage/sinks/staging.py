@@ -108,11 +108,16 @@ class TempStage:
         dialect = conn.dialect
         table = output.table
         self._procs = {c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns}
+        self._text = {c.name for c in table.columns if isinstance(c.type, sa.String)}
         self._held: list[tuple[Any, ...]] = []
         self._staging: sa.Table | None = None
 
     def _column(self, frame: pd.DataFrame, name: str) -> list[Any]:
         values = python_values(frame[name])
+        if name in self._text and frame[name].dtype.kind == "f":
+            # Numbers into a text column (a table shared with text-predicting jobs): their
+            # exact text; SQLite's own conversion keeps 15 significant digits.
+            values = [None if v is None else repr(v) for v in values]
         proc = self._procs[name]
         return values if proc is None else [None if v is None else proc(v) for v in values]
 
