@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from batch_scorer.api import backfill, init_db, next_fires, run, runs, schedule, validate
 from batch_scorer.config import Config, load_config
-from batch_scorer.errors import BatchScorerError, ConfigError, RunFailed
+from batch_scorer.errors import BatchScorerError, ConfigError, RunFailed, UsageError
 from batch_scorer.runtime.outcome import RunResult
 
 __all__ = [
-    "BatchScorerError", "Config", "ConfigError", "RunFailed", "RunResult", "backfill", "init_db", "load_config",
-    "next_fires", "run", "runs", "schedule", "validate",
+    "BatchScorerError", "Config", "ConfigError", "RunFailed", "RunResult", "UsageError", "backfill", "init_db",
+    "load_config", "next_fires", "run", "runs", "schedule", "validate",
 ]

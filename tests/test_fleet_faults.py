@@ -191,7 +191,7 @@ def test_an_upstream_job_held_by_another_run_skips_its_downstream_as_a_lock_exit
     assert rows["m.AT"] == rows["m.CH"] == "succeeded"
     assert rows["down"] == rows["last"] == "skipped"
     [(error,)] = query(sqlite_url, "SELECT error FROM scoring_runs WHERE job = 'down'")
-    assert "another run held its upstream job 'm.BE'" in error
+    assert "another run held the lock of its upstream job 'm.BE'" in error
 
 
 def test_a_dependency_cycle_is_a_configuration_error(tmp_path: Path, sqlite_url: str) -> None:

@@ -14,7 +14,7 @@ from batch_scorer.errors import UsageError
 from batch_scorer.runtime.backfill import MAX_DAYS, date_range
 from tests.fleet_support import COUNTRIES, as_of_arg, country_frame, matrix_job, per_country_models
 from tests.gaps_support import has_table, rows_of_query
-from tests.helpers import cli_run, job, load_table, write_config
+from tests.helpers import AS_OF, cli_run, job, load_table, write_config
 
 TWO = COUNTRIES[:2]  # AT, BE
 
@@ -200,3 +200,21 @@ def test_the_summary_shows_no_published_rows_for_a_job_that_failed_after_scoring
     assert result.exit_code == 1, result.output
     lines = {ln.split()[0]: ln.split() for ln in result.output.splitlines() if ln.startswith("m.")}
     assert lines["m.BE"][2:4] == ["failed", "0"] and lines["m.AT"][2:4] == ["succeeded", "40"], lines
+
+
+def test_backfill_from_python_takes_none_or_no_jobs_with_all_and_usage_error_is_exported(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import batch_scorer
+    from batch_scorer import api
+
+    assert api.UsageError is batch_scorer.UsageError is UsageError
+    load_table(sqlite_url, country_frame(10))
+    per_country_models(tmp_path)
+    cfg = write_config(tmp_path, sqlite_url, {"m": matrix_job()})
+    day = AS_OF.isoformat()
+    for jobs in (None, ()):
+        results = api.backfill(cfg, jobs, day, day, all_jobs=True)
+        assert sorted(r.job for r in results) == [f"m.{c}" for c in COUNTRIES] and results.exit_code == 0
+    with pytest.raises(UsageError, match="--all"):
+        api.backfill(cfg, None, day, day)

@@ -8,7 +8,7 @@ Each function takes a config (a path, a loaded :class:`~batch_scorer.config.Conf
 a dict, or None for ``$BATCH_SCORER_CONFIG`` / ./config.yaml), owns the engine it
 opens (one pooled engine per call, disposed when it returns), and raises
 :class:`batch_scorer.errors.BatchScorerError` subclasses for bad input (``BatchScorerError``,
-``ConfigError`` and ``RunFailed`` are importable from here too). The
+``ConfigError``, ``UsageError`` and ``RunFailed`` are importable from here too). The
 modules group them by what they are for; import them from here.
 """
 
@@ -29,12 +29,12 @@ from batch_scorer.api.registry import (
 from batch_scorer.api.runs import backfill, retract, run, runs
 from batch_scorer.api.schedule import next_fires, schedule
 from batch_scorer.api.setup import InitReport, init_db, validate
-from batch_scorer.errors import BatchScorerError, ConfigError, RunFailed
+from batch_scorer.errors import BatchScorerError, ConfigError, RunFailed, UsageError
 from batch_scorer.runtime.outcome import RunResult, RunResults
 
 __all__ = [
     "BatchScorerError", "Check", "ConfigError", "ConfigLike", "Evaluation", "InitReport", "JobInfo", "PruneReport",
-    "ReportFile", "RunFailed", "RunResult", "RunResults", "as_config", "backfill", "evaluate", "export_model",
-    "graph", "init_db", "jobs", "list_models", "model_history", "next_fires", "promote_model", "prune",
+    "ReportFile", "RunFailed", "RunResult", "RunResults", "UsageError", "as_config", "backfill", "evaluate",
+    "export_model", "graph", "init_db", "jobs", "list_models", "model_history", "next_fires", "promote_model", "prune",
     "register_model", "report", "retract", "rollback_model", "run", "runs", "schedule", "select_jobs", "validate",
 ]

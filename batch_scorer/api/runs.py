@@ -121,7 +121,7 @@ def retract(config: ConfigLike, run_id: int, note: str | None = None) -> retract
 
 def backfill(
     config: ConfigLike,
-    job: str | Sequence[str],
+    job: str | Sequence[str] | None,
     start: date | datetime | str,
     end: date | datetime | str,
     *,
@@ -147,7 +147,7 @@ def backfill(
                                 or version < 1):
         raise UsageError(f"version must be a registry version number >= 1, not {version!r}")
     version = int(version) if version is not None else None  # a numpy integer from a DataFrame too
-    names = select_jobs(cfg, [job] if isinstance(job, str) else job, all_jobs)
+    names = select_jobs(cfg, [job] if isinstance(job, str) else (job or ()), all_jobs)
     days = backfilling.date_range(to_date(start, cfg.timezone, "start"), to_date(end, cfg.timezone, "end"))
     check_not_future(days[-1], cfg.timezone, cfg.defaults.future_days, allow_future)
     workers = parallel_jobs(cfg, parallel)

@@ -154,7 +154,7 @@ def _print_backfill(job: str, results: Any) -> None:
     rows = [
         ((r.job,) if several else ()) + (
             str(r.as_of), "skipped (done)" if r.status == "already_done" else str(r.status),
-            f"{r.rows_scored:,}", f"{r.seconds:.1f}", str(r.run_id or ""))
+            f"{r.rows_published:,}", f"{r.seconds:.1f}", str(r.run_id or ""))
         for r in results
     ]
     if rows:

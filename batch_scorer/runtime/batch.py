@@ -195,8 +195,8 @@ def _skip_reason(job: BatchJob, failed: list[str], done: dict[str, RunResult]) -
     held its lock (a cron overlap: that run goes on) makes this a lock skip too, exit 3."""
     held = [d for d in failed if done[d].exit_code == EXIT_LOCKED]
     if len(held) == len(failed):
-        return (f"job {job.name!r}: not run because another run held its upstream job {held[0]!r}'s lock for "
-                f"as_of {job.as_of}; the command holding it runs this job after it if it includes it, else run "
+        return (f"job {job.name!r}: not run because another run held the lock of its upstream job {held[0]!r} "
+                f"for as_of {job.as_of}; the command holding it runs this job after it if it includes it, else run "
                 "it again once that run has finished", EXIT_LOCKED)
     upstream = next(d for d in failed if d not in held)
     return (f"job {job.name!r}: not run because its upstream job {upstream!r} "
