@@ -11,8 +11,9 @@ One Python process, one model thread, nothing checked, no lock, ledger or drift:
 * ``write``: the 2,000,000 output rows, already built (not timed), into a
   table defined like a job's output (batch-scorer's own ``output_table``: its
   unique key index and its run_id index), in one transaction: SQLite
-  ``executemany`` of Python tuples; PostgreSQL ``COPY`` of CSV bytes encoded
-  beforehand (only the transfer and the server's work are timed).
+  ``executemany`` of Python tuples; PostgreSQL binary ``COPY`` as a run writes,
+  encoded beforehand by batch-scorer's own encoder (only the transfer and the
+  server's work are timed).
 
 Prints one line of seconds as JSON. SQLite has one writer at a time:
 ``write`` alone bounds the fleet's wall time from below whatever overlaps
@@ -23,7 +24,6 @@ bound is the larger of import + predict and write.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime
 
 T0 = time.perf_counter()
 import joblib  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import sklearn.compose  # noqa: E402, F401
 import sklearn.linear_model  # noqa: E402, F401
@@ -42,14 +43,19 @@ IMPORT_SECONDS = time.perf_counter() - T0
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from batch_scorer.storage.schema import output_table  # noqa: E402
-from batch_scorer.storage.sinks.output import KIND_TYPES  # noqa: E402
+from batch_scorer.storage.sinks import pgcopy  # noqa: E402
+from batch_scorer.storage.sinks.output import KIND_TYPES, OutputSpec  # noqa: E402
+from batch_scorer.storage.sinks.postgres_copy import CopyEncoder, column_oids  # noqa: E402
 
 MODELS = [f"m{i}" for i in range(10)]
 COUNTRIES = [f"C{i:02d}" for i in range(20)]
 OUT = "floor_out"
 
 
-def predict(engine: sa.Engine, folder: str, table: str) -> tuple[float, list[tuple]]:
+Scored = list[tuple[str, pd.Series, str, np.ndarray]]  # (job, keys, country, predict_proba)
+
+
+def predict(engine: sa.Engine, folder: str, table: str) -> tuple[float, Scored]:
     with engine.connect() as conn:
         frame = pd.read_sql(sa.text(f"SELECT * FROM {table}"), conn)  # noqa: S608
     by_country = dict(tuple(frame.groupby("country")))
@@ -59,53 +65,68 @@ def predict(engine: sa.Engine, folder: str, table: str) -> tuple[float, list[tup
     for (m, c), model in models.items():
         rows = by_country[c]
         proba = model.predict_proba(rows[list(model.feature_names_in_)])
-        scored.append((f"{m}.{c}", rows["entity_id"].to_numpy(), c, proba))
-    seconds = time.perf_counter() - start
-    as_of, now = date(2026, 3, 31), datetime.now(UTC)
-    if engine.dialect.name == "sqlite":  # the text SQLAlchemy's SQLite dialect sends for them
-        as_of, now = as_of.isoformat(), now.isoformat(sep=" ")  # type: ignore[assignment]
+        scored.append((f"{m}.{c}", rows["entity_id"].reset_index(drop=True), c, proba))
+    return time.perf_counter() - start, scored
+
+
+def _table() -> sa.Table:
+    return output_table(OUT, [("entity_id", sa.BigInteger())], [("country", sa.Text())], KIND_TYPES["integer"])
+
+
+def write_sqlite(engine: sa.Engine, scored: Scored) -> float:
+    """``executemany`` of Python tuples, as SQLAlchemy's SQLite dialect sends them (dates as text)."""
+    table = _table()
+    as_of, now = date(2026, 3, 31).isoformat(), datetime.now(UTC).isoformat(sep=" ")
     tuples = [(job, int(key), as_of, "floor", 1, now, int(p.argmax()), float(p[1]), country)
               for job, keys, country, proba in scored for key, p in zip(keys, proba, strict=True)]
-    return seconds, tuples
-
-
-def write(engine: sa.Engine, tuples: list[tuple]) -> float:
-    pg = engine.dialect.name == "postgresql"
-    key = [("entity_id", sa.BigInteger())]
-    table = output_table(OUT, key, [("country", sa.Text())], KIND_TYPES["integer"])
+    names = [c.name for c in table.columns]
+    sql = f"INSERT INTO {OUT} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"  # noqa: S608
     with engine.begin() as conn:
-        table.drop(conn, checkfirst=True)
         table.create(conn)
-    columns = ["job", "entity_id", "as_of", "model_version", "run_id", "scored_at", "prediction", "score",
-               "country"]
-    placeholders = ", ".join("?" for _ in columns)
-    if pg:  # encoded before the clock starts: only the server's part is timed
-        buffer = io.StringIO()
-        pd.DataFrame(tuples, columns=columns).to_csv(buffer, index=False, header=False)
-        text = buffer.getvalue().encode()
     start = time.perf_counter()
     with engine.begin() as conn:
-        raw = conn.connection.driver_connection
-        if pg:
-            with raw.cursor().copy(f"COPY {OUT} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
-                for i in range(0, len(text), 1 << 20):
-                    copy.write(text[i : i + (1 << 20)])
-        else:
-            raw.executemany(f"INSERT INTO {OUT} ({', '.join(columns)}) VALUES ({placeholders})", tuples)  # noqa: S608
-    seconds = time.perf_counter() - start
+        conn.connection.driver_connection.executemany(sql, tuples)
+    return time.perf_counter() - start
+
+
+def write_postgres(engine: sa.Engine, scored: Scored) -> float:
+    """Binary ``COPY``, as a run writes: each job's rows encoded by batch-scorer's own encoder
+    beforehand (not timed), then the whole stream sent and committed (timed)."""
+    table = _table()
     with engine.begin() as conn:
-        table.drop(conn)
-    return seconds
+        table.create(conn)
+        oids = column_oids(conn, table)
+        body = []
+        for job, keys, country, proba in scored:
+            constants = {"job": job, "as_of": date(2026, 3, 31), "model_version": "floor", "run_id": 1,
+                         "scored_at": datetime.now(UTC), "country": country}
+            encoder = CopyEncoder(conn, OutputSpec(table, constants, ("entity_id",)), oids)
+            body.append(encoder.encode(pd.DataFrame({"entity_id": keys, "prediction": proba.argmax(axis=1),
+                                                     "score": proba[:, 1]})))
+        copy_sql = encoder.copy_sql
+    data = pgcopy.HEADER + b"".join(body) + pgcopy.TRAILER
+    start = time.perf_counter()
+    with engine.begin() as conn, conn.connection.driver_connection.cursor().copy(copy_sql) as copy:
+        for i in range(0, len(data), 1 << 20):
+            copy.write(data[i : i + (1 << 20)])
+    return time.perf_counter() - start
 
 
 def main(url: str, folder: str, table: str) -> None:
     threadpool_limits(1)
     engine = sa.create_engine(url)
-    predict_seconds, tuples = predict(engine, folder, table)
-    write_seconds = write(engine, tuples)
-    engine.dispose()
+    predict_seconds, scored = predict(engine, folder, table)
+    with engine.begin() as conn:
+        _table().drop(conn, checkfirst=True)
+    try:
+        write = write_postgres if engine.dialect.name == "postgresql" else write_sqlite
+        write_seconds = write(engine, scored)
+    finally:
+        with engine.begin() as conn:
+            _table().drop(conn, checkfirst=True)
+        engine.dispose()
     print(json.dumps({"import": IMPORT_SECONDS, "predict": predict_seconds, "write": write_seconds,
-                      "rows": len(tuples)}))
+                      "rows": sum(len(keys) for _, keys, _, _ in scored)}))
 
 
 if __name__ == "__main__":
