@@ -103,3 +103,20 @@ def test_init_db_defines_a_shared_output_table_as_a_run_of_its_jobs_would(
     assert report.ok, report.lines
     assert _family(_prediction_type(db_url)) == wanted
     assert VIEW_COLUMN[wanted] in _columns(db_url, "shared_out_daily")
+
+
+def test_jobs_after_others_that_share_a_new_table_define_it_alike_too(tmp_path: Path, db_url: str) -> None:
+    """Jobs planned once their upstream job is done (a later wave) are planned together:
+    the rule holds for them as for the jobs planned first."""
+    load_table(db_url, features_frame(120, seed=4))
+    kinds = ["regressor", "multiclass"]
+    jobs = {"up": job(model="models/up.joblib", output="up_out")}
+    save_model(train("binary"), tmp_path / "models" / "up.joblib")
+    for i, kind in enumerate(kinds):
+        save_model(train(kind, features_frame(300, seed=20 + i)), tmp_path / "models" / f"j{i}.joblib")
+        jobs[f"j{i}"] = job(model=f"models/j{i}.joblib", output="shared_out", after=["up"])
+    cfg = write_config(tmp_path, db_url, jobs, defaults={"parallel_jobs": 1})
+    results = api.run(cfg, all_jobs=True, as_of=AS_OF)
+    assert results.exit_code == 0, [(r.job, r.status, r.error) for r in results]
+    assert _family(_prediction_type(db_url)) == "text"
+    assert "share" in _columns(db_url, "shared_out_daily")

@@ -60,8 +60,9 @@ class BatchJob:
     depends_on: tuple[str, ...] = ()
 
 
-# Builds a ready job's plan, or the result of a job that cannot run (invalid).
-PlanFn = Callable[[BatchJob], "RunPlan | RunResult"]
+# Builds the plans of jobs ready together (a wave: their upstream jobs are done), or the
+# result of each that cannot run (invalid), by name.
+PlanFn = Callable[[Sequence[BatchJob]], "dict[str, RunPlan | RunResult]"]
 
 
 def group_key(plan: RunPlan) -> tuple[object, ...]:
@@ -110,13 +111,18 @@ def _run_all(ctx: GroupContext, jobs: Sequence[BatchJob], plan_for: PlanFn, opti
 
 def _plan_ready(ctx: GroupContext, waiting: dict[str, BatchJob], deps: dict[str, list[str]],
                 done: dict[str, RunResult], planned: dict[str, RunPlan], plan_for: PlanFn) -> None:
-    for name in [n for n in waiting if all(d in done for d in deps[n])]:
-        # What the upstream jobs just published: statistics first, for this job's query.
+    ready = [n for n in waiting if all(d in done for d in deps[n])]
+    if not ready:
+        return
+    for name in ready:
+        # What the upstream jobs just published: statistics first, for these jobs' queries.
         for table in dict.fromkeys(done[d].output_table for d in deps[name] if done[d].output_table):
             if table not in ctx.analyzed:
                 ctx.analyzed.add(table)
                 refresh_statistics(ctx.engine, table)
-        outcome = plan_for(waiting.pop(name))
+    outcomes = plan_for([waiting.pop(name) for name in ready])
+    for name in ready:
+        outcome = outcomes[name]
         if isinstance(outcome, RunResult):
             done[name] = outcome
         else:

@@ -90,7 +90,8 @@ def run_jobs(inv: Invocation, names: Sequence[str], as_of: date | None = None) -
 
     Jobs with no upstream job in this invocation are planned first: when none of
     them can run, nothing at all is written. A job that runs after others is
-    planned once they are done (it may read what they publish)."""
+    planned once they are done (it may read what they publish), together with the
+    other jobs ready then (one set of lookups; shared output tables defined alike)."""
     with executor_for(inv) as executor:
         return _run_jobs(inv, executor, names, as_of)
 
@@ -111,14 +112,18 @@ def _run_jobs(inv: Invocation, executor: Executor, names: Sequence[str], as_of: 
 
     last = _last_published(inv.engine, [p.job for p in early.values() if isinstance(p, RunPlan)])
 
-    def plan_for(job: BatchJob) -> RunPlan | RunResult:
-        outcome = early.pop(job.name) if job.name in early else _plan(inv, job)
-        if isinstance(outcome, RunResult):
-            return _recorded(inv, outcome)
-        # Planned late (after its upstream jobs): its own lookup.
-        previous = last.pop(job.name) if job.name in last else _last_published(inv.engine, [job.name]).get(job.name)
-        _log_model_change(outcome, previous)
-        return outcome
+    def plan_for(wave: Sequence[BatchJob]) -> dict[str, RunPlan | RunResult]:
+        # Jobs after others are planned once those are done, together (one set of lookups).
+        later = [j for j in wave if j.name not in early]
+        outcomes = {**{j.name: early.pop(j.name) for j in wave if j.name in early}, **_plans(inv, later)}
+        if later:
+            last.update(_last_published(inv.engine, [j.name for j in later]))
+        for name, outcome in list(outcomes.items()):
+            if isinstance(outcome, RunResult):
+                outcomes[name] = _recorded(inv, outcome)
+            else:
+                _log_model_change(outcome, last.pop(name, None))
+        return outcomes
 
     ctx = GroupContext(inv.engine, executor, skip_if=inv.skip_if, on_progress=inv.on_progress,
                        record_lock_skips=inv.trigger != Trigger.SCHEDULE)
