@@ -295,3 +295,59 @@ def test_a_label_column_none_of_whose_values_is_a_class_is_exit_2_and_keeps_the_
     assert result.exit_code == 2, result.output
     assert "none of the labels" in text and "['bronze', 'gold']" in text and "labels.label_column 'tier'" in text
     assert _stored(sqlite_url) == before  # nothing replaced
+
+
+def test_a_job_that_cannot_be_evaluated_spoils_no_other(tmp_path: Path, sqlite_url: str) -> None:
+    """Three jobs with labels; the second's model is gone since it ran: the others are
+    evaluated and stored; the CLI names the failure and exits 2; from Python the error is
+    raised after every job (``.evaluations``), or returned with ``check=False``."""
+    from batch_scorer import api
+    from batch_scorer.errors import BatchScorerError
+
+    frame = features_frame(N, seed=3, as_of=AS_OF)
+    load_table(sqlite_url, frame)
+    _load_outcomes(sqlite_url, _outcomes(frame, AS_OF, share=0.7))
+    labels = {"table": "outcomes", "as_of_column": "outcome_date", "label_column": "churned"}
+    jobs = {}
+    for name in ("a", "b", "c"):
+        save_model(train("binary"), tmp_path / "models" / f"{name}.joblib")
+        jobs[name] = job(model=f"models/{name}.joblib", labels=labels)
+    cfg = write_config(tmp_path, sqlite_url, jobs)
+    assert cli_run(cfg, "run", "--all", "--as-of", AS_OF.isoformat()).exit_code == 0
+    (tmp_path / "models" / "b.joblib").unlink()
+    result = cli_run(cfg, "evaluate")
+    assert result.exit_code == 2, result.output
+    assert "a: 1 as_of(s) evaluated" in result.output and "c: 1 as_of(s) evaluated" in result.output
+    assert "b: not evaluated" in result.output and "Error: " in result.output
+    assert {j for (j,) in query(sqlite_url, "SELECT DISTINCT job FROM model_metrics")} == {"a", "c"}
+    with pytest.raises(BatchScorerError) as raised:
+        api.evaluate(cfg)
+    assert [e.job for e in raised.value.evaluations] == ["a", "b", "c"]  # type: ignore[attr-defined]
+    returned = api.evaluate(cfg, check=False)
+    assert [(e.job, e.error is None, e.exit_code) for e in returned] == [("a", True, 0), ("b", False, 2),
+                                                                           ("c", True, 0)]
+
+
+def test_evaluate_keeps_the_figures_of_an_as_of_that_prune_cut_down(tmp_path: Path, db_url: str) -> None:
+    """prune keeps an old as_of's rows that _latest still shows (entities gone since): the
+    figures computed on the whole as_of stay; evaluate does not recompute them on what is left."""
+    old = features_frame(N, seed=3, as_of=OTHER_AS_OF)
+    new = features_frame(N, seed=4, as_of=AS_OF)
+    new = new[new["entity_id"] > 5]  # entities 1..5 are gone by AS_OF: prune keeps their OTHER_AS_OF rows
+    load_table(db_url, pd.concat([old, new]))
+    _load_outcomes(db_url, _outcomes(old, OTHER_AS_OF, share=1.0))
+    save_model(train("binary"), tmp_path / "models" / "m.joblib")
+    labels = {"table": "outcomes", "as_of_column": "outcome_date", "label_column": "churned"}
+    cfg = write_config(tmp_path, db_url, {"j": job(labels=labels)}, retention={"predictions_keep_as_ofs": 1})
+    for day in (OTHER_AS_OF, AS_OF):
+        assert cli_run(cfg, "run", "j", "--as-of", day.isoformat()).exit_code == 0
+    assert cli_run(cfg, "evaluate", "j").exit_code == 0
+    before = _stored(db_url)
+    assert {rows for _, rows in before.values()} == {N}
+    assert cli_run(cfg, "prune", "j").exit_code == 0
+    left = query(db_url, "SELECT count(*) FROM predictions WHERE as_of = :d", d=OTHER_AS_OF)
+    assert left == [(5,)]
+    result = cli_run(cfg, "evaluate", "j")
+    assert result.exit_code == 0, result.output
+    assert "prune removed some of their rows" in result.output
+    assert _stored(db_url) == before

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 
 from batch_scorer.api._common import ConfigLike, as_config, open_engine, select_jobs
 from batch_scorer.config import Config, JobConfig
-from batch_scorer.errors import SourceError, UsageError
+from batch_scorer.errors import BatchScorerError, SourceError, UsageError
+from batch_scorer.masking import mask_text
 from batch_scorer.monitoring.evaluation import Evaluation, EvaluationSpec, evaluate_job
 from batch_scorer.monitoring.report import JobReport, render_report
 from batch_scorer.monitoring.reporting import job_report
@@ -29,21 +30,37 @@ from batch_scorer.storage.sources.sql import probe_columns
 __all__ = ["Evaluation", "ReportFile", "evaluate", "report"]
 
 
-def evaluate(config: ConfigLike = None, jobs: Sequence[str] = ()) -> list[Evaluation]:
+def evaluate(config: ConfigLike = None, jobs: Sequence[str] = (), *, check: bool = True) -> list[Evaluation]:
     """Join each job's labels to its published predictions and store the metrics of the
     champion and of each challenger per as_of in ``model_metrics``, replacing the job's
     earlier figures for the as_ofs evaluated (docs/monitoring.md).
 
     ``jobs``: names (a matrix name selects its expansions); default every job with a
-    ``labels:`` section. A named job without one is a UsageError (exit 2).
+    ``labels:`` section. A named job without one is a UsageError (exit 2). Each job is
+    evaluated on its own: one that cannot be (its model, its labels) stores nothing and
+    the others go on. Then, with ``check`` (the default), the first such job's error is
+    raised, its ``.evaluations`` holding every job's :class:`Evaluation`; with
+    ``check=False`` they are returned, a failed one with its ``error`` and ``exit_code``.
     """
     cfg = as_config(config)
     names = _labelled(cfg, jobs)
     with open_engine(cfg) as engine:
         create_tool_tables(engine)
         models = ModelCache()
-        specs = [_evaluation_spec(cfg, engine, cfg.job(name), models) for name in names]
-        return [evaluate_job(engine, spec) for spec in specs]
+        done = [_evaluate_one(cfg, engine, name, models) for name in names]
+    failed = [e for e in done if e.cause is not None]
+    if check and failed:
+        error = failed[0].cause
+        error.evaluations = done  # type: ignore[union-attr]
+        raise error  # type: ignore[misc]
+    return done
+
+
+def _evaluate_one(cfg: Config, engine: Engine, name: str, models: ModelCache) -> Evaluation:
+    try:
+        return evaluate_job(engine, _evaluation_spec(cfg, engine, cfg.job(name), models))
+    except BatchScorerError as exc:
+        return Evaluation(name, error=mask_text(str(exc)), exit_code=exc.exit_code, cause=exc)
 
 
 def _labelled(cfg: Config, jobs: Sequence[str]) -> list[str]:

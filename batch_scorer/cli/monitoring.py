@@ -23,16 +23,23 @@ def evaluate(ctx: click.Context, jobs: tuple[str, ...]) -> None:
     Example:
         batch-scorer evaluate churn
     """
-    done = api.evaluate(config_of(ctx), jobs)
+    done = api.evaluate(config_of(ctx), jobs, check=False)
     rows = [(e.job, str(r["as_of"]), r["model_version"], r["role"] + (f" {r['challenger']}" if r["challenger"] else ""),
              r["metric"], f"{r['value']:.4f}", f"{r['rows']:,}") for e in done for r in e.rows]
     if rows:
         table(("job", "as_of", "model", "role", "metric", "value", "rows"), rows)
     for e in done:
+        if e.error is not None:
+            click.echo(f"{e.job}: not evaluated, nothing stored for it (see the error below)")
+            continue
         waiting = f"; {len(e.unlabelled)} as_of(s) without labels yet" if e.unlabelled else ""
         click.echo(f"{e.job}: {len(e.evaluated)} as_of(s) evaluated, {len(e.rows)} figure(s) stored{waiting}")
         for note in e.notes:
             click.echo(f"  note: {note}")
+    for e in done:
+        if e.error is not None:
+            click.echo(f"Error: {e.error}", err=True)
+    ctx.exit(max((e.exit_code for e in done), default=0))
 
 
 @cli.command()

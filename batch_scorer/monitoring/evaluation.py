@@ -72,6 +72,10 @@ class Evaluation:
     evaluated: tuple[date, ...] = ()
     unlabelled: tuple[date, ...] = ()
     notes: tuple[str, ...] = ()
+    # Why the job could not be evaluated (nothing stored for it), and the exit code that means.
+    error: str | None = None
+    exit_code: int = 0
+    cause: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 def evaluate_job(engine: Engine, spec: EvaluationSpec) -> Evaluation:
@@ -85,7 +89,13 @@ def evaluate_job(engine: Engine, spec: EvaluationSpec) -> Evaluation:
         main, shadow = profiles.output_tables(conn, spec.output, shadow_table_name(spec.output))
         if main is None:
             return Evaluation(spec.job, notes=(f"no predictions yet: the output table {spec.output} does not exist",))
+        pruned = profiles.pruned_as_ofs(conn, main, spec.job)
+        if pruned:
+            notes[f"{len(pruned)} as_of(s) (e.g. {min(pruned)}) were not evaluated: prune removed some of their "
+                  "rows since they were published; their earlier figures, if any, are kept"] = None
         for as_of in profiles.prediction_as_ofs(conn, main, spec.job):
+            if as_of in pruned:
+                continue
             labels, conflicting = unambiguous_labels(read_labels(conn, spec, as_of), spec.keys)
             if conflicting:
                 notes[f"as_of {as_of}: {conflicting} key(s) labelled twice with different labels were left out "

@@ -323,6 +323,17 @@ def prediction_as_ofs(conn: Connection, table: sa.Table, job: str) -> list[date]
     return [_as_date(v) for v in conn.execute(stmt).scalars()]
 
 
+def pruned_as_ofs(conn: Connection, table: sa.Table, job: str) -> set[date]:
+    """The job's as_ofs whose rows in ``table`` are fewer than the run that published them
+    wrote (``prune`` removed those no longer shown by ``_latest``)."""
+    t, r = table.c, scoring_runs.c
+    counts = (sa.select(t.as_of, t.run_id, sa.func.count().label("n")).where(t.job == job)
+              .group_by(t.as_of, t.run_id).subquery("published"))
+    stmt = (sa.select(counts.c.as_of).join(scoring_runs, r.run_id == counts.c.run_id)
+            .where(counts.c.n < r.rows_scored).distinct())
+    return {_as_date(v) for v in conn.execute(stmt).scalars()}
+
+
 def read_predictions(conn: Connection, table: sa.Table, job: str, as_of: date, keys: Sequence[str]) -> pd.DataFrame:
     """A job's published rows of one as_of: keys, ``model_version``, ``prediction``, ``score``
     (and ``challenger``, ``run_id`` from a shadow table)."""
