@@ -218,3 +218,15 @@ def test_backfill_from_python_takes_none_or_no_jobs_with_all_and_usage_error_is_
         assert sorted(r.job for r in results) == [f"m.{c}" for c in COUNTRIES] and results.exit_code == 0
     with pytest.raises(UsageError, match="--all"):
         api.backfill(cfg, None, day, day)
+
+
+def test_runs_of_a_matrix_name_list_the_runs_of_values_taken_out_of_the_matrix(tmp_path: Path, sqlite_url: str) -> None:
+    load_table(sqlite_url, country_frame(10))
+    per_country_models(tmp_path)
+    cfg = write_config(tmp_path, sqlite_url, {"m": matrix_job()})
+    assert cli_run(cfg, "run", "m", *as_of_arg()).exit_code == 0
+    write_config(tmp_path, sqlite_url, {"m": matrix_job(COUNTRIES[:-1])})  # the last country's job is gone
+    listed = cli_run(cfg, "runs", "--job", "m")
+    assert listed.exit_code == 0 and all(f"m.{c}" in listed.output for c in COUNTRIES), listed.output
+    gone = cli_run(cfg, "runs", "--job", f"m.{COUNTRIES[-1]}")
+    assert gone.exit_code == 0 and f"m.{COUNTRIES[-1]}" in gone.output

@@ -104,11 +104,13 @@ def _ledger_jobs(cfg: Config, engine: Engine, job: str | None) -> list[str] | No
     if job is None:
         return None
     try:
-        return select_jobs(cfg, [job], False)
+        names = select_jobs(cfg, [job], False)
     except ConfigError:
-        if ledger.list_runs(engine, job, 1):
-            return [job]  # a job no longer in the config, still in the ledger
+        if former := ledger.job_names(engine, job):
+            return former  # a job (or matrix) no longer in the config, still in the ledger
         raise
+    # Expansions no longer in the config (a value taken out of the matrix) keep their runs.
+    return names + [n for n in ledger.job_names(engine, job) if n not in names]
 
 
 def retract(config: ConfigLike, run_id: int, note: str | None = None) -> retracting.Retracted:

@@ -59,8 +59,10 @@ def runs(ctx: click.Context, job: str | None, limit: int, statuses: tuple[str, .
          as_json: bool) -> None:
     """List recent runs from the scoring_runs ledger, newest first.
 
-    rows read / scored / published: published is what readers see now (only a
-    succeeded run's rows are visible)."""
+    rows read / scored / published: published is what the run made visible (a
+    succeeded run's rows; 0 for any other), counted when it ran: a later prune
+    of old as_ofs does not change it. A matrix name lists its expansions' runs,
+    those of values since taken out of the matrix too."""
     records = api.runs(config_of(ctx), job, limit, status=statuses, since=since)
     if as_json:
         for r in records:

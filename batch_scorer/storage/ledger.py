@@ -310,6 +310,16 @@ def scored_since(engine: Engine, job: str, as_of: date, since: datetime) -> int 
         return conn.execute(stmt).scalar()
 
 
+def job_names(engine: Engine, name: str) -> list[str]:
+    """The ledger's job names that are ``name`` or an expansion under it (``name.``...),
+    those no longer in the config too, sorted."""
+    c = scoring_runs.c
+    stmt = (sa.select(c.job).where(sa.or_(c.job == name, c.job.startswith(f"{name}.", autoescape=True)))
+            .distinct().order_by(c.job))
+    with engine.connect() as conn:
+        return list(conn.execute(stmt).scalars())
+
+
 def last_published(engine: Engine, job: str) -> RunRecord | None:
     """The job's latest succeeded run (its model version tells whether the model changed)."""
     return last_published_many(engine, [job]).get(job)
