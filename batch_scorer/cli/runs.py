@@ -60,8 +60,8 @@ def runs(ctx: click.Context, job: str | None, limit: int, statuses: tuple[str, .
     """List recent runs from the scoring_runs ledger, newest first.
 
     rows read / scored / published: published is what the run made visible (a
-    succeeded run's rows; 0 for any other), counted when it ran: a later prune
-    of old as_ofs does not change it. A matrix name lists its expansions' runs,
+    succeeded run's rows until a later run of its as_of replaces them; else 0),
+    counted when it ran: a later prune of old as_ofs does not change it. A matrix name lists its expansions' runs,
     those of values since taken out of the matrix too."""
     records = api.runs(config_of(ctx), job, limit, status=statuses, since=since)
     if as_json:

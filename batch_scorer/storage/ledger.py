@@ -63,7 +63,8 @@ class RunRecord:
 
     @property
     def rows_published(self) -> int:
-        """Rows of this run a reader sees now (a succeeded run's, until a later run replaces them)."""
+        """Rows this run made visible (a succeeded run's, until a later run replaces them),
+        as counted when it ran: ``prune`` removing old rows since does not change it."""
         return self.rows_scored if self.status == S.SUCCEEDED and self.replaced_by is None else 0
 
     @property
