@@ -39,11 +39,12 @@ def test_register_model_from_a_notebook_stores_the_reference_profile(tmp_path: P
     assert (done.created, done.version.version, done.version.kind, done.version.features) == (
         True, 1, "classifier", tuple(FEATURES))
     assert done.event is not None and done.event.action == "register"
+    assert done.version.aliases == ("challenger",)  # the version as it is now, as `models list` shows it
     profile = query(db_url, "SELECT feature, sum(rows) FROM feature_profiles WHERE profile_id = 'reference:churn:1' "
                             "GROUP BY feature ORDER BY feature")
     assert profile == sorted([(f, 400) for f in [*FEATURES, "prediction", "score"]])
     again = api.register_model(config, "churn", model)
-    assert (again.created, again.version.version) == (False, 1)
+    assert (again.created, again.version.version, again.version.aliases) == (False, 1, ("challenger",))
 
 
 def test_a_backfill_keeps_the_version_it_resolved_at_its_start(tmp_path: Path, db_url: str) -> None:

@@ -16,6 +16,7 @@ It refuses with exit 2 naming the job and what does not fit::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import os
@@ -72,14 +73,19 @@ def register_model(
         log.info("model %s %s: %s (sha256 %s)", name, done.version.label,
                  "registered" if done.created else "already registered", done.version.sha256[:12])
         if alias is None or alias in done.version.aliases:
-            return done
+            return dataclasses.replace(done, version=_now(engine, done.version))
         try:
             check_version(cfg, engine, name, done.version.version)
         except BatchScorerError as exc:
             raise _reworded(exc, f"{exc} (model {name} {done.version.label} is registered; alias {alias!r} "
                                  "was not set)") from exc
         move = registry.set_alias(engine, name, alias, done.version.version, registry.REGISTER, note)
-        return registry.Registered(done.version, done.created, move.event)
+        return registry.Registered(_now(engine, done.version), done.created, move.event)
+
+
+def _now(engine: Engine, version: registry.ModelVersion) -> registry.ModelVersion:
+    """``version`` as the registry has it now: with the aliases pointing at it (``models list``)."""
+    return next(v for v in registry.list_versions(engine, version.name) if v.version == version.version)
 
 
 def promote_model(
