@@ -151,6 +151,9 @@ def test_a_challenger_whose_feature_column_the_source_lacks_is_recorded_not_read
     ok(config, "models", "register", "churn", str(save_model(champion, tmp_path / "c.joblib")), "--alias", "champion")
     ok(config, "models", "register", "churn", str(save_model(other, tmp_path / "o.joblib")))
 
+    # validate says ok (the champion runs) and that the challenger will not be scored, and why.
+    checked = ok(config, "validate", "j")
+    assert "challenger v2 will not be scored" in checked and "'tenure'" in checked, checked
     ok(config, "run", "j", "--as-of", str(AS_OF))
 
     run_id = latest_run(db_url)["run_id"]

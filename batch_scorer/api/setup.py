@@ -115,8 +115,10 @@ def validate(config: ConfigLike = None, jobs: Sequence[str] = ()) -> list[Check]
                     "create it: run `batch-scorer init-db` as the schema owner"), 2))
                 continue
             output = f"output {plan.output_name}" + (" (will be created)" if absent else "")
+            # A challenger that cannot be used never stops the champion; say so now, not only in the run.
+            unusable = "".join(f"; challenger {f.label} will not be scored: {f.error}" for f in plan.failed_challengers)
             checks.append(Check(name, True, f"model {m.version} ({len(m.features)} features, "
-                                            f"{_kind(m)}), source columns present, {output}"))
+                                            f"{_kind(m)}), source columns present, {output}{unusable}"))
     return checks
 
 
