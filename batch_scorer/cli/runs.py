@@ -61,8 +61,9 @@ def runs(ctx: click.Context, job: str | None, limit: int, statuses: tuple[str, .
 
     rows read / scored / published: published is what the run made visible (a
     succeeded run's rows until a later run of its as_of replaces them; else 0),
-    counted when it ran: a later prune of old as_ofs does not change it. A matrix name lists its expansions' runs,
-    those of values since taken out of the matrix too."""
+    counted when it ran: a later prune of old as_ofs does not change it. A matrix
+    name lists its expansions' runs, those of values since taken out of the
+    matrix too."""
     records = api.runs(config_of(ctx), job, limit, status=statuses, since=since)
     if as_json:
         for r in records:

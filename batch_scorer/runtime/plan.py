@@ -35,10 +35,17 @@ from batch_scorer.models.registry import version_label
 from batch_scorer.models.scoring import Probe, prediction_kind, probe_model
 from batch_scorer.names import split_table_name
 from batch_scorer.runtime.monitor import MonitorRequest, MonitorSettings, monitor_plans
-from batch_scorer.runtime.spec import FailedChallenger, RunPlan, Scorer, Settings, shadow_definition
+from batch_scorer.runtime.spec import (
+    FailedChallenger,
+    RunPlan,
+    Scorer,
+    Settings,
+    output_definition,
+    shadow_definition,
+)
 from batch_scorer.storage.catalog import catalog
 from batch_scorer.storage.ledger import ModelStamp
-from batch_scorer.storage.sinks.output import define_output, holds, prepare_output_table, widest_kind
+from batch_scorer.storage.sinks.output import holds, prepare_output_table, widest_kind
 from batch_scorer.storage.sources.spec import SourceSpec
 from batch_scorer.storage.sources.sql import (
     SourceColumns,
@@ -208,10 +215,7 @@ def build_plan(
     probe = Probe(None, None) if fully_described(model.estimator) and not always_probe else probe_model(
         job.name, model, first)
     kind = prediction_kind(model, probe.predict_dtype_kind)
-    types = columns.types
-    keys = [(k, types[k]) for k in spec.key]
-    passing = [(c, types[c]) for c in spec.pass_through]
-    output = define_output(job.output.table, keys, passing, kind)
+    output = output_definition(job.output.table, spec, columns, kind)
     prepare_output_table(engine, output, kind, job.name, model.is_classifier, create=False)
     challengers = [_probed(job.name, job.output.score, c, first, kind, model.is_classifier) for c in challengers]
     want_score = job.output.score is not False
@@ -373,17 +377,15 @@ def with_shared_outputs(engine: Engine, plans: Sequence[RunPlan]) -> list[RunPla
     wider: dict[str, RunPlan] = {}
     for name, group in by_table.items():
         kind = widest_kind(p.prediction_kind for p in group)
-        if len(group) < 2 or all(p.prediction_kind == kind for p in group):
-            continue
+        if all(p.prediction_kind == kind for p in group):
+            continue  # one kind (a table of one job, too): nothing to agree on
         schema, table = split_table_name(name)
         if catalog(engine).has_table(table, schema):
             continue  # it exists: each job is checked against its column
         # Its _daily view alike too: counts per prediction unless numbers that regressors made.
         counts = kind != "float" or all(p.classifier for p in group)
         for plan in group:
-            types = plan.columns.types
-            output = define_output(name, [(k, types[k]) for k in plan.source.key],
-                                   [(c, types[c]) for c in plan.source.pass_through], kind)
+            output = output_definition(name, plan.source, plan.columns, kind)
             wider[plan.job] = dataclasses.replace(plan, output=output, shared_counts_view=counts)
     return [wider.get(p.job, p) for p in plans]
 

@@ -125,15 +125,18 @@ class RunPlan:
         return t.name if t.schema is None else f"{t.schema}.{t.name}"
 
 
+def output_definition(name: str, source: SourceSpec, columns: SourceColumns, kind: str,
+                      shadow: bool = False) -> sa.Table:
+    """The output table ``name`` of a job reading ``source``: its key and pass-through
+    columns with the source's types, a prediction column of ``kind``."""
+    types = columns.types
+    return define_output(name, [(k, types[k]) for k in source.key], [(c, types[c]) for c in source.pass_through],
+                         kind, shadow=shadow)
+
+
 def shadow_definition(plan: RunPlan) -> sa.Table:
     """The ``<output>_shadow`` twin of a plan's output table."""
-    types = plan.columns.types
-    return define_output(
-        shadow_table_name(plan.output_name),
-        [(k, types[k]) for k in plan.source.key],
-        [(c, types[c]) for c in plan.source.pass_through],
-        plan.prediction_kind,
-        shadow=True,
-    )
+    return output_definition(shadow_table_name(plan.output_name), plan.source, plan.columns, plan.prediction_kind,
+                             shadow=True)
 
 
