@@ -339,16 +339,7 @@ def run_group(ctx: GroupContext, plans: Sequence[RunPlan]) -> list[Attempt]:
 
 def _run_group(ctx: GroupContext, plans: Sequence[RunPlan], attempts: list[Attempt]) -> None:
     with contextlib.ExitStack() as held:
-        runs: list[JobRun] = []
-        for plan in plans:
-            try:
-                run = _start(ctx, plan, held, attempts)
-            except Exception as exc:  # noqa: BLE001 - e.g. the SQLite file locked: this job fails
-                attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, _translated(ctx.engine, plan, exc)),
-                                        exc))
-                continue
-            if run is not None:
-                runs.append(run)
+        runs = _start(ctx, plans, held, attempts)
         if runs:
             try:
                 ctx.executor.stream(ctx.engine, stream_spec([r.plan for r in runs]), runs)
@@ -366,33 +357,65 @@ def _run_group(ctx: GroupContext, plans: Sequence[RunPlan], attempts: list[Attem
                     attempts.append(Attempt(run.plan, run.record_failure(run.error), run.error))  # type: ignore[arg-type]
 
 
-def _start(ctx: GroupContext, plan: RunPlan, held: contextlib.ExitStack, attempts: list[Attempt]) -> JobRun | None:
-    """Lock, check "already done", open the ledger row, stage: a JobRun, or None (recorded)."""
+def _start(ctx: GroupContext, plans: Sequence[RunPlan], held: contextlib.ExitStack,
+           attempts: list[Attempt]) -> list[JobRun]:
+    """Lock, check "already done", open the ledger rows, stage: the group's JobRuns (the
+    others recorded). The jobs' locks are taken together and their ledger rows opened
+    together (a transaction for the group, not two per job)."""
     engine = ctx.engine
     try:
-        lock = held.enter_context(locks.job_lock(engine, plan.job))
-    except LockHeld as exc:
-        holder = f"run {exc.holder_run_id}" if exc.holder_run_id else "another process"
-        log.info("job %s as_of %s: skipped: its lock is held by %s", plan.job, plan.as_of, holder)
-        run_id = _record(engine, plan, RunStatus.SKIPPED, str(exc)) if ctx.record_lock_skips else None
-        attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, exc, run_id=run_id), exc))
-        return None
+        got = held.enter_context(locks.job_locks_held(engine, [p.job for p in plans]))
+    except Exception as exc:  # noqa: BLE001 - e.g. the SQLite file locked: these jobs fail
+        _fail_all(ctx, plans, exc, attempts)
+        return []
+    ready: list[tuple[RunPlan, locks.JobLock]] = []
+    for plan in plans:
+        lock = got[plan.job]
+        if isinstance(lock, LockHeld):
+            _lock_skipped(ctx, plan, lock, attempts)
+        elif not _already_done(ctx, plan, attempts):
+            ready.append((plan, lock))
+    try:
+        run_ids = ledger.start_runs(engine, [_run_start(plan) for plan, _ in ready])
+    except Exception as exc:  # noqa: BLE001 - e.g. the ledger unwritable: these jobs fail
+        _fail_all(ctx, [plan for plan, _ in ready], exc, attempts)
+        return []
+    runs: list[JobRun] = []
+    for (plan, lock), run_id in zip(ready, run_ids, strict=True):
+        try:
+            runs.append(JobRun(plan, engine, run_id, lock, ctx.on_progress))
+        except BaseException as exc:
+            attempts.append(Attempt(plan, _fail_unstarted(engine, plan, run_id, exc), exc))
+            if not isinstance(exc, Exception):
+                raise
+    return runs
+
+
+def _fail_all(ctx: GroupContext, plans: Sequence[RunPlan], exc: Exception, attempts: list[Attempt]) -> None:
+    for plan in plans:
+        attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, _translated(ctx.engine, plan, exc)), exc))
+
+
+def _lock_skipped(ctx: GroupContext, plan: RunPlan, exc: LockHeld, attempts: list[Attempt]) -> None:
+    holder = f"run {exc.holder_run_id}" if exc.holder_run_id else "another process"
+    log.info("job %s as_of %s: skipped: its lock is held by %s", plan.job, plan.as_of, holder)
+    run_id = _record(ctx.engine, plan, RunStatus.SKIPPED, str(exc)) if ctx.record_lock_skips else None
+    attempts.append(Attempt(plan, from_exception(plan.job, plan.as_of, exc, run_id=run_id), exc))
+
+
+def _already_done(ctx: GroupContext, plan: RunPlan, attempts: list[Attempt]) -> bool:
     reason = ctx.skip_if(plan) if ctx.skip_if is not None else None
     if reason:
         log.info("job %s as_of %s: not run: %s", plan.job, plan.as_of, reason)
         attempts.append(Attempt(plan, RunResult(plan.job, Status.ALREADY_DONE, plan.as_of,
                                                 model_version=plan.champion.stamp.version,
                                                 output_table=plan.output_name, error=reason)))
-        return None
-    run_id = ledger.start_run(engine, job=plan.job, model=plan.champion.stamp, as_of=plan.as_of,
-                              trigger=plan.trigger, output_table=plan.output_name)
-    try:
-        return JobRun(plan, engine, run_id, lock, ctx.on_progress)
-    except BaseException as exc:
-        attempts.append(Attempt(plan, _fail_unstarted(engine, plan, run_id, exc), exc))
-        if not isinstance(exc, Exception):
-            raise
-        return None
+    return bool(reason)
+
+
+def _run_start(plan: RunPlan) -> ledger.RunStart:
+    return ledger.RunStart(job=plan.job, model=plan.champion.stamp, as_of=plan.as_of, trigger=plan.trigger,
+                           output_table=plan.output_name)
 
 
 def _translated(engine: Engine, plan: RunPlan, exc: BaseException) -> BaseException:

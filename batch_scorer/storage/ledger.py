@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -90,31 +91,52 @@ class ModelStamp:
         }
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What a run's ``running`` row records when it starts."""
+
+    job: str
+    model: ModelStamp
+    as_of: date
+    trigger: str
+    output_table: str
+
+
 def start_run(engine: Engine, *, job: str, model: ModelStamp, as_of: date, trigger: str, output_table: str) -> int:
-    """Call while holding the job's lock: mark the job's stale ``running`` rows ``abandoned``
-    and insert this run's ``running`` row, committed at once so observers see the run.
+    """:func:`start_runs` for one run."""
+    return start_runs(engine, [RunStart(job, model, as_of, trigger, output_table)])[0]
+
+
+def start_runs(engine: Engine, starts: Sequence[RunStart]) -> list[int]:
+    """Call while holding the jobs' locks: mark the jobs' stale ``running`` rows ``abandoned``
+    and insert each run's ``running`` row, committed at once so observers see the runs
+    (one transaction for the jobs of one read); their run ids, in order.
 
     On PostgreSQL that commit does not wait for the disk (``synchronous_commit off``,
     for this transaction only): other sessions see it at once, and a server crash
     could only lose a row whose run then fails anyway. The commit that publishes a
     run is durable."""
+    if not starts:
+        return []
+    now = utcnow()
     with begin_write(engine) as conn:
         _relaxed(conn)
         abandoned = conn.execute(
             scoring_runs.update()
-            .where(scoring_runs.c.job == job, scoring_runs.c.status == S.RUNNING)
-            .values(status=S.ABANDONED, finished_at=utcnow(),
+            .where(scoring_runs.c.job.in_(sorted({s.job for s in starts})), scoring_runs.c.status == S.RUNNING)
+            .values(status=S.ABANDONED, finished_at=now,
                     error="the process stopped without finishing (found stale by a later run)")
-        ).rowcount
-        result = conn.execute(
-            scoring_runs.insert().values(
-                job=job, as_of=as_of, trigger=trigger, status=S.RUNNING, started_at=utcnow(),
-                host=HOST, pid=os.getpid(), output_table=output_table, **model.values(),
-            )
-        )
-    if abandoned:
-        log.warning("job %s: marked %d stale running run(s) as abandoned", job, abandoned)
-    return int(result.inserted_primary_key[0])
+            .returning(scoring_runs.c.job)
+        ).scalars().all()
+        ids = conn.execute(
+            scoring_runs.insert().returning(scoring_runs.c.run_id, sort_by_parameter_order=True),
+            [{"job": s.job, "as_of": s.as_of, "trigger": s.trigger, "status": S.RUNNING, "started_at": now,
+              "host": HOST, "pid": os.getpid(), "output_table": s.output_table, **s.model.values()}
+             for s in starts],
+        ).scalars().all()
+    for job, count in Counter(abandoned).items():
+        log.warning("job %s: marked %d stale running run(s) as abandoned", job, count)
+    return [int(i) for i in ids]
 
 
 def _relaxed(conn: Connection) -> None:

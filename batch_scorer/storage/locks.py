@@ -13,7 +13,8 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -72,12 +73,48 @@ def _held(engine: Engine, job: str, advice: str) -> LockHeld:
 @contextlib.contextmanager
 def job_lock(engine: Engine, job: str) -> Iterator[JobLock]:
     """Hold the job's lock for the block, or raise :class:`LockHeld` naming the holder."""
+    with job_locks_held(engine, [job]) as held:
+        got = held[job]
+        if isinstance(got, LockHeld):
+            raise got
+        yield got
+
+
+# What :func:`job_locks_held` gives each job: its held lock, or why another run has it.
+LockOutcome = JobLock | LockHeld
+
+
+@contextlib.contextmanager
+def job_locks_held(engine: Engine, jobs: Sequence[str]) -> Iterator[dict[str, LockOutcome]]:
+    """Take the locks of several jobs at once (the jobs of one read), held for the block.
+
+    Each job gets its :class:`JobLock`, or the :class:`LockHeld` (naming the holder) of a
+    lock another run has: that job is skipped, the others run. On SQLite one write
+    transaction takes them all and one releases them; on PostgreSQL each job's lock is
+    held by a session of its own. Either way a job's lock is its own: each run verifies
+    its own at publish, and losing it fails that job alone.
+    """
+    jobs = list(dict.fromkeys(jobs))
     if is_postgres(engine):
-        with _advisory_lock(engine, job) as lock:
-            yield lock
+        with _advisory_locks(engine, jobs) as held:
+            yield held
     else:
-        with _row_lock(engine, job) as lock:
-            yield lock
+        with _row_locks(engine, jobs) as held:
+            yield held
+
+
+@contextlib.contextmanager
+def _advisory_locks(engine: Engine, jobs: list[str]) -> Iterator[dict[str, LockOutcome]]:
+    """One advisory lock per job, each held by a session of its own for the block (it dies
+    with the process; a session a DBA ends loses that job's lock alone)."""
+    with contextlib.ExitStack() as stack:
+        held: dict[str, LockOutcome] = {}
+        for job in jobs:
+            try:
+                held[job] = stack.enter_context(_advisory_lock(engine, job))
+            except LockHeld as exc:
+                held[job] = exc
+        yield held
 
 
 @contextlib.contextmanager
@@ -131,21 +168,41 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _row_lock(engine: Engine, job: str) -> Iterator[JobLock]:
+def _row_locks(engine: Engine, jobs: list[str]) -> Iterator[dict[str, LockOutcome]]:
+    """Rows in ``job_locks``, inserted in one write transaction, deleted in another."""
     me = os.getpid()
     with begin_write(engine) as conn:
-        row = conn.execute(sa.select(job_locks).where(job_locks.c.job == job)).first()
-        if row is not None:
-            stale = row.host == HOST and not _pid_alive(row.pid)
-            if not stale:
-                delete = f"DELETE FROM job_locks WHERE job = '{job}'"  # noqa: S608 - advice text, not executed
-                raise _held(engine, job, _WAIT_ADVICE.format(job=job) + (
-                    f" (Lock row held by pid {row.pid} on host {row.host}; if that process is gone "
-                    f"from another host, delete its row: {delete}.)"))
-            log.warning("job %s: taking over the lock of dead process %d", job, row.pid)
-            conn.execute(sa.delete(job_locks).where(job_locks.c.job == job))
-        conn.execute(job_locks.insert().values(job=job, host=HOST, pid=me, acquired_at=utcnow()))
+        found = {row.job: row for row in conn.execute(sa.select(job_locks).where(job_locks.c.job.in_(jobs)))}
+        others = {job: row for job, row in found.items() if not (row.host == HOST and not _pid_alive(row.pid))}
+        stale = [job for job in found if job not in others]
+        for job in stale:
+            log.warning("job %s: taking over the lock of dead process %d", job, found[job].pid)
+        if stale:
+            conn.execute(sa.delete(job_locks).where(job_locks.c.job.in_(stale)))
+        taken = [job for job in jobs if job not in others]
+        if taken:
+            now = utcnow()
+            conn.execute(job_locks.insert(), [{"job": job, "host": HOST, "pid": me, "acquired_at": now}
+                                              for job in taken])
+    try:
+        held: dict[str, LockOutcome] = {job: _row(job, me) for job in taken}
+        held.update({job: _row_held(engine, job, row) for job, row in others.items()})
+        yield held
+    finally:
+        if taken:
+            with begin_write(engine) as conn:
+                conn.execute(sa.delete(job_locks).where(
+                    job_locks.c.job.in_(taken), job_locks.c.host == HOST, job_locks.c.pid == me))
 
+
+def _row_held(engine: Engine, job: str, row: Any) -> LockHeld:
+    delete = f"DELETE FROM job_locks WHERE job = '{job}'"  # noqa: S608 - advice text, not executed
+    return _held(engine, job, _WAIT_ADVICE.format(job=job) + (
+        f" (Lock row held by pid {row.pid} on host {row.host}; if that process is gone "
+        f"from another host, delete its row: {delete}.)"))
+
+
+def _row(job: str, me: int) -> JobLock:
     def still_held(publish_conn: Connection) -> bool:
         row = publish_conn.execute(
             sa.select(job_locks.c.pid).where(
@@ -154,12 +211,4 @@ def _row_lock(engine: Engine, job: str) -> Iterator[JobLock]:
         ).first()
         return row is not None
 
-    try:
-        yield JobLock(job, still_held)
-    finally:
-        with begin_write(engine) as conn:
-            conn.execute(
-                sa.delete(job_locks).where(
-                    job_locks.c.job == job, job_locks.c.host == HOST, job_locks.c.pid == me
-                )
-            )
+    return JobLock(job, still_held)
