@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.storage import ledger
 from batch_scorer.storage.catalog import catalog
-from batch_scorer.storage.db import is_postgres
+from batch_scorer.storage.db import insert_rows, is_postgres
 from batch_scorer.storage.sinks.output import OutputSpec
 from batch_scorer.storage.sinks.postgres_copy import CopyStream, column_oids, copy_rows, copyable
 from batch_scorer.storage.sinks.staging import CopyStage, InsertStage, Stage, TempStage
@@ -126,7 +126,7 @@ class Publication:
             stage.move_in(conn)
         for table, rows in self._extra:
             if not (self._postgres and copy_rows(conn, table, rows)):
-                conn.execute(table.insert(), rows)
+                insert_rows(conn, table, rows)
         finish(conn)
         return replaced
 

@@ -23,6 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from batch_scorer.storage.db import executemany
 from batch_scorer.storage.sinks.output import OutputSpec, python_values, records
 from batch_scorer.storage.sinks.postgres_copy import CopyEncoder, CopyStream
 
@@ -131,7 +132,7 @@ class TempStage:
         if self._staging is None:
             self._staging = self._create_staging()
             rows, self._held = self._held + rows, []
-        self._executemany(self._conn, str(self._staging.insert().compile(dialect=self._conn.dialect)), rows)
+        executemany(self._conn, str(self._staging.insert().compile(dialect=self._conn.dialect)), rows)
         self._conn.commit()
 
     def _create_staging(self) -> sa.Table:
@@ -145,19 +146,6 @@ class TempStage:
         staging.create(self._conn)
         self._conn.commit()
         return staging
-
-    def _executemany(self, conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if not conn.in_transaction():
-            conn.begin()
-        dbapi_conn = conn.connection.dbapi_connection
-        assert dbapi_conn is not None
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.executemany(sql, rows)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise sa.exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
-        finally:
-            cursor.close()
 
     def move_in(self, conn: Connection) -> None:
         table, consts = self.output.table, self.output.constants
@@ -181,7 +169,7 @@ class TempStage:
                  for n in names if n in consts}
         at = {n: i for i, n in enumerate(self._names)}
         rows = [tuple(fixed[n] if n in fixed else row[at[n]] for n in order) for row in self._held]
-        self._executemany(conn, compiled.string, rows)
+        executemany(conn, compiled.string, rows)
 
     def close(self, conn: Connection) -> None:
         self._held = []
