@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,18 +33,27 @@ class FeatureDrift:
 
 
 def psi(ref_counts: Sequence[int] | np.ndarray, cur_counts: Sequence[int] | np.ndarray, floor: float = FLOOR) -> float:
-    """PSI of two count vectors over the same bins; 0.0 when either side has no rows (no evidence)."""
-    ref = np.asarray(ref_counts, dtype="float64")
-    cur = np.asarray(cur_counts, dtype="float64")
-    if ref.shape != cur.shape or ref.ndim != 1:
-        raise ValueError(f"PSI needs two count vectors of the same length, not {ref.shape} and {cur.shape}")
-    if (ref < 0).any() or (cur < 0).any():
+    """PSI of two count vectors over the same bins; 0.0 when either side has no rows (no evidence).
+
+    A bin with no rows on a side counts as ``floor`` of that side. Summed in plain Python:
+    a profile has ~10 bins per feature, where NumPy's per-call cost was most of a run's
+    drift time (a fleet's job compares ~50 features)."""
+    ref_array = np.asarray(ref_counts, dtype="float64")
+    cur_array = np.asarray(cur_counts, dtype="float64")
+    if ref_array.shape != cur_array.shape or ref_array.ndim != 1:
+        raise ValueError(f"PSI needs two count vectors of the same length, not {ref_array.shape} and {cur_array.shape}")
+    ref, cur = ref_array.tolist(), cur_array.tolist()
+    if min(ref, default=0.0) < 0 or min(cur, default=0.0) < 0:
         raise ValueError("PSI counts must not be negative")
-    if ref.sum() == 0 or cur.sum() == 0:
+    ref_total, cur_total = math.fsum(ref), math.fsum(cur)
+    if ref_total == 0 or cur_total == 0:
         return 0.0
-    ref_share = np.where(ref == 0, floor, ref / ref.sum())
-    cur_share = np.where(cur == 0, floor, cur / cur.sum())
-    return float(np.sum((cur_share - ref_share) * np.log(cur_share / ref_share)))
+    terms = []
+    for r, c in zip(ref, cur, strict=True):
+        ref_share = floor if r == 0 else r / ref_total
+        cur_share = floor if c == 0 else c / cur_total
+        terms.append((cur_share - ref_share) * math.log(cur_share / ref_share))
+    return math.fsum(terms)
 
 
 def status(value: float, warn: float = WARN_PSI, alert: float = ALERT_PSI) -> str:

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from batch_scorer.errors import SourceError
+from batch_scorer.storage.profiles import PROFILE_COLUMNS
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
@@ -175,12 +176,18 @@ class FeatureBins:
         both, ``-inf``/``+inf`` at the ends).
         """
         ordered = sorted(rows, key=lambda r: int(r["bin"]))
-        if [int(r["bin"]) for r in ordered] != list(range(len(ordered))) or len(ordered) < 2:
+        return cls.from_stored(feature, [int(r["bin"]) for r in ordered],
+                               [(r.get("lower"), r.get("upper"), r.get("category")) for r in ordered])
+
+    @classmethod
+    def from_stored(cls, feature: str, numbers: Sequence[int],
+                    bounds: Sequence[tuple[float | None, float | None, str | None]]) -> FeatureBins:
+        """:meth:`from_rows` of bins in order: their numbers and ``(lower, upper, category)``."""
+        if list(numbers) != list(range(len(numbers))) or len(numbers) < 2:
             raise ValueError(f"feature {feature!r}: stored bins must be numbered 0..n-1 with n >= 2")
-        if any(r.get("lower") is not None for r in ordered):
-            edges = tuple(float(r["upper"]) for r in ordered[:-2])
-            return cls(feature, NUMERIC, edges=edges)
-        return cls(feature, CATEGORICAL, categories=tuple(str(r["category"]) for r in ordered[:-2]))
+        if any(lower is not None for lower, _, _ in bounds):
+            return cls(feature, NUMERIC, edges=tuple(float(upper) for _, upper, _ in bounds[:-2]))  # type: ignore[arg-type]
+        return cls(feature, CATEGORICAL, categories=tuple(str(category) for _, _, category in bounds[:-2]))
 
 
 # Below this many rows a chunk's numeric features are counted in one call (the calls are what
@@ -400,12 +407,28 @@ class Profile:
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Profile:
         """Rebuild a stored profile from rows as :meth:`to_rows` gives them."""
-        by_feature: dict[str, list[Mapping[str, Any]]] = {}
+        return cls.from_tuples(tuple(row.get(c) for c in PROFILE_COLUMNS) for row in rows)
+
+    @classmethod
+    def from_tuples(cls, rows: Iterable[Sequence[Any]]) -> Profile:
+        """:meth:`from_rows` of rows as tuples of the stored columns (``PROFILE_COLUMNS``:
+        feature, kind, bin, lower, upper, category, rows), as a fleet's planning reads
+        ~100,000 of them: no dict per row."""
+        by_feature: dict[str, list[Sequence[Any]]] = {}
         for row in rows:
-            by_feature.setdefault(str(row["feature"]), []).append(row)
-        bins = {f: FeatureBins.from_rows(f, r) for f, r in by_feature.items()}
-        counts = {f: [int(x["rows"]) for x in sorted(r, key=lambda x: int(x["bin"]))] for f, r in by_feature.items()}
+            by_feature.setdefault(str(row[_FEATURE]), []).append(row)
+        bins: dict[str, FeatureBins] = {}
+        counts: dict[str, list[int]] = {}
+        for feature, stored in by_feature.items():
+            stored = sorted(stored, key=lambda r: int(r[_BIN]))
+            bins[feature] = FeatureBins.from_stored(feature, [int(r[_BIN]) for r in stored],
+                                                    [(r[_LOWER], r[_UPPER], r[_CATEGORY]) for r in stored])
+            counts[feature] = [int(r[_ROWS]) for r in stored]
         return cls.from_counts(bins, counts)
+
+
+_FEATURE, _BIN, _LOWER, _UPPER, _CATEGORY, _ROWS = (
+    PROFILE_COLUMNS.index(c) for c in ("feature", "bin", "lower", "upper", "category", "rows"))
 
 
 class _NumericSample:

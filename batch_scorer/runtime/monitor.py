@@ -193,7 +193,7 @@ def _rebuilt(job: str, stored: profiles.StoredProfile | None) -> Profile | None:
     if stored is None:
         return None
     try:
-        return Profile.from_rows(stored.rows)
+        return Profile.from_tuples(stored.rows)
     except ValueError as exc:  # a profile someone edited by hand: monitor as if it were not there
         log.warning("job %s: stored profile %s is unusable (%s); ignored", job, stored.profile_id, exc)
         return None

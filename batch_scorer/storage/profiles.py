@@ -63,7 +63,7 @@ class StoredProfile:
 
     profile_id: str
     run_id: int | None
-    rows: list[dict[str, Any]]
+    rows: list[tuple[Any, ...]]  # in PROFILE_COLUMNS order
 
 
 def has_monitoring_tables(engine: Engine) -> bool:
@@ -77,26 +77,28 @@ def profile_rows(conn: Connection, profile_id: str, feature: str | None = None) 
     feature and bin order."""
     t = feature_profiles.c
     where = [t.profile_id == profile_id, *([t.feature == feature] if feature is not None else [])]
-    return _profiles_where(conn, *where).get(profile_id, [])
+    return [dict(zip(PROFILE_COLUMNS, row, strict=True)) for row in _profiles_where(conn, *where).get(profile_id, [])]
 
 
-def profiles_by_id(conn: Connection, profile_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-    """The rows of many profiles (as :func:`profile_rows` gives one), by profile id: a
-    few queries however many profiles; an id with no rows is absent."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def profiles_by_id(conn: Connection, profile_ids: Iterable[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows of many profiles (as :func:`profile_rows` gives one, as tuples in
+    :data:`PROFILE_COLUMNS` order), by profile id: a few queries however many profiles;
+    an id with no rows is absent."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
     for part in _parts(sorted(set(profile_ids))):
         out.update(_profiles_where(conn, feature_profiles.c.profile_id.in_(part)))
     return out
 
 
-def _profiles_where(conn: Connection, *where: sa.ColumnElement[bool]) -> dict[str, list[dict[str, Any]]]:
-    """The profile rows matching ``where``, by profile id, each profile in feature and bin order."""
+def _profiles_where(conn: Connection, *where: sa.ColumnElement[bool]) -> dict[str, list[tuple[Any, ...]]]:
+    """The profile rows matching ``where`` (tuples in :data:`PROFILE_COLUMNS` order), by
+    profile id, each profile in feature and bin order."""
     t = feature_profiles.c
     stmt = (sa.select(t.profile_id, *(t[c] for c in PROFILE_COLUMNS)).where(*where)
             .order_by(t.profile_id, t.feature, t.bin))
-    out: dict[str, list[dict[str, Any]]] = {}
-    for pid, *values in driver_rows(conn, stmt):  # a fleet's planning reads ~100,000 of them
-        out.setdefault(pid, []).append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for row in driver_rows(conn, stmt):  # a fleet's planning reads ~100,000 of them
+        out.setdefault(row[0], []).append(row[1:])
     return out
 
 
