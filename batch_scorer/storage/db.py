@@ -271,19 +271,18 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     SQLAlchemy's own executemany."""
     if not rows:
         return
-    names = list(rows[0])
+    names = tuple(rows[0])
     dialect = conn.dialect
-    compiled = table.insert().compile(dialect=dialect, column_keys=names)
-    if compiled.positiontup is None or any(len(r) != len(names) for r in rows):
+    sql, order = insert_sql(dialect, table, names)
+    if not order or any(len(r) != len(names) for r in rows):
         conn.execute(table.insert(), list(rows))
         return
-    order = list(compiled.positiontup)
     procs = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
     params = [tuple(r[n] for n in order) for r in rows]
     if any(p is not None for p in procs):
         params = [tuple(v if p is None or v is None else p(v) for v, p in zip(row, procs, strict=True))
                   for row in params]
-    executemany(conn, compiled.string, params)
+    executemany(conn, sql, params)
 
 
 def executemany(conn: sa.Connection, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
@@ -300,3 +299,19 @@ def executemany(conn: sa.Connection, sql: str, params: Sequence[tuple[Any, ...]]
         raise sa.exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
+
+
+def insert_sql(dialect: sa.Dialect, table: sa.Table, names: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """``INSERT INTO table (names) VALUES (...)`` compiled for ``dialect``, and the column of
+    each positional parameter (empty for a named paramstyle). Compiled once per table name
+    and columns: a fleet's runs insert into the same tables with the same columns (each
+    plan has a Table object of its own)."""
+    key = (dialect, table.schema, table.name, tuple(names))
+    found = _INSERTS.get(key)
+    if found is None:
+        compiled = table.insert().compile(dialect=dialect, column_keys=list(names))
+        found = _INSERTS[key] = (compiled.string, tuple(compiled.positiontup or ()))
+    return found
+
+
+_INSERTS: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}

@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from batch_scorer.storage.db import executemany
+from batch_scorer.storage.db import executemany, insert_sql
 from batch_scorer.storage.sinks.output import OutputSpec, python_values, records
 from batch_scorer.storage.sinks.postgres_copy import CopyEncoder, CopyStream
 
@@ -163,13 +163,12 @@ class TempStage:
         """The rows held in memory, with the run's constants, into the output table."""
         table, consts = self.output.table, self.output.constants
         names = [c.name for c in table.columns]
-        compiled = table.insert().compile(dialect=conn.dialect, column_keys=names)
-        order = list(compiled.positiontup or names)
+        sql, order = insert_sql(conn.dialect, table, names)
         fixed = {n: consts[n] if self._procs[n] is None or consts[n] is None else self._procs[n](consts[n])
                  for n in names if n in consts}
         at = {n: i for i, n in enumerate(self._names)}
         rows = [tuple(fixed[n] if n in fixed else row[at[n]] for n in order) for row in self._held]
-        executemany(conn, compiled.string, rows)
+        executemany(conn, sql, rows)
 
     def close(self, conn: Connection) -> None:
         self._held = []
