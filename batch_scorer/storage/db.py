@@ -277,12 +277,12 @@ def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str
     if not order or any(len(r) != len(names) for r in rows):
         conn.execute(table.insert(), list(rows))
         return
-    procs = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
-    params = [tuple(r[n] for n in order) for r in rows]
-    if any(p is not None for p in procs):
-        params = [tuple(v if p is None or v is None else p(v) for v, p in zip(row, procs, strict=True))
-                  for row in params]
-    executemany(conn, sql, params)
+    columns = []
+    for name in order:
+        values = [r[name] for r in rows]
+        proc = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        columns.append(values if proc is None else [None if v is None else proc(v) for v in values])
+    executemany(conn, sql, list(zip(*columns, strict=True)))
 
 
 def executemany(conn: sa.Connection, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
