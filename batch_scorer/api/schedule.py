@@ -9,20 +9,22 @@ from datetime import datetime
 from batch_scorer.api._common import ConfigLike, as_config, open_engine, parallel_jobs, pool_size_for, threads
 from batch_scorer.config import Config, load_config
 from batch_scorer.errors import UsageError
-from batch_scorer.scheduling import daemon as scheduler
+from batch_scorer.scheduling.fires import Fire
 
 log = logging.getLogger(__name__)
 
 
 def next_fires(
     config: ConfigLike = None, count: int = 5, *, after: datetime | None = None, jobs: Sequence[str] = ()
-) -> list[scheduler.Fire]:
+) -> list[Fire]:
     """The next ``count`` fire times and as_of values of each scheduled job. Runs nothing,
     needs no database.
 
     ``after`` defaults to now; a naive datetime is read in the configured timezone."""
     if count < 1:
         raise UsageError("count (--next) must be at least 1")
+    from batch_scorer.scheduling import daemon as scheduler  # APScheduler: only for schedules (25 ms to import)
+
     return scheduler.upcoming(as_config(config), count, after, jobs)
 
 
@@ -33,6 +35,8 @@ def schedule(config: ConfigLike = None, jobs: Sequence[str] = ()) -> int:
     configured timezone; missed fires within ``scheduler.catch_up_hours`` run once on
     start. SIGHUP re-reads the config file (given a Config object, there is none to
     re-read). See :mod:`batch_scorer.scheduling.daemon`."""
+    from batch_scorer.scheduling import daemon as scheduler  # APScheduler: only for schedules (25 ms to import)
+
     cfg = as_config(config)
     source = cfg.source_file
     reload = None if isinstance(config, Config) or source is None else (lambda: load_config(source))

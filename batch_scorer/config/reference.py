@@ -1,7 +1,8 @@
 """The configuration reference, written from the configuration's own definitions.
 
-Every key's documentation is the docstring of its field in :mod:`batch_scorer.config`;
-:func:`reference` renders them as Markdown, and docs/configuration.md holds that
+Every key's documentation is the docstring of its field in :mod:`batch_scorer.config`
+(the string literal under it; read from the source here, not by pydantic at import,
+which cost every command 50 ms); :func:`reference` renders them as Markdown, and docs/configuration.md holds that
 text between two markers (a test keeps it current)::
 
     python -m batch_scorer.config.reference > /tmp/keys.md
@@ -9,6 +10,9 @@ text between two markers (a test keeps it current)::
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 import typing
 from collections.abc import Iterator
 
@@ -35,12 +39,30 @@ def _type(annotation: object) -> str:
     return text.replace("pathlib.Path", "path").replace("NoneType", "null")
 
 
+def attribute_docstrings(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's docstring (the string literal right under it in the class body), the
+    model's base classes' fields included."""
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+        assert isinstance(body, ast.ClassDef)
+        for stmt, after in zip(body.body, body.body[1:], strict=False):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
 def _entries(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    docs = attribute_docstrings(model)
     for name, field in model.model_fields.items():
         if name in _SET_BY_LOADER:
             continue
         key = f"{prefix}{name}"
-        doc = " ".join((field.description or "").split())
+        doc = " ".join((field.description or docs.get(name, "")).split())
         inner = [m for m in _models(field.annotation) if m is not JobConfig]
         yield f"- `{key}` ({_type(field.annotation)}): {doc}"
         for sub in inner:

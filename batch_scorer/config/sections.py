@@ -29,7 +29,7 @@ _SUPPORTED_DRIVERS = {
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def url_backend(url: str) -> str | None:

@@ -155,13 +155,14 @@ def check_n_features(
 _USER_CODE = ("FunctionTransformer", "TransformedTargetRegressor")
 
 
-def fully_described(estimator: Any) -> bool:
+def fully_described(estimator: Any, kind: str | None = None) -> bool:
     """True when the model is made of scikit-learn's own classes only (its every step and
     sub-estimator, none running user code): then its attributes tell all the checks need
-    (fitted state, outputs per row, prediction type), and no probe row is needed."""
+    (fitted state, outputs per row, prediction type), and no probe row is needed.
+    ``kind``: its :func:`model_kind`, when known (the loaded model has it)."""
     parts = [estimator]
     if hasattr(estimator, "get_params"):
         parts += [v for v in estimator.get_params(deep=True).values() if hasattr(v, "fit")]
     return all(
         type(p).__module__.startswith("sklearn.") and type(p).__name__ not in _USER_CODE for p in parts
-    ) and model_kind(estimator) in ("classifier", "regressor", "clusterer")
+    ) and (kind or model_kind(estimator)) in ("classifier", "regressor", "clusterer")

@@ -212,7 +212,7 @@ def build_plan(
     # predicts several values per row, or is not fitted, is exit 2 here. A model
     # of scikit-learn's own classes was checked by its attributes at load (a probe
     # costs a Pipeline's transforms: 25 ms a job in a fleet of small jobs).
-    probe = Probe(None, None) if fully_described(model.estimator) and not always_probe else probe_model(
+    probe = Probe(None, None) if fully_described(model.estimator, model.kind) and not always_probe else probe_model(
         job.name, model, first)
     kind = prediction_kind(model, probe.predict_dtype_kind)
     output = output_definition(job.output.table, spec, columns, kind)
@@ -351,7 +351,8 @@ def _probed(job: str, want_score: bool | str, c: Candidate, first: pd.DataFrame,
                                 "cannot be compared (register it under another name)")
     try:
         check_score_contract(job, want_score, c.model)
-        probe = Probe(None, None) if fully_described(c.model.estimator) else probe_model(job, c.model, first)
+        described = fully_described(c.model.estimator, c.model.kind)
+        probe = Probe(None, None) if described else probe_model(job, c.model, first)
         theirs = prediction_kind(c.model, probe.predict_dtype_kind)
     except BatchScorerError as exc:
         return FailedChallenger(c.label, c.stamp.version, mask_text(str(exc)))
