@@ -376,6 +376,16 @@ class Profile:
         """The numpy arrays the profile holds (its whole state)."""
         return list(self._counts.values())
 
+    def to_tuples(self) -> Iterator[tuple[Any, ...]]:
+        """:meth:`to_rows` with the kind, as tuples of the stored columns (``PROFILE_COLUMNS``:
+        feature, kind, bin, lower, upper, category, rows): what a run publishes, ~250 rows,
+        with no dict per row."""
+        for feature, fbins in self.bins.items():
+            counts = self._counts[feature].tolist()  # Python ints, converted at once
+            kind = fbins.kind
+            for b in fbins.bins:
+                yield feature, kind, b.index, b.lower, b.upper, b.category, counts[b.index]
+
     def to_rows(self, extra: Mapping[str, Any] | None = None, with_kind: bool = False) -> Iterator[dict[str, Any]]:
         """Plain dicts ``feature, bin, lower, upper, category, rows``, one per bin (then the
         ``extra`` items, and ``kind`` if ``with_kind``: a stored row in one dict, not two).

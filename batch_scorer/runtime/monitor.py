@@ -55,6 +55,7 @@ from batch_scorer.monitoring.profile import (
 )
 from batch_scorer.runtime.spec import MonitorPlan
 from batch_scorer.storage import profiles
+from batch_scorer.storage.db import TableRows
 from batch_scorer.storage.ddl import create_tool_tables
 from batch_scorer.storage.ledger import ModelStamp
 from batch_scorer.storage.sources.spec import SourceSpec
@@ -212,7 +213,7 @@ def observer_for(plan: MonitorPlan) -> ProfileObserver:
 class MonitorOutcome:
     """What a run's monitoring publishes: the rows of both tables, the drifts, the worst status."""
 
-    profile_rows: list[dict[str, Any]]
+    profile_rows: TableRows
     drift_rows: list[dict[str, Any]]
     drifts: list[psi_math.FeatureDrift]
     status: str
@@ -266,12 +267,10 @@ class RunMonitor:
         )
 
 
-def _profile_rows(profile: Profile, run_id: int | None, job: str | None, stamp: ModelStamp,
-                  profile_id: str | None = None) -> list[dict[str, Any]]:
-    pid = profile_id or profiles.run_profile_id(run_id or 0)
-    owner = {"profile_id": pid, "run_id": run_id, "job": job, "model_name": stamp.name,
-             "model_version": stamp.version or ""}
-    return list(profile.to_rows(owner, with_kind=True))
+def _profile_rows(profile: Profile, run_id: int, job: str, stamp: ModelStamp) -> TableRows:
+    owner = (profiles.run_profile_id(run_id), run_id, job, stamp.name, stamp.version or "")
+    return TableRows(("profile_id", "run_id", "job", "model_name", "model_version", *profiles.PROFILE_COLUMNS),
+                     [owner + row for row in profile.to_tuples()])
 
 
 def _drift_rows(
@@ -312,8 +311,7 @@ def store_reference(
     create_tool_tables(engine)
     profile, exact = profile_reference(model, frame_or_chunks, bins)
     pid = profiles.reference_profile_id(model_name, version)
-    stamp = ModelStamp(version=str(version), name=model_name)
-    profiles.replace_reference(engine, pid, model_name, str(version), _profile_rows(profile, None, None, stamp, pid))
+    profiles.replace_reference(engine, pid, model_name, str(version), reference_rows(profile))
     rows = max((profile.rows(f) for f in profile.bins), default=0)
     log.info("model %s version %s: reference profile %s stored (%d rows, %d columns)", model_name, version,
              pid, rows, len(profile.bins))

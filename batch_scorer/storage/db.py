@@ -261,25 +261,44 @@ def _coltype(dialect: sa.Dialect, type_: sa.types.TypeEngine[Any]) -> int | None
     return None
 
 
-def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts) into ``table`` through the driver's own ``executemany``, with
+@dataclass(frozen=True)
+class TableRows:
+    """Rows for one table as tuples under ``names`` (a run's few hundred profile and drift
+    rows: no dict per row on the way to the driver)."""
+
+    names: tuple[str, ...]
+    values: list[tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, rows: Sequence[Mapping[str, Any]]) -> TableRows:
+        """Dicts with the same keys (the first row's) as tuples."""
+        names = tuple(rows[0]) if rows else ()
+        if any(len(r) != len(names) for r in rows):
+            raise ValueError("rows with different keys")
+        return cls(names, [tuple(r[n] for n in names) for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, rows: TableRows) -> None:
+    """INSERT ``rows`` into ``table`` through the driver's own ``executemany``, with
     SQLAlchemy's conversion of each value (its bind processors) applied column by column.
 
-    ``conn.execute(table.insert(), rows)`` builds a parameter set per row: for the ~250
+    ``conn.execute(table.insert(), dicts)`` builds a parameter set per row: for the ~250
     profile and drift rows a run publishes on SQLite that was most of their insert's time.
-    Rows with different keys, and drivers with named parameters (psycopg), go through
-    SQLAlchemy's own executemany."""
-    if not rows:
+    A driver with named parameters (psycopg) gets SQLAlchemy's own executemany."""
+    if not rows.values:
         return
-    names = tuple(rows[0])
     dialect = conn.dialect
-    sql, order = insert_sql(dialect, table, names)
-    if not order or any(len(r) != len(names) for r in rows):
-        conn.execute(table.insert(), list(rows))
+    sql, order = insert_sql(dialect, table, rows.names)
+    if not order:
+        conn.execute(table.insert(), [dict(zip(rows.names, v, strict=True)) for v in rows.values])
         return
+    at = {n: i for i, n in enumerate(rows.names)}
     columns = []
     for name in order:
-        values = [r[name] for r in rows]
+        values = [v[at[name]] for v in rows.values]
         proc = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         columns.append(values if proc is None else [None if v is None else proc(v) for v in values])
     executemany(conn, sql, list(zip(*columns, strict=True)))

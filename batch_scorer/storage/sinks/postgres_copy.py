@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from batch_scorer.errors import RunFailed
+from batch_scorer.storage.db import TableRows
 from batch_scorer.storage.sinks import pgcopy
 from batch_scorer.storage.sinks.output import OutputSpec
 
@@ -252,22 +253,19 @@ def _wrap_driver_error(conn: Connection, sql: str, exc: BaseException) -> BaseEx
 COPY_ROWS_MIN = 16
 
 
-def copy_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> bool:
-    """Insert ``rows`` (dicts with the same keys) into ``table`` with one text COPY on
-    ``conn``'s psycopg 3 connection, in its transaction; False (nothing done) when the
-    driver is not psycopg 3 or the rows are few, for the caller's INSERT to do it.
+def copy_rows(conn: Connection, table: sa.Table, rows: TableRows) -> bool:
+    """Insert ``rows`` into ``table`` with one text COPY on ``conn``'s psycopg 3 connection,
+    in its transaction; False (nothing done) when the driver is not psycopg 3 or the rows
+    are few, for the caller's INSERT to do it.
 
     SQLAlchemy's executemany builds a parameter set per row: for the ~300 profile rows a
     run publishes, that cost more than the rest of the publish."""
     if len(rows) < COPY_ROWS_MIN or conn.dialect.driver != "psycopg":
         return False
-    names = list(rows[0])
-    if any(len(r) != len(names) for r in rows):
-        return False
     prep = conn.dialect.identifier_preparer
-    sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(n) for n in names)}) FROM STDIN"
+    sql = f"COPY {prep.format_table(table)} ({', '.join(prep.quote(n) for n in rows.names)}) FROM STDIN"
     dbapi_conn = conn.connection.driver_connection
     with dbapi_conn.cursor() as cur, cur.copy(sql) as copy:
-        for row in rows:
-            copy.write_row([row[n] for n in names])
+        for row in rows.values:
+            copy.write_row(row)
     return True

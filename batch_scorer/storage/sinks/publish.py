@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from batch_scorer.storage import ledger
 from batch_scorer.storage.catalog import catalog
-from batch_scorer.storage.db import insert_rows, is_postgres
+from batch_scorer.storage.db import TableRows, insert_rows, is_postgres
 from batch_scorer.storage.sinks.output import OutputSpec
 from batch_scorer.storage.sinks.postgres_copy import CopyStream, column_oids, copy_rows, copyable
 from batch_scorer.storage.sinks.staging import CopyStage, InsertStage, Stage, TempStage
@@ -51,7 +51,7 @@ class Publication:
         self._tx = self._conn.begin() if self._postgres else None
         self._stream: CopyStream | None = None
         self._stages: list[Stage] = []
-        self._extra: list[tuple[sa.Table, list[dict[str, Any]]]] = []
+        self._extra: list[tuple[sa.Table, TableRows]] = []
         self._clear: list[sa.Table] = []
 
     def stage(self, output: OutputSpec) -> Stage:
@@ -74,10 +74,11 @@ class Publication:
         self._stages.append(stage)
         return stage
 
-    def add_rows(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows inserted into ``table`` at publish (small: profiles, comparisons...)."""
-        if rows:
-            self._extra.append((table, list(rows)))
+    def add_rows(self, table: sa.Table, rows: Sequence[dict[str, Any]] | TableRows) -> None:
+        """Rows inserted into ``table`` at publish (small: profiles, comparisons...): dicts
+        with the same keys, or tuples under their names."""
+        if len(rows):
+            self._extra.append((table, rows if isinstance(rows, TableRows) else TableRows.of(rows)))
 
     def also_replace_in(self, table: sa.Table) -> None:
         """Also delete the replaced runs' rows from ``table`` (e.g. a shadow table this run did not stage)."""
