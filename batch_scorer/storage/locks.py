@@ -119,12 +119,13 @@ def _advisory_locks(engine: Engine, jobs: list[str]) -> Iterator[dict[str, LockO
 
 @contextlib.contextmanager
 def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
-    conn = engine.connect()
+    # Autocommit: a session-level lock needs no transaction, and each statement is then
+    # one round trip (no BEGIN and COMMIT around it).
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
         key = lock_key(conn, job)
         got, holder_pid = conn.execute(
             sa.text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": key}).one()
-        conn.commit()
         if not got:
             raise _held(engine, job, _WAIT_ADVICE.format(job=job))
 
@@ -145,7 +146,6 @@ def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
         finally:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
     finally:
         with contextlib.suppress(sa.exc.SQLAlchemyError):
             conn.close()
