@@ -26,6 +26,7 @@ from batch_scorer.monitoring.profile import (
     profiled_kinds,
 )
 from batch_scorer.storage.db import create_engine
+from batch_scorer.storage.profiles import PROFILE_COLUMNS
 from tests.helpers import FEATURES, features_frame, train
 
 
@@ -231,6 +232,25 @@ def test_profile_rows_round_trip_through_a_real_table(db_url: str) -> None:
     finally:
         engine.dispose()
     rebuilt = Profile.from_rows(stored)
+    assert rebuilt.bins == profile.bins
+    for feature in profile.bins:
+        assert rebuilt.counts(feature).tolist() == profile.counts(feature).tolist()
+
+
+def test_the_tuples_a_run_publishes_are_its_rows_and_rebuild_the_same_profile() -> None:
+    """What a run stores (Profile.to_tuples, in the table's column order) says what to_rows
+    says, and planning's rebuild from stored tuples (from_tuples, rows in any order) gives
+    the profile back: bins, bounds, categories, NULL and other bins, counts."""
+    frame = features_frame(300, seed=7)[FEATURES]
+    frame.loc[::7, "x1"] = np.nan
+    profile = Profile(bins_from_reference(frame, {"color": "text"}))
+    profile.update(frame)
+    tuples = list(profile.to_tuples())
+    as_rows = [tuple(r[c] for c in PROFILE_COLUMNS) for r in profile.to_rows(with_kind=True)]
+    assert tuples == as_rows
+    for fbins in profile.bins.values():
+        assert fbins.stored_bins == tuple((b.index, b.lower, b.upper, b.category) for b in fbins.bins)
+    rebuilt = Profile.from_tuples(reversed(tuples))
     assert rebuilt.bins == profile.bins
     for feature in profile.bins:
         assert rebuilt.counts(feature).tolist() == profile.counts(feature).tolist()

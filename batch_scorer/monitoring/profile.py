@@ -121,6 +121,20 @@ class FeatureBins:
         out.append(Bin(len(out), "null"))
         return tuple(out)
 
+    @functools.cached_property
+    def stored_bins(self) -> tuple[tuple[int, float | None, float | None, str | None], ...]:
+        """``(index, lower, upper, category)`` of every bin, as :attr:`bins` has them (what a
+        stored row holds; plain tuples, cheaper to build than the Bin objects)."""
+        if self.kind == NUMERIC:
+            bounds = (-math.inf, *self.edges, math.inf)
+            out: list[tuple[int, float | None, float | None, str | None]] = [
+                (i, lo, hi, None) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False))]
+        else:
+            out = [(i, None, None, c) for i, c in enumerate(self.categories)]
+            out.append((len(out), None, None, None))
+        out.append((len(out), None, None, None))
+        return tuple(out)
+
     def count(self, values: pd.Series) -> np.ndarray:
         """Counts per bin (int64, length :attr:`size`) of one column; vectorised."""
         if self.kind == NUMERIC:
@@ -383,8 +397,8 @@ class Profile:
         for feature, fbins in self.bins.items():
             counts = self._counts[feature].tolist()  # Python ints, converted at once
             kind = fbins.kind
-            for b in fbins.bins:
-                yield feature, kind, b.index, b.lower, b.upper, b.category, counts[b.index]
+            for (index, lower, upper, category), rows in zip(fbins.stored_bins, counts, strict=True):
+                yield feature, kind, index, lower, upper, category, rows
 
     def to_rows(self, extra: Mapping[str, Any] | None = None, with_kind: bool = False) -> Iterator[dict[str, Any]]:
         """Plain dicts ``feature, bin, lower, upper, category, rows``, one per bin (then the
