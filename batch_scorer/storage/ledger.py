@@ -199,26 +199,24 @@ def replaced_runs(
     run ``run_id`` replaces: an output table holds one set per job and as_of, whatever
     model version scored it (rows are only ever published together with their run's
     ``succeeded`` row)."""
-    stmt = sa.select(scoring_runs.c.run_id).where(
-        scoring_runs.c.job == job,
-        scoring_runs.c.as_of == as_of,
-        scoring_runs.c.status == S.SUCCEEDED,
-        scoring_runs.c.replaced_by.is_(None),
-        scoring_runs.c.run_id != run_id,
-    )
-    if output_table is not None:
-        stmt = stmt.where(sa.or_(scoring_runs.c.output_table == output_table, scoring_runs.c.output_table.is_(None)))
+    stmt = sa.select(scoring_runs.c.run_id).where(*_replaced_by(job, as_of, run_id, output_table))
     return list(conn.execute(stmt).scalars())
 
 
-def mark_replaced(conn: Connection, run_ids: Sequence[int], by: int) -> None:
-    """Inside the publish transaction: these runs' rows were just deleted."""
-    if run_ids:
-        conn.execute(
-            scoring_runs.update()
-            .where(scoring_runs.c.run_id.in_(list(run_ids)))
-            .values(replaced_by=by)
-        )
+def replace_runs(conn: Connection, job: str, as_of: date, run_id: int, output_table: str | None) -> list[int]:
+    """Inside the publish transaction: mark :func:`replaced_runs` replaced by ``run_id``, in one
+    statement; their ids (the caller deletes their rows in the same transaction)."""
+    stmt = (scoring_runs.update().where(*_replaced_by(job, as_of, run_id, output_table)).values(replaced_by=run_id)
+            .returning(scoring_runs.c.run_id))
+    return sorted(conn.execute(stmt).scalars())
+
+
+def _replaced_by(job: str, as_of: date, run_id: int, output_table: str | None) -> list[sa.ColumnElement[bool]]:
+    r = scoring_runs.c
+    where = [r.job == job, r.as_of == as_of, r.status == S.SUCCEEDED, r.replaced_by.is_(None), r.run_id != run_id]
+    if output_table is not None:
+        where.append(sa.or_(r.output_table == output_table, r.output_table.is_(None)))
+    return where
 
 
 def mark_retracted(conn: Connection, run_id: int, note: str) -> None:

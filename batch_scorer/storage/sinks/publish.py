@@ -116,13 +116,12 @@ class Publication:
             verify(conn)
         tables = _unique([s.output.table for s in self._stages] + self._clear)
         main = _name(self._stages[0].output.table) if self._stages else None
-        replaced = ledger.replaced_runs(conn, self.job, self.as_of, self.run_id, main)
+        replaced = ledger.replace_runs(conn, self.job, self.as_of, self.run_id, main)
         for run_id in replaced:
             # One run_id constant at a time, through ix_<table>_run: as a
             # constant the planner sizes the delete from the column's statistics.
             for table in tables:
                 conn.execute(sa.delete(table).where(table.c.run_id == run_id))
-        ledger.mark_replaced(conn, replaced, self.run_id)
         for stage in self._stages:
             stage.move_in(conn)
         for table, rows in self._extra:
