@@ -177,24 +177,23 @@ def test_plain_and_explicit_postgresql_drivers_work(tmp_path: Path, pg_url: str,
 
 
 @pytest.mark.parametrize("n", [4_999, 5_001, 7_300])
-def test_sqlite_stages_in_memory_then_in_a_temp_table_and_publishes_the_same_rows(
-    tmp_path: Path, sqlite_url: str, n: int
-) -> None:
-    """SQLite holds a run's first 5,000 rows in memory and inserts them at publish; past that
-    they spill, with the rows held so far, into a TEMP table copied in at publish. Both
-    publish every row once with the run's constants, and the re-run replaces."""
+def test_a_run_stages_in_memory_then_spills_and_publishes_the_same_rows(tmp_path: Path, db_url: str, n: int) -> None:
+    """A run holds its first 5,000 rows in memory and writes them at publish (SQLite: an
+    INSERT; PostgreSQL: one COPY on the publishing thread); past that they spill, with the
+    rows held so far (SQLite: into a TEMP table copied in at publish; PostgreSQL: to the
+    COPY writer thread, in the open transaction). Both publish every row once with the
+    run's constants, and the re-run replaces."""
     from batch_scorer.storage.sinks.staging import MEMORY_ROWS
 
     assert MEMORY_ROWS == 5_000
-    cfg, model, frame = _setup(tmp_path, sqlite_url, "binary", n=n, pass_through=["region", "note"],
-                               chunk_size=1_000)
+    cfg, model, frame = _setup(tmp_path, db_url, "binary", n=n, pass_through=["region", "note"], chunk_size=1_000)
     for _ in range(2):
         assert cli_run(cfg, "run", "j", "--as-of", AS_OF.isoformat()).exit_code == 0
-    out = published(sqlite_url).sort_values("entity_id").reset_index(drop=True)
+    out = published(db_url).sort_values("entity_id").reset_index(drop=True)
     assert list(out["entity_id"]) == list(frame["entity_id"])  # each row once
     np.testing.assert_allclose(out["score"].astype(float), model.predict_proba(frame[FEATURES])[:, 1], rtol=1e-9)
     assert list(out["note"]) == list(frame["note"]) and list(out["region"]) == list(frame["region"])
-    [(run_id, version)] = query(sqlite_url, "SELECT run_id, model_version FROM scoring_runs WHERE status = "
+    [(run_id, version)] = query(db_url, "SELECT run_id, model_version FROM scoring_runs WHERE status = "
                                             "'succeeded' AND replaced_by IS NULL")
     assert set(out["run_id"]) == {run_id} and set(out["model_version"]) == {version} and set(out["job"]) == {"j"}
     assert {str(v)[:10] for v in out["as_of"]} == {AS_OF.isoformat()}

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from batch_scorer import api
 from batch_scorer.storage.db import create_engine
 from batch_scorer.storage.locks import lock_key
+from batch_scorer.storage.sinks import staging
 from tests.gaps_support import poll, rows_of_query, save_strict_model, statuses
 from tests.helpers import AS_OF, features_frame, job, load_table, save_model, train, write_config
 
@@ -80,8 +81,11 @@ PG_FAULTS = {
 
 @pytest.mark.parametrize("fault", list(PG_FAULTS))
 def test_only_the_job_whose_session_was_killed_is_run_again_of_a_group_reading_one_source(
-    tmp_path: Path, pg_url: str, fault: str
+    tmp_path: Path, pg_url: str, fault: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every frame straight to the COPY writer, as a job of more than MEMORY_ROWS rows does:
+    # the publication's session is then mid-COPY while the run streams.
+    monkeypatch.setattr(staging, "MEMORY_ROWS", 0)
     _only_b_is_retried(tmp_path, pg_url, *PG_FAULTS[fault])
 
 

@@ -203,6 +203,16 @@ class CopyStream:
             self._stop.set()
 
 
+def copy_frames(conn: Connection, encoder: CopyEncoder, frames: list[pd.DataFrame]) -> None:
+    """One binary COPY of ``frames`` on ``conn`` in its transaction, on the calling thread (a
+    small job's rows, at publish); driver errors raised as SQLAlchemy's."""
+    parts = [pgcopy.HEADER, *(encoder.encode(f) for f in frames), pgcopy.TRAILER]
+    try:
+        _copy(conn.connection.dbapi_connection, encoder.copy_sql, iter(parts))
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrap_driver_error(conn, encoder.copy_sql, exc) from exc
+
+
 def _copy(dbapi_conn: Any, sql: str, parts: Iterator[bytes]) -> None:
     if hasattr(dbapi_conn, "pgconn"):  # psycopg 3
         with dbapi_conn.cursor() as cur, cur.copy(sql) as copy:

@@ -69,10 +69,15 @@ class Publication:
                          "writing with INSERTs", output.table.name, odd)
                 stage = InsertStage(self._conn, output)
             else:
-                self._stream = self._stream or CopyStream(self._conn)
-                stage = CopyStage(self._conn, output, oids, self._stream)
+                stage = CopyStage(self._conn, output, oids, self._copy_stream)
         self._stages.append(stage)
         return stage
+
+    def _copy_stream(self) -> CopyStream:
+        """The publication's COPY writer thread, started when a stage first needs it."""
+        if self._stream is None:
+            self._stream = CopyStream(self._conn)
+        return self._stream
 
     def add_rows(self, table: sa.Table, rows: Sequence[dict[str, Any]] | TableRows) -> None:
         """Rows inserted into ``table`` at publish (small: profiles, comparisons...): dicts

