@@ -24,6 +24,7 @@ from batch_scorer.executors import threads
 from batch_scorer.runtime import progress
 from batch_scorer.runtime.plan import source_spec
 from batch_scorer.storage.db import create_engine, libpq_uri
+from batch_scorer.storage.sinks import staging
 from batch_scorer.storage.sources.sql import read_chunks
 from tests.helpers import cli_run, features_frame, save_model, train, write_config
 
@@ -226,10 +227,17 @@ def test_fast_reader_stops_cleanly_when_the_run_stops_early(pg_url: str, tmp_pat
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("held", [True, False], ids=["held_until_publish", "streamed_by_the_writer"])
 @pytest.mark.parametrize("driver", ["postgresql", "postgresql+psycopg2"])
-def test_a_failing_copy_fails_the_run_and_publishes_nothing(pg_url: str, tmp_path: Path, driver: str) -> None:
-    """An error on the writer thread (here: a value too big for the existing output
-    column) fails the run, names the column but not the value, and publishes nothing."""
+def test_a_failing_copy_fails_the_run_and_publishes_nothing(
+    pg_url: str, tmp_path: Path, driver: str, held: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the COPY (here: a value too big for the existing output column) fails
+    the run, names the column but not the value, and publishes nothing: in the COPY at
+    publish of a small output's held rows, and on the writer thread that streams a larger
+    one's (MEMORY_ROWS 0: every frame streamed)."""
+    if not held:
+        monkeypatch.setattr(staging, "MEMORY_ROWS", 0)
     pg_url = pg_url.replace("postgresql://", driver + "://", 1)
     config, _ = _setup(pg_url, tmp_path, "binary", 50, ["visits"])
     engine = create_engine(pg_url)
