@@ -124,32 +124,35 @@ def _advisory_lock(engine: Engine, job: str) -> Iterator[JobLock]:
     conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
         key = lock_key(conn, job)
-        got, holder_pid = conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()"), {"k": key}).one()
+        got, holder_pid = conn.execute(_TRY_LOCK, {"k": key}).one()
         if not got:
             raise _held(engine, job, _WAIT_ADVICE.format(job=job))
 
         def still_held(publish_conn: Connection) -> bool:
-            # A bigint advisory key shows in pg_locks as classid (high 32 bits),
-            # objid (low 32 bits) and objsubid 1.
             held = publish_conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND pid = :pid AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo"
-                ),
-                {"pid": holder_pid, "hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
-            ).scalar_one()
+                _HELD, {"pid": holder_pid, "hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF}).scalar_one()
             return bool(held)
 
         try:
             yield JobLock(job, still_held)
         finally:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.execute(_UNLOCK, {"k": key})
     finally:
         with contextlib.suppress(sa.exc.SQLAlchemyError):
             conn.close()
 
+
+# Statements each job's lock runs, built once (SQLAlchemy's cache key made once).
+_TRY_LOCK = sa.text("SELECT pg_try_advisory_lock(:k), pg_backend_pid()")
+_UNLOCK = sa.text("SELECT pg_advisory_unlock(:k)")
+# A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits)
+# and objsubid 1.
+_HELD = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = :pid AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo")
+_ROW_HELD = sa.select(job_locks.c.pid).where(job_locks.c.job == sa.bindparam("job"),
+                                             job_locks.c.host == sa.bindparam("host"),
+                                             job_locks.c.pid == sa.bindparam("pid"))
 
 _WAIT_ADVICE = (
     "A run of the same as_of needs nothing more; for another as_of, run it again once that "
@@ -204,11 +207,6 @@ def _row_held(engine: Engine, job: str, row: Any) -> LockHeld:
 
 def _row(job: str, me: int) -> JobLock:
     def still_held(publish_conn: Connection) -> bool:
-        row = publish_conn.execute(
-            sa.select(job_locks.c.pid).where(
-                job_locks.c.job == job, job_locks.c.host == HOST, job_locks.c.pid == me
-            )
-        ).first()
-        return row is not None
+        return publish_conn.execute(_ROW_HELD, {"job": job, "host": HOST, "pid": me}).first() is not None
 
     return JobLock(job, still_held)
