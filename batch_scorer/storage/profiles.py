@@ -124,11 +124,17 @@ def _is_previous_candidate(r: Any, as_of: date) -> list[sa.ColumnElement[bool]]:
     return [r.status == RunStatus.SUCCEEDED, r.replaced_by.is_(None), r.as_of < as_of, _has_profile(r)]
 
 
+# One type object for every literal of a batched lookup: SQLAlchemy makes a type's part of
+# the statement's cache key once per object (200 jobs' literals, each with its own String(),
+# spent most of planning's lookup time making them).
+_TEXT = sa.String()
+
+
 def _rows_of(values: Sequence[tuple[str, ...]], names: tuple[str, ...]) -> sa.Subquery:
     """Literal rows (bound parameters) as a table ``w`` with columns ``names``: the jobs a
     batched lookup is for, each looked up through the ledger's indexes by a correlated
     subquery (a window or GROUP BY over every job's whole history costs more on a long ledger)."""
-    selects = [sa.select(*(sa.literal(v, sa.String()).label(n) for v, n in zip(row, names, strict=True)))
+    selects = [sa.select(*(sa.literal(v, _TEXT).label(n) for v, n in zip(row, names, strict=True)))
                for row in values]
     return (selects[0] if len(selects) == 1 else sa.union_all(*selects)).subquery("w")
 
