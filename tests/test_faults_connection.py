@@ -54,8 +54,9 @@ def _lost_connection(text: str) -> bool:
 def _is_target(session: dict[str, Any], target: str) -> bool:
     sql = str(session["query"]).lower()
     if target == "writer":
-        # The one session with a transaction id: it has inserted rows.
-        return bool(session["has_xid"])
+        # The session COPYing the run's rows into the output table, in its open
+        # transaction (the first run's setup also writes, its tables: not that one).
+        return bool(session["has_xid"]) and sql.startswith("copy predictions")
     # The session still running the source query (the server is still sending rows).
     return (
         session["state"] == "active" and not session["has_xid"] and "features" in sql
@@ -66,9 +67,9 @@ def _is_target(session: dict[str, Any], target: str) -> bool:
 def _kill_mid(run: Run, base_url: str, app: str, target: str) -> None:
     """Terminate the run's reading session while it runs the source query (rows may
     not have reached the client yet: the reader fetches in large batches), or its
-    writing session once it has written rows."""
-    if target == "writer":
-        run.wait_for_rows()
+    writing session while it COPYs rows in (a run's first 5,000 rows wait in memory,
+    the rest go in through the COPY the writer keeps open: the session is looked for
+    from the start, not after a progress line, which can come late)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         found = [s for s in sessions(base_url, app) if _is_target(s, target)]
