@@ -2,8 +2,8 @@
 
 Every key's documentation is the docstring of its field in :mod:`batch_scorer.config`
 (the string literal under it; read from the source here, not by pydantic at import,
-which cost every command 50 ms); :func:`reference` renders them as Markdown, and docs/configuration.md holds that
-text between two markers (a test keeps it current)::
+which cost every command 50 ms); :func:`reference` renders them as Markdown, and
+docs/configuration.md holds that text between two markers (a test keeps it current)::
 
     python -m batch_scorer.config.reference > /tmp/keys.md
 """

@@ -391,31 +391,28 @@ class Profile:
         return list(self._counts.values())
 
     def to_tuples(self) -> Iterator[tuple[Any, ...]]:
-        """:meth:`to_rows` with the kind, as tuples of the stored columns (``PROFILE_COLUMNS``:
-        feature, kind, bin, lower, upper, category, rows): what a run publishes, ~250 rows,
-        with no dict per row."""
+        """One tuple per bin of the stored columns (``PROFILE_COLUMNS``: feature, kind, bin,
+        lower, upper, category, rows): what a run publishes, ~250 rows, with no dict per row."""
         for feature, fbins in self.bins.items():
             counts = self._counts[feature].tolist()  # Python ints, converted at once
             kind = fbins.kind
             for (index, lower, upper, category), rows in zip(fbins.stored_bins, counts, strict=True):
                 yield feature, kind, index, lower, upper, category, rows
 
-    def to_rows(self, extra: Mapping[str, Any] | None = None, with_kind: bool = False) -> Iterator[dict[str, Any]]:
-        """Plain dicts ``feature, bin, lower, upper, category, rows``, one per bin (then the
-        ``extra`` items, and ``kind`` if ``with_kind``: a stored row in one dict, not two).
+    def to_rows(self, with_kind: bool = False) -> Iterator[dict[str, Any]]:
+        """:meth:`to_tuples` as plain dicts ``feature, bin, lower, upper, category, rows``,
+        one per bin (and ``kind`` if ``with_kind``).
 
         Numeric intervals carry ``lower``/``upper`` (``-inf``/``inf`` at the ends, which
         PostgreSQL and SQLite both store); the NULL and ``other`` bins carry neither,
         and are told apart by position (NULL is last).
         """
-        more = dict(extra or {})
-        for feature, fbins in self.bins.items():
-            counts = self._counts[feature].tolist()  # Python ints, converted at once
+        for feature, kind, index, lower, upper, category, rows in self.to_tuples():
+            row = {"feature": feature, "bin": index, "lower": lower, "upper": upper, "category": category,
+                   "rows": rows}
             if with_kind:
-                more["kind"] = fbins.kind
-            for b in fbins.bins:
-                yield {"feature": feature, "bin": b.index, "lower": b.lower, "upper": b.upper,
-                       "category": b.category, "rows": counts[b.index], **more}
+                row["kind"] = kind
+            yield row
 
     @classmethod
     def from_counts(cls, bins: Mapping[str, FeatureBins], counts: Mapping[str, Sequence[int]]) -> Profile:

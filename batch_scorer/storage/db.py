@@ -328,9 +328,12 @@ def insert_sql(dialect: sa.Dialect, table: sa.Table, names: Sequence[str]) -> tu
     key = (dialect, table.schema, table.name, tuple(names))
     found = _INSERTS.get(key)
     if found is None:
+        if len(_INSERTS) >= _INSERTS_MAX:  # a daemon's reloads bring new engines: stay bounded
+            _INSERTS.clear()
         compiled = table.insert().compile(dialect=dialect, column_keys=list(names))
         found = _INSERTS[key] = (compiled.string, tuple(compiled.positiontup or ()))
     return found
 
 
 _INSERTS: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
+_INSERTS_MAX = 1_000

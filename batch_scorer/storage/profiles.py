@@ -125,8 +125,7 @@ def _is_previous_candidate(r: Any, as_of: date) -> list[sa.ColumnElement[bool]]:
 
 
 # One type object for every literal of a batched lookup: SQLAlchemy makes a type's part of
-# the statement's cache key once per object (200 jobs' literals, each with its own String(),
-# spent most of planning's lookup time making them).
+# the statement's cache key once per object (200 jobs' pairs: 3.9 -> 2.4 ms per statement).
 _TEXT = sa.String()
 
 
